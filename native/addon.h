@@ -1,0 +1,19 @@
+// Shared declarations for the addon's facilities: the per-environment state and
+// each facility's init function.
+#pragma once
+
+#include <napi.h>
+
+namespace pmp {
+
+// Per-environment state: one per Node environment (main thread or worker).
+// Napi::Env::SetInstanceData deletes it when the environment is torn down.
+struct AddonData {
+  Napi::FunctionReference exit_watcher_ctor;
+};
+
+void InitProcess(Napi::Env env, Napi::Object exports, AddonData* data);
+void InitPipe(Napi::Env env, Napi::Object exports, AddonData* data);
+void InitShm(Napi::Env env, Napi::Object exports, AddonData* data);
+
+}  // namespace pmp

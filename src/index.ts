@@ -1,0 +1,25 @@
+// posix-multiprocessing: Python's multiprocessing for Node.js, over real OS
+// primitives. Everything public is exported from here.
+export {
+  Process,
+  activeChildren,
+  cpuCount,
+  currentProcess,
+  parentProcess,
+  isMainProcess,
+  setStartMethod,
+  getStartMethod,
+} from './process';
+export type { ProcessOptions, ModuleTarget, StartMethod } from './process';
+export {
+  MultiprocessingError,
+  BrokenBarrierError,
+  QueueEmptyError,
+  QueueFullError,
+  WorkerCrashedError,
+  OwnerDiedError,
+  TimeoutError,
+  AuthenticationError,
+} from './errors';
+export { registerTransferable } from './serialize';
+export type { Transferable, CodecContext } from './serialize';

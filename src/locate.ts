@@ -1,0 +1,213 @@
+// Finds functions by reference, the way pickle finds them by qualified name: a
+// function (or class) travels to a child as "export E of module M", and the
+// child imports it. This runs in the parent at start(), so that a target the
+// child could never import fails there, with a message that says how to fix it.
+//
+// Where a function was defined comes from V8 itself ([[FunctionLocation]] via a
+// same-thread inspector session, whose calls complete synchronously); which
+// export it is comes from the module's exports: require.cache for CommonJS,
+// require(esm) for ES modules (Node >= 20.19). An ES module still being
+// evaluated (the main module calling start() at top level) or one with
+// top-level await cannot be required; for those the module's source is checked
+// for an export of that name, and the child verifies the export when it imports.
+import * as fs from 'node:fs';
+import { createRequire } from 'node:module';
+import * as path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+import { stateError } from './errors';
+
+export interface TargetRef {
+  /** A file: URL (or a bare specifier, for { module } targets). */
+  url: string;
+  exportName: string;
+}
+
+type InspectorSession = {
+  connect(): void;
+  post(method: string, params: object | undefined, cb: (err: Error | null, res: any) => void): void;
+  on(event: string, listener: (msg: any) => void): void;
+};
+
+let session: InspectorSession | null | undefined;
+const scriptUrls = new Map<string, string>();
+const located = new WeakMap<Function, TargetRef>();
+
+function post(method: string, params?: object): any {
+  let error: Error | null = null;
+  let result: any;
+  session!.post(method, params, (err, res) => {
+    error = err;
+    result = res;
+  });
+  if (error) throw error;
+  return result;
+}
+
+function getSession(): InspectorSession | null {
+  if (session !== undefined) return session;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const inspector = require('node:inspector');
+    const s: InspectorSession = new inspector.Session();
+    s.connect();
+    s.on('Debugger.scriptParsed', (msg) => {
+      if (msg.params.url) scriptUrls.set(msg.params.scriptId, msg.params.url);
+    });
+    session = s;
+  } catch {
+    session = null; // a Node built without the inspector: only CommonJS lookup
+  }
+  return session;
+}
+
+/** The URL of the script that defines fn, or undefined when V8 cannot say. */
+function definingUrl(fn: Function): string | undefined {
+  const s = getSession();
+  if (!s) return undefined;
+  const key = '__pmpLocate';
+  (globalThis as any)[key] = fn;
+  let objectId: string | undefined;
+  try {
+    objectId = post('Runtime.evaluate', { expression: `globalThis.${key}` }).result.objectId;
+  } finally {
+    delete (globalThis as any)[key];
+  }
+  try {
+    const props = post('Runtime.getProperties', { objectId, ownProperties: true });
+    const loc = props.internalProperties?.find((p: any) => p.name === '[[FunctionLocation]]');
+    const scriptId: string | undefined = loc?.value?.value?.scriptId;
+    if (scriptId === undefined) return undefined;
+    if (!scriptUrls.has(scriptId)) {
+      // Enabling the debugger replays scriptParsed for every loaded script.
+      post('Debugger.enable');
+      post('Debugger.disable');
+    }
+    return scriptUrls.get(scriptId);
+  } finally {
+    post('Runtime.releaseObject', { objectId });
+  }
+}
+
+function toFilename(url: string): string | undefined {
+  if (url.startsWith('file:')) return fileURLToPath(url);
+  if (path.isAbsolute(url)) return url;
+  return undefined;
+}
+
+function findExport(exports: unknown, fn: Function): string | undefined {
+  if (exports === fn) return 'default';
+  if (exports === null || (typeof exports !== 'object' && typeof exports !== 'function')) return undefined;
+  const ns = exports as Record<string, unknown>;
+  if (fn.name && ns[fn.name] === fn) return fn.name;
+  for (const key of Object.keys(ns)) if (ns[key] === fn) return key;
+  // The module was also evaluated by another loader (a test runner's or a
+  // bundler's transform), so this copy of the function is not the one Node
+  // holds and its source text may differ: an export of the same name from the
+  // same file is what the child will import.
+  const candidate = fn.name ? ns[fn.name] : undefined;
+  if (typeof candidate === 'function' && typeof candidate === typeof fn) return fn.name;
+  return undefined;
+}
+
+// For a module that cannot be required right now: does its source export `name`?
+function sourceExports(filename: string, name: string): boolean {
+  let source: string;
+  try {
+    source = fs.readFileSync(filename, 'utf8');
+  } catch {
+    return false;
+  }
+  const id = name.replace(/[$]/g, '\\$');
+  const patterns = [
+    new RegExp(`export\\s+(?:default\\s+)?(?:async\\s+)?function\\s*\\*?\\s*${id}\\b`),
+    new RegExp(`export\\s+(?:default\\s+)?(?:abstract\\s+)?class\\s+${id}\\b`),
+    new RegExp(`export\\s+(?:const|let|var)\\s+${id}\\b`),
+    new RegExp(`export\\s*\\{[^}]*\\b${id}\\b[^}]*\\}`),
+  ];
+  return patterns.some((re) => re.test(source));
+}
+
+function notImportable(what: string, fn: Function, detail: string): Error {
+  const label = fn.name ? `${what} ${fn.name}` : `this anonymous ${what}`;
+  return stateError(
+    `${label} cannot be sent to a child process: ${detail}. A child is a fresh Node ` +
+      `that imports its target, so the target must be an exported top-level function ` +
+      `(or class) of a module: export it, or pass { module, export } as the target.`,
+    'ERR_MP_TARGET_NOT_IMPORTABLE',
+  );
+}
+
+/** Locates fn as an export of a module file, or throws ERR_MP_TARGET_NOT_IMPORTABLE. */
+export function locate(fn: Function, what = 'function'): TargetRef {
+  const cached = located.get(fn);
+  if (cached) return cached;
+  const url = definingUrl(fn);
+  let ref: TargetRef | undefined;
+  if (url !== undefined) {
+    const filename = toFilename(url);
+    if (filename === undefined) {
+      throw notImportable(what, fn, `it was defined in ${url}, which is not a module file`);
+    }
+    ref = lookIn(filename, fn, what);
+    if (!ref) throw notImportable(what, fn, `${filename} does not export it`);
+  } else {
+    // No inspector, or a native/bound function: search loaded CommonJS modules.
+    for (const [filename, mod] of Object.entries(require.cache)) {
+      const name = findExport(mod?.exports, fn);
+      if (name) {
+        ref = { url: pathToFileURL(filename).href, exportName: name };
+        break;
+      }
+    }
+    if (!ref) throw notImportable(what, fn, 'no loaded module exports it (bound and built-in functions cannot be sent)');
+  }
+  located.set(fn, ref);
+  return ref;
+}
+
+function lookIn(filename: string, fn: Function, what: string): TargetRef | undefined {
+  const url = pathToFileURL(filename).href;
+  const cjs = require.cache[filename];
+  if (cjs) {
+    const name = findExport(cjs.exports, fn);
+    return name ? { url, exportName: name } : undefined;
+  }
+  try {
+    const ns = createRequire(filename)(filename);
+    const name = findExport(ns, fn);
+    return name ? { url, exportName: name } : undefined;
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code !== 'ERR_REQUIRE_CYCLE_MODULE' && code !== 'ERR_REQUIRE_ASYNC_MODULE' && code !== 'ERR_REQUIRE_ESM') {
+      throw err;
+    }
+  }
+  if (!fn.name) throw notImportable(what, fn, 'anonymous functions have no export name');
+  return sourceExports(filename, fn.name) ? { url, exportName: fn.name } : undefined;
+}
+
+/** Resolves a { module, export } target given by the user. */
+export function resolveModuleTarget(module: unknown, exportName: unknown, argName: string): TargetRef {
+  let url: string;
+  if (module instanceof URL) url = module.href;
+  else if (typeof module === 'string' && module.startsWith('file:')) url = new URL(module).href;
+  else if (typeof module === 'string' && module.length > 0) {
+    if (module.startsWith('.') || path.isAbsolute(module)) url = pathToFileURL(path.resolve(module)).href;
+    else url = module; // a package specifier, resolved by the child from the cwd
+  } else {
+    const e = new TypeError(`${argName}.module must be a path, a file: URL string or a URL`) as TypeError & { code: string };
+    e.code = 'ERR_INVALID_ARG_TYPE';
+    throw e;
+  }
+  if (typeof exportName !== 'string' || exportName.length === 0) {
+    const e = new TypeError(`${argName}.export must be a non-empty string`) as TypeError & { code: string };
+    e.code = 'ERR_INVALID_ARG_TYPE';
+    throw e;
+  }
+  if (url.startsWith('file:') && !fs.existsSync(fileURLToPath(url))) {
+    const e = stateError(`${argName}.module does not exist: ${fileURLToPath(url)}`, 'ENOENT');
+    throw e;
+  }
+  return { url, exportName };
+}

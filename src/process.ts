@@ -1,0 +1,438 @@
+// Process: a child that is a fresh Node (fork + exec done natively), running a
+// target found by reference, reaped the moment it exits. The parent's side of
+// the protocol: the child reads one message on fd 3 (see child/bootstrap.ts),
+// then runs; everything else (exit watching, parent-death signals) is the OS's.
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+import { context, installExitHook, nextIdentity, type ChildRecord, type ProcessInfo } from './context';
+import { closedError, stateError } from './errors';
+import { locate, resolveModuleTarget, type TargetRef } from './locate';
+import { binding, type ExitWatcher } from './native';
+import { encode } from './serialize';
+import { invalidType, outOfRange, validateBoolean, validateObject, validateString, validateTimeout } from './validate';
+
+export type StartMethod = 'spawn';
+
+export interface ModuleTarget {
+  module: string | URL;
+  export: string;
+}
+
+export interface ProcessOptions {
+  target?: ((...args: any[]) => unknown) | ModuleTarget;
+  args?: unknown[];
+  name?: string;
+  daemon?: boolean;
+  startMethod?: StartMethod;
+  env?: Record<string, string>;
+}
+
+/** What the child reads on fd 3: a JSON header, then the encoded body. */
+export interface ChildHeader {
+  name: string;
+  identity: number[];
+  daemon: boolean;
+  parentPid: number;
+  parentName: string;
+  deathSignal: number;
+  /** A function target, or the exported Process subclass whose run() to call. */
+  target: (TargetRef & { kind: 'function' | 'class' }) | null;
+}
+
+const kRevive = Symbol.for('posix-multiprocessing.revive');
+const SIGKILL = os.constants.signals.SIGKILL;
+const SIGTERM = os.constants.signals.SIGTERM;
+// Writes up to this size fit in an empty pipe on every platform we support.
+const SYNC_WRITE_LIMIT = 16 * 1024;
+
+export const bootstrapPath = path.join(__dirname, 'child', 'bootstrap.js');
+
+// Flags that must not be copied into a child: each names a one-off action of
+// this process (an inspector port, code to evaluate, a test runner).
+const dropFlags = /^--(inspect|inspect-brk|inspect-port|debug|debug-brk|eval|print|test|watch|check|interactive)(=|$)|^-[epci]$/;
+
+function childExecArgv(): string[] {
+  const out: string[] = [];
+  const argv = process.execArgv;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (dropFlags.test(arg)) {
+      // Short and long forms that take their value as the next argument.
+      if (/^(-[ep]|--eval|--print|--inspect-port)$/.test(arg)) i++;
+      continue;
+    }
+    out.push(arg);
+  }
+  return out;
+}
+
+function environment(env: Record<string, string> | undefined): string[] {
+  const source = env ?? process.env;
+  const out: string[] = [];
+  for (const [key, value] of Object.entries(source)) {
+    if (value !== undefined) out.push(`${key}=${value}`);
+  }
+  return out;
+}
+
+function startMethodOf(value: unknown, argName: string): StartMethod {
+  if (value === undefined) return context().startMethod ?? 'spawn';
+  if (typeof value !== 'string') throw invalidType(argName, "'spawn'", value);
+  if (value === 'spawn') return value;
+  if (value === 'fork') {
+    throw stateError(
+      "start method 'fork' is not available: forking a running Node without exec hangs or " +
+        "crashes the child (V8's and libuv's threads do not survive fork); use 'spawn'",
+      'ERR_MP_UNSUPPORTED',
+    );
+  }
+  if (value === 'forkserver') {
+    throw stateError("start method 'forkserver' is not available yet; use 'spawn'", 'ERR_MP_UNSUPPORTED');
+  }
+  throw outOfRange(argName, "'spawn'", value);
+}
+
+export class Process implements ChildRecord {
+  #target: ProcessOptions['target'];
+  #args: unknown[];
+  #name: string;
+  #identity: number[];
+  #daemon: boolean;
+  #env: Record<string, string> | undefined;
+  #state: 'initial' | 'started' | 'closed' = 'initial';
+  #self = false; // this object is the current process (inside the child)
+  #pid: number | undefined;
+  #exitCode: number | null = null;
+  #watcher: ExitWatcher | undefined;
+  #joiners = 0;
+  #sentinel: Promise<number> | undefined;
+  #resolveSentinel: ((code: number) => void) | undefined;
+
+  constructor(options?: ProcessOptions) {
+    const opts = validateObject(options, 'options') as ProcessOptions & { [kRevive]?: ChildHeader };
+    const revive = opts[kRevive];
+    if (revive) {
+      // Inside the child: this object stands for the running process itself.
+      this.#self = true;
+      this.#state = 'started';
+      this.#name = revive.name;
+      this.#identity = revive.identity;
+      this.#daemon = revive.daemon;
+      this.#pid = process.pid;
+      this.#args = [];
+      return;
+    }
+    const { target, args = [], name, daemon, startMethod, env } = opts;
+    if (target !== undefined && typeof target !== 'function') {
+      if (target === null || typeof target !== 'object' || !('module' in target)) {
+        throw invalidType('options.target', 'a function or { module, export }', target);
+      }
+    }
+    if (!Array.isArray(args)) throw invalidType('options.args', 'an array', args);
+    if (name !== undefined) validateString(name, 'options.name');
+    if (daemon !== undefined) validateBoolean(daemon, 'options.daemon');
+    startMethodOf(startMethod, 'options.startMethod');
+    if (env !== undefined) {
+      validateObject(env, 'options.env');
+      for (const [k, v] of Object.entries(env)) {
+        if (typeof v !== 'string') throw invalidType(`options.env.${k}`, 'a string', v);
+      }
+    }
+    this.#target = target;
+    this.#args = [...args];
+    this.#identity = nextIdentity();
+    this.#name = name ?? `${new.target.name}-${this.#identity.join(':')}`;
+    this.#daemon = daemon ?? context().current.daemon;
+    this.#env = env;
+  }
+
+  /** The code the child runs. Override it in a subclass, as in Python. */
+  run(): unknown {
+    const target = this.#target;
+    if (typeof target === 'function') return target(...this.#args);
+    return undefined;
+  }
+
+  get name(): string {
+    return this.#name;
+  }
+
+  set name(value: string) {
+    this.#name = validateString(value, 'name');
+  }
+
+  get daemon(): boolean {
+    return this.#daemon;
+  }
+
+  set daemon(value: boolean) {
+    if (this.#state !== 'initial') throw stateError('daemon can only be set before start()', 'ERR_MP_ALREADY_STARTED');
+    this.#daemon = validateBoolean(value, 'daemon');
+  }
+
+  get pid(): number | undefined {
+    this.#checkClosed();
+    return this.#pid;
+  }
+
+  get exitCode(): number | null {
+    this.#checkClosed();
+    this.#poll();
+    return this.#exitCode;
+  }
+
+  get sentinel(): Promise<number> {
+    this.#checkClosed();
+    if (!this.#sentinel) throw stateError('process not started', 'ERR_MP_NOT_STARTED');
+    return this.#sentinel;
+  }
+
+  start(): void {
+    this.#checkClosed();
+    if (this.#self) throw stateError('cannot start the current process', 'ERR_MP_ALREADY_STARTED');
+    if (this.#state !== 'initial') throw stateError('cannot start a process twice', 'ERR_MP_ALREADY_STARTED');
+    const ctx = context();
+    if (ctx.bootstrapping) {
+      // Python's safeguard against the classic spawn fork bomb: a module that
+      // starts processes at top level, imported again by each child.
+      throw stateError(
+        'an attempt was made to start a new process while this child was still importing ' +
+          "its target's module. Start processes only in the main process: guard that code " +
+          'with `if (isMainProcess()) { ... }`, the equivalent of Python\'s ' +
+          "`if __name__ == '__main__':`",
+        'ERR_MP_BOOTSTRAPPING',
+      );
+    }
+    if (ctx.current.daemon) {
+      throw stateError('daemonic processes are not allowed to have children', 'ERR_MP_DAEMONIC');
+    }
+    const header: ChildHeader = {
+      name: this.#name,
+      identity: this.#identity,
+      daemon: this.#daemon,
+      parentPid: process.pid,
+      parentName: ctx.current.name,
+      deathSignal: this.#daemon ? SIGKILL : SIGTERM,
+      target: this.#resolveTarget(),
+    };
+    const fds: number[] = [];
+    const body = encode({ args: this.#args, props: header.target?.kind === 'class' ? { ...this } : undefined }, { fds });
+    const head = Buffer.from(JSON.stringify(header));
+    const payload = Buffer.allocUnsafe(4 + head.length + body.length);
+    payload.writeUInt32LE(head.length, 0);
+    head.copy(payload, 4);
+    body.copy(payload, 4 + head.length);
+
+    const [readEnd, writeEnd] = binding.pipe();
+    const argv = [process.execPath, ...childExecArgv(), bootstrapPath];
+    let pid: number;
+    try {
+      pid = binding.spawn(process.execPath, argv, environment(this.#env), [readEnd, ...fds], header.deathSignal);
+    } catch (err) {
+      fs.closeSync(writeEnd);
+      throw err;
+    } finally {
+      fs.closeSync(readEnd);
+    }
+    sendPayload(writeEnd, payload);
+
+    this.#pid = pid;
+    this.#state = 'started';
+    this.#sentinel = new Promise((resolve) => (this.#resolveSentinel = resolve));
+    ctx.children.add(this);
+    installExitHook();
+    this.#watcher = new binding.ExitWatcher(pid, (code) => this.#onExit(code));
+    // A daemon never keeps the parent alive; a non-daemon child does, like
+    // Python joining non-daemon children at exit.
+    if (this.#daemon) this.#watcher.unref();
+  }
+
+  #resolveTarget(): ChildHeader['target'] {
+    const overridden = (this as any).run !== Process.prototype.run;
+    if (overridden) {
+      return { kind: 'class', ...locate(this.constructor, 'Process subclass') };
+    }
+    const target = this.#target;
+    if (target === undefined) return null;
+    if (typeof target === 'function') return { kind: 'function', ...locate(target, 'target function') };
+    return { kind: 'function', ...resolveModuleTarget(target.module, target.export, 'options.target') };
+  }
+
+  #onExit(code: number): void {
+    this.#exitCode = code;
+    context().children.delete(this);
+    this.#resolveSentinel?.(code);
+  }
+
+  // Reaps the child now if it has exited, so that state read in synchronous
+  // code does not wait for the event loop to notice.
+  #poll(): void {
+    if (this.#exitCode === null && this.#watcher) this.#watcher.waitSync(0);
+  }
+
+  #checkClosed(): void {
+    if (this.#state === 'closed') throw closedError(`process ${this.#name}`);
+  }
+
+  #checkJoinable(): void {
+    this.#checkClosed();
+    if (this.#self) throw stateError('can only join a child process', 'ERR_MP_NOT_CHILD');
+    if (this.#state !== 'started') throw stateError('can only join a started process', 'ERR_MP_NOT_STARTED');
+  }
+
+  /** Waits for the child to end: its exit code, or null if `timeout` seconds pass first. */
+  async join(timeout?: number | null): Promise<number | null> {
+    this.#checkJoinable();
+    const seconds = validateTimeout(timeout);
+    this.#poll();
+    if (this.#exitCode !== null) return this.#exitCode;
+    if (seconds === 0) return null;
+    // A pending join keeps the event loop alive, even for a daemon child.
+    if (this.#joiners++ === 0) this.#watcher!.ref();
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const timedOut = seconds === undefined ? null : new Promise<null>((r) => (timer = setTimeout(r, seconds * 1000, null)));
+      return timedOut ? await Promise.race([this.#sentinel!, timedOut]) : await this.#sentinel!;
+    } finally {
+      clearTimeout(timer);
+      if (--this.#joiners === 0 && this.#daemon && this.#exitCode === null) this.#watcher!.unref();
+    }
+  }
+
+  /** Blocks the thread until the child ends: its exit code, or null on timeout. */
+  joinSync(timeout?: number | null): number | null {
+    this.#checkJoinable();
+    const seconds = validateTimeout(timeout);
+    if (this.#exitCode !== null) return this.#exitCode;
+    return this.#watcher!.waitSync(seconds === undefined ? -1 : seconds * 1000);
+  }
+
+  isAlive(): boolean {
+    this.#checkClosed();
+    if (this.#self) return true;
+    if (this.#state !== 'started') return false;
+    this.#poll();
+    return this.#exitCode === null;
+  }
+
+  /** Sends SIGTERM. A child that already ended is left alone. */
+  terminate(): void {
+    this.#signal('SIGTERM');
+  }
+
+  /** Sends SIGKILL. */
+  kill(): void {
+    this.#signal('SIGKILL');
+  }
+
+  #signal(signal: NodeJS.Signals): void {
+    this.#checkClosed();
+    if (this.#self) throw stateError('cannot signal the current process through its Process object', 'ERR_MP_NOT_CHILD');
+    if (this.#state !== 'started') throw stateError('process not started', 'ERR_MP_NOT_STARTED');
+    // Until we reap it, the pid is ours (alive or a zombie), so it cannot
+    // have been reused by an unrelated process.
+    if (this.#exitCode !== null) return;
+    try {
+      process.kill(this.#pid!, signal);
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'ESRCH') throw err;
+    }
+  }
+
+  /** Releases the handles; throws while the child still runs. */
+  close(): void {
+    if (this.#state === 'closed') return;
+    if (this.#state === 'started' && !this.#self) {
+      this.#poll();
+      if (this.#exitCode === null) {
+        throw stateError(
+          'cannot close a process while it is still running; join() or terminate() it first',
+          'ERR_MP_PROCESS_RUNNING',
+        );
+      }
+    }
+    this.#watcher = undefined;
+    this.#state = 'closed';
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  terminateForExit(): void {
+    if (this.#state === 'started' && this.#exitCode === null && this.#pid !== undefined) {
+      try {
+        process.kill(this.#pid, 'SIGTERM');
+      } catch {
+        // already gone
+      }
+    }
+  }
+
+  toString(): string {
+    const status =
+      this.#state === 'closed' ? 'closed' : this.#state === 'initial' ? 'initial' : this.#exitCode === null ? 'started' : `stopped exitcode=${this.#exitCode}`;
+    return `<${this.constructor.name} name='${this.#name}' ${status}${this.#daemon ? ' daemon' : ''}>`;
+  }
+}
+
+// The child blocks reading fd 3 until the payload is complete. Small payloads
+// fit in the pipe and are written at once; larger ones go through a libuv pipe
+// handle so the event loop is never blocked on a child that reads slowly.
+function sendPayload(fd: number, payload: Buffer): void {
+  if (payload.length <= SYNC_WRITE_LIMIT) {
+    try {
+      fs.writeSync(fd, payload);
+    } catch {
+      // EPIPE: the child died before reading; its exit is reported as usual.
+    } finally {
+      fs.closeSync(fd);
+    }
+    return;
+  }
+  const socket = new net.Socket({ fd, readable: false, writable: true });
+  socket.on('error', () => socket.destroy());
+  socket.unref();
+  socket.end(payload);
+}
+
+export function activeChildren(): Process[] {
+  const out: Process[] = [];
+  for (const child of context().children) {
+    if (child instanceof Process && child.isAlive()) out.push(child);
+  }
+  return out;
+}
+
+export function cpuCount(): number {
+  return typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
+}
+
+export function currentProcess(): ProcessInfo {
+  return context().current;
+}
+
+export function parentProcess(): { pid: number; name: string } | null {
+  return context().parent;
+}
+
+export function isMainProcess(): boolean {
+  return context().isMain;
+}
+
+export function setStartMethod(method: StartMethod, options?: { force?: boolean }): void {
+  context().startMethod = startMethodOf(method, 'method');
+  void options;
+}
+
+export function getStartMethod(): StartMethod {
+  return context().startMethod ?? 'spawn';
+}
+
+/** Builds the Process object that stands for the running child (bootstrap only). */
+export function reviveCurrent(Class: typeof Process, header: ChildHeader): Process {
+  return Reflect.construct(Process, [{ [kRevive]: header }], Class) as Process;
+}

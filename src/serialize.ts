@@ -1,0 +1,279 @@
+// The codec for everything that crosses a process boundary: Process arguments,
+// pipe and queue messages, pool tasks and results.
+//
+// Semantics are structured clone (Map, Set, Date, RegExp, BigInt, typed arrays,
+// cycles), plus two things structured clone lacks: Errors keep name (custom
+// subclasses too), message, stack, cause and own properties; and classes that
+// hold OS objects (Lock, SharedMemory, Connection, ...) register how they travel,
+// so they arrive as a handle to the same object.
+//
+// Cost: v8.serialize costs 6-11 µs per small message, JSON 0.7 µs. Most messages
+// are plain JSON data, so a quick walk decides: JSON when it round-trips exactly,
+// v8's serializer (after a walk that rewrites registered classes and Errors into
+// tagged plain objects) otherwise. The first byte says which.
+import * as v8 from 'node:v8';
+
+/** Context for transferables that carry fds (a Connection): the encoder lists
+ *  the fds to pass alongside the bytes; the decoder receives them in order. */
+export interface CodecContext {
+  fds: number[];
+}
+
+export interface Transferable<T> {
+  /** Turn the object into plain, cloneable data (it may itself contain transferables). */
+  encode(obj: T, ctx: CodecContext): unknown;
+  /** Revive the object from that data. */
+  decode(data: any, ctx: CodecContext): T;
+}
+
+interface Registration {
+  tag: string;
+  Class: abstract new (...args: any[]) => unknown;
+  codec: Transferable<any>;
+}
+
+const kRegistry = Symbol.for('posix-multiprocessing.codec-registry');
+const registry: { byTag: Map<string, Registration>; list: Registration[] } = ((globalThis as any)[kRegistry] ??= {
+  byTag: new Map(),
+  list: [],
+});
+
+/** Registers how instances of Class travel between processes. */
+export function registerTransferable<T>(
+  tag: string,
+  Class: abstract new (...args: any[]) => T,
+  codec: Transferable<T>,
+): void {
+  const existing = registry.byTag.get(tag);
+  const reg = { tag, Class, codec };
+  if (existing) registry.list.splice(registry.list.indexOf(existing), 1, reg);
+  else registry.list.push(reg);
+  registry.byTag.set(tag, reg);
+}
+
+function registrationOf(value: object): Registration | undefined {
+  for (const reg of registry.list) if (value instanceof reg.Class) return reg;
+  return undefined;
+}
+
+const JSON_TAG = 0x4a; // 'J'
+const V8_TAG = 0x56; // 'V'
+const MARK = '\u0000pmp';
+
+// ---- fast path: is the value plain JSON data that JSON round-trips exactly? ----
+
+function isJsonSafe(value: unknown, depth: number): boolean {
+  switch (typeof value) {
+    case 'string':
+    case 'boolean':
+      return true;
+    case 'number':
+      return Number.isFinite(value) && !Object.is(value, -0);
+    case 'object': {
+      if (value === null) return true;
+      if (depth > 32) return false; // deep or cyclic: the v8 path handles it
+      if (Array.isArray(value)) {
+        for (let i = 0; i < value.length; i++) {
+          if (!(i in value) || !isJsonSafe(value[i], depth + 1)) return false;
+        }
+        return true;
+      }
+      if (Object.getPrototypeOf(value) !== Object.prototype) return false;
+      for (const key in value) {
+        if (key === MARK) return false;
+        if (!isJsonSafe((value as Record<string, unknown>)[key], depth + 1)) return false;
+      }
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+// ---- general path ----------------------------------------------------------
+
+function cloneError(message: string): Error {
+  const e = new TypeError(message) as TypeError & { code: string };
+  e.code = 'ERR_MP_DATA_CLONE';
+  return e;
+}
+
+const passThrough = (v: object): boolean =>
+  v instanceof Date ||
+  v instanceof RegExp ||
+  ArrayBuffer.isView(v) ||
+  v instanceof ArrayBuffer ||
+  (typeof SharedArrayBuffer !== 'undefined' && v instanceof SharedArrayBuffer);
+
+function isError(v: object): v is Error {
+  return v instanceof Error || Object.prototype.toString.call(v) === '[object Error]';
+}
+
+// Rewrites a value into something v8's serializer keeps exactly, preserving
+// shared references and cycles through `seen`.
+function prepare(value: unknown, ctx: CodecContext, seen: Map<object, unknown>): unknown {
+  if (typeof value === 'function') {
+    throw cloneError(`${value.name || 'anonymous function'} could not be cloned: functions travel by reference as Process targets, not as values`);
+  }
+  if (typeof value === 'symbol') throw cloneError(`${String(value)} could not be cloned`);
+  if (value === null || typeof value !== 'object') return value;
+  const hit = seen.get(value);
+  if (hit !== undefined) return hit;
+  if (passThrough(value)) {
+    seen.set(value, value);
+    return value;
+  }
+  const reg = registrationOf(value);
+  if (reg) {
+    const out: Record<string, unknown> = { [MARK]: reg.tag };
+    seen.set(value, out);
+    out.d = prepare(reg.codec.encode(value, ctx), ctx, seen);
+    return out;
+  }
+  if (isError(value)) {
+    const out: Record<string, unknown> = { [MARK]: 'Error' };
+    seen.set(value, out);
+    out.name = value.name;
+    out.ctor = value.constructor?.name;
+    out.message = value.message;
+    out.stack = value.stack;
+    if ('cause' in value) out.cause = prepare(value.cause, ctx, seen);
+    const props: Record<string, unknown> = {};
+    for (const key of Object.keys(value)) {
+      if (key !== 'cause' && key !== 'stack' && key !== 'message') {
+        props[key] = prepare((value as unknown as Record<string, unknown>)[key], ctx, seen);
+      }
+    }
+    out.props = props;
+    return out;
+  }
+  if (Array.isArray(value)) {
+    const out: unknown[] = new Array(value.length);
+    seen.set(value, out);
+    for (let i = 0; i < value.length; i++) if (i in value) out[i] = prepare(value[i], ctx, seen);
+    return out;
+  }
+  if (value instanceof Map) {
+    const out = new Map();
+    seen.set(value, out);
+    for (const [k, v] of value) out.set(prepare(k, ctx, seen), prepare(v, ctx, seen));
+    return out;
+  }
+  if (value instanceof Set) {
+    const out = new Set();
+    seen.set(value, out);
+    for (const v of value) out.add(prepare(v, ctx, seen));
+    return out;
+  }
+  // A plain object, or an instance of some other class: structured clone keeps
+  // its own enumerable properties and drops the prototype.
+  const body: Record<string, unknown> = {};
+  let out: Record<string, unknown> = body;
+  if (Object.prototype.hasOwnProperty.call(value, MARK)) out = { [MARK]: 'Object', d: body };
+  seen.set(value, out);
+  for (const key of Object.keys(value)) {
+    body[key] = prepare((value as Record<string, unknown>)[key], ctx, seen);
+  }
+  return out;
+}
+
+const errorConstructors: Record<string, ErrorConstructor> = {
+  Error,
+  TypeError,
+  RangeError,
+  SyntaxError,
+  ReferenceError,
+  EvalError,
+  URIError,
+};
+
+function reviveError(data: Record<string, any>, ctx: CodecContext, seen: Map<object, unknown>): Error {
+  const Ctor = errorConstructors[data.ctor as string] ?? errorConstructors[data.name as string] ?? Error;
+  const err = Object.create(Ctor.prototype) as Error;
+  seen.set(data, err);
+  const define = (key: string, value: unknown) =>
+    Object.defineProperty(err, key, { value, writable: true, configurable: true, enumerable: false });
+  define('message', data.message);
+  define('stack', data.stack);
+  if (data.name !== Ctor.prototype.name) define('name', data.name);
+  if ('cause' in data) define('cause', revive(data.cause, ctx, seen));
+  for (const key of Object.keys(data.props ?? {})) {
+    if (key === 'name') continue;
+    (err as unknown as Record<string, unknown>)[key] = revive(data.props[key], ctx, seen);
+  }
+  return err;
+}
+
+// Undoes prepare(): tagged objects become their classes again; everything else
+// is revived in place so that shared references and cycles stay intact.
+function revive(value: unknown, ctx: CodecContext, seen: Map<object, unknown>): unknown {
+  if (value === null || typeof value !== 'object') return value;
+  const hit = seen.get(value);
+  if (hit !== undefined) return hit;
+  if (passThrough(value)) return value;
+  if (Array.isArray(value)) {
+    seen.set(value, value);
+    for (let i = 0; i < value.length; i++) if (i in value) value[i] = revive(value[i], ctx, seen);
+    return value;
+  }
+  if (value instanceof Map) {
+    seen.set(value, value);
+    const entries = [...value];
+    value.clear();
+    for (const [k, v] of entries) value.set(revive(k, ctx, seen), revive(v, ctx, seen));
+    return value;
+  }
+  if (value instanceof Set) {
+    seen.set(value, value);
+    const items = [...value];
+    value.clear();
+    for (const v of items) value.add(revive(v, ctx, seen));
+    return value;
+  }
+  const obj = value as Record<string, any>;
+  const tag = obj[MARK];
+  if (tag === undefined) {
+    seen.set(obj, obj);
+    for (const key of Object.keys(obj)) obj[key] = revive(obj[key], ctx, seen);
+    return obj;
+  }
+  if (tag === 'Error') return reviveError(obj, ctx, seen);
+  if (tag === 'Object') {
+    seen.set(obj, obj.d);
+    return revive(obj.d, ctx, seen);
+  }
+  const reg = registry.byTag.get(tag);
+  if (!reg) throw cloneError(`cannot revive a ${tag}: its class is not registered in this process`);
+  const result = reg.codec.decode(revive(obj.d, ctx, new Map()), ctx);
+  seen.set(obj, result);
+  return result;
+}
+
+/** Encodes a value; transferables that carry fds append them to ctx.fds. */
+export function encode(value: unknown, ctx: CodecContext = { fds: [] }): Buffer {
+  if (isJsonSafe(value, 0)) {
+    const json = JSON.stringify(value);
+    const out = Buffer.allocUnsafe(1 + Buffer.byteLength(json));
+    out[0] = JSON_TAG;
+    out.write(json, 1);
+    return out;
+  }
+  if (value === undefined) return Buffer.from([V8_TAG]);
+  const body = v8.serialize(prepare(value, ctx, new Map()));
+  const out = Buffer.allocUnsafe(1 + body.length);
+  out[0] = V8_TAG;
+  body.copy(out, 1);
+  return out;
+}
+
+/** Decodes what encode() produced; ctx.fds are the fds that came with it. */
+export function decode(bytes: Uint8Array, ctx: CodecContext = { fds: [] }): unknown {
+  if (bytes.length === 0) throw cloneError('cannot decode an empty message');
+  const buf = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (buf[0] === JSON_TAG) return JSON.parse(buf.toString('utf8', 1));
+  if (buf[0] === V8_TAG) {
+    if (buf.length === 1) return undefined;
+    return revive(v8.deserialize(buf.subarray(1)), ctx, new Map());
+  }
+  throw cloneError(`cannot decode a message with tag 0x${buf[0].toString(16)}`);
+}
