@@ -38,6 +38,8 @@ export interface ChildHeader {
   parentPid: number;
   parentName: string;
   deathSignal: number;
+  /** How many fds travel with the arguments: they sit at 4, 5, ... in the child. */
+  fds: number;
   /** A function target, or the exported Process subclass whose run() to call. */
   target: (TargetRef & { kind: 'function' | 'class' }) | null;
 }
@@ -216,10 +218,12 @@ export class Process implements ChildRecord {
       parentPid: process.pid,
       parentName: ctx.current.name,
       deathSignal: this.#daemon ? SIGKILL : SIGTERM,
+      fds: 0,
       target: this.#resolveTarget(),
     };
     const fds: number[] = [];
     const body = encode({ args: this.#args, props: header.target?.kind === 'class' ? { ...this } : undefined }, { fds });
+    header.fds = fds.length;
     const head = Buffer.from(JSON.stringify(header));
     const payload = Buffer.allocUnsafe(4 + head.length + body.length);
     payload.writeUInt32LE(head.length, 0);

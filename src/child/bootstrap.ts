@@ -64,7 +64,8 @@ async function main(): Promise<void> {
   ctx.bootstrapping = true;
   const exported = target ? await loadExport(target) : undefined;
   ctx.bootstrapping = false;
-  const { args, props } = decode(instructions.body) as { args: unknown[]; props?: Record<string, unknown> };
+  const fds = Array.from({ length: header.fds }, (_, i) => 4 + i);
+  const { args, props } = decode(instructions.body, { fds }) as { args: unknown[]; props?: Record<string, unknown> };
 
   let result: unknown;
   if (target?.kind === 'class') {

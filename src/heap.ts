@@ -1,0 +1,153 @@
+// The shared heap: small shared objects (a lock's words, a Value) are carved out
+// of a few large shared-memory segments instead of costing one mapping each, as
+// CPython's multiprocessing/heap.py does. A block is named by (segment, offset),
+// which is all another process needs to map the same bytes.
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+
+import { binding, type Mapping } from './native';
+import { outOfRange } from './validate';
+
+/** A block of shared memory: `buffer` is the whole segment's mapping. */
+export interface Block {
+  readonly segment: string;
+  readonly offset: number;
+  readonly size: number;
+  readonly buffer: ArrayBuffer;
+}
+
+/** What travels to another process so it can attach to the same block. */
+export interface BlockRef {
+  segment: string;
+  offset: number;
+  size: number;
+}
+
+const SEGMENT_SIZE = 64 * 1024;
+const MAX_ALIGN = 4096;
+
+interface Segment {
+  name: string;
+  mapping: Mapping;
+  size: number;
+  used: number; // bump pointer
+  owned: boolean; // created by this process
+}
+
+export interface HeapHooks {
+  /** Called with each segment name this process creates (the resource tracker). */
+  created?(name: string): void;
+  /** Called when this process unlinks a segment it created. */
+  unlinked?(name: string): void;
+}
+
+class SharedHeap {
+  readonly #segments = new Map<string, Segment>();
+  readonly #free = new Map<number, BlockRef[]>(); // size -> freed blocks (owned segments)
+  #owned: Segment[] = [];
+  #counter = 0;
+  #exitHook = false;
+  hooks: HeapHooks = {};
+
+  allocate(size: number, align = 8): Block {
+    if (!Number.isInteger(size) || size <= 0) throw outOfRange('size', 'a positive integer', size);
+    if (!Number.isInteger(align) || align <= 0 || align > MAX_ALIGN || (align & (align - 1)) !== 0) {
+      throw outOfRange('align', `a power of two up to ${MAX_ALIGN}`, align);
+    }
+    const reuse = this.#free.get(size)?.find((b) => b.offset % align === 0);
+    if (reuse) {
+      const list = this.#free.get(size)!;
+      list.splice(list.indexOf(reuse), 1);
+      const seg = this.#segments.get(reuse.segment)!;
+      new Uint8Array(seg.mapping.buffer, reuse.offset, size).fill(0);
+      return { ...reuse, buffer: seg.mapping.buffer };
+    }
+    for (const seg of this.#owned) {
+      const offset = Math.ceil(seg.used / align) * align;
+      if (offset + size <= seg.size) {
+        seg.used = offset + size;
+        return { segment: seg.name, offset, size, buffer: seg.mapping.buffer };
+      }
+    }
+    const seg = this.#create(Math.max(SEGMENT_SIZE, Math.ceil(size / 4096) * 4096));
+    seg.used = size;
+    return { segment: seg.name, offset: 0, size, buffer: seg.mapping.buffer };
+  }
+
+  /** Maps the block another process allocated (segments are mapped once per process). */
+  attach(ref: BlockRef): Block {
+    let seg = this.#segments.get(ref.segment);
+    if (!seg) {
+      const fd = binding.shmOpen(ref.segment, false, false, 0o600);
+      try {
+        const size = binding.fstatSize(fd);
+        if (ref.offset + ref.size > size) {
+          throw outOfRange('block', `inside its segment of ${size} bytes`, `${ref.offset}+${ref.size}`);
+        }
+        seg = { name: ref.segment, mapping: new binding.Mapping(fd, size), size, used: size, owned: false };
+      } finally {
+        fs.closeSync(fd);
+      }
+      this.#segments.set(seg.name, seg);
+    }
+    return { segment: seg.name, offset: ref.offset, size: ref.size, buffer: seg.mapping.buffer };
+  }
+
+  /** Returns a block to the heap; blocks of segments this process did not create are left alone. */
+  free(block: BlockRef): void {
+    const seg = this.#segments.get(block.segment);
+    if (!seg || !seg.owned) return;
+    let list = this.#free.get(block.size);
+    if (!list) this.#free.set(block.size, (list = []));
+    list.push({ segment: block.segment, offset: block.offset, size: block.size });
+  }
+
+  #create(size: number): Segment {
+    const name = `/pmp-${process.pid}-${++this.#counter}-${randomBytes(4).toString('hex')}`;
+    const fd = binding.shmOpen(name, true, true, 0o600);
+    let seg: Segment;
+    try {
+      binding.ftruncate(fd, size);
+      seg = { name, mapping: new binding.Mapping(fd, size), size, used: 0, owned: true };
+    } catch (err) {
+      binding.shmUnlink(name);
+      throw err;
+    } finally {
+      fs.closeSync(fd);
+    }
+    this.hooks.created?.(name);
+    this.#segments.set(name, seg);
+    this.#owned.push(seg);
+    this.#installExitHook();
+    return seg;
+  }
+
+  // The names of segments this process created go when it exits normally;
+  // processes that mapped them keep their mappings. (After a crash, the
+  // resource tracker unlinks them.)
+  #installExitHook(): void {
+    if (this.#exitHook) return;
+    this.#exitHook = true;
+    process.on('exit', () => this.unlinkOwned());
+  }
+
+  unlinkOwned(): void {
+    for (const seg of this.#owned) {
+      try {
+        binding.shmUnlink(seg.name);
+      } catch {
+        // already gone
+      }
+      this.hooks.unlinked?.(seg.name);
+    }
+    this.#owned = this.#owned.filter(() => false);
+  }
+}
+
+const kHeap = Symbol.for('posix-multiprocessing.heap');
+
+/** The process's shared heap (one per process, shared by every copy of the package). */
+export function heap(): SharedHeap {
+  const g = globalThis as unknown as Record<symbol, SharedHeap | undefined>;
+  return (g[kHeap] ??= new SharedHeap());
+}
