@@ -11,6 +11,10 @@ export {
   getStartMethod,
 } from './process';
 export type { ProcessOptions, ModuleTarget, StartMethod } from './process';
+export { Pool, AsyncResult } from './pool';
+export type { PoolOptions, TaskOptions, ApplyAsyncOptions, ChunkOptions } from './pool';
+export { ProcessPoolExecutor } from './executor';
+export type { ExecutorOptions } from './executor';
 export {
   MultiprocessingError,
   BrokenBarrierError,

@@ -180,7 +180,9 @@ function lookIn(filename: string, fn: Function, what: string): TargetRef | undef
   } catch (err) {
     const code = (err as { code?: string }).code;
     if (code !== 'ERR_REQUIRE_CYCLE_MODULE' && code !== 'ERR_REQUIRE_ASYNC_MODULE' && code !== 'ERR_REQUIRE_ESM') {
-      throw err;
+      // Node itself cannot load this file (a test runner or bundler compiled it
+      // in memory), so neither could a child.
+      throw notImportable(what, fn, `Node cannot import ${filename} (${(err as Error).message})`);
     }
   }
   if (!fn.name) throw notImportable(what, fn, 'anonymous functions have no export name');

@@ -1,0 +1,87 @@
+// ProcessPoolExecutor: concurrent.futures' interface over the same Pool, so it
+// inherits its crash handling: a dead worker fails the futures it held and is
+// replaced, instead of breaking the whole executor as CPython's does.
+import { stateError } from './errors';
+import { Pool } from './pool';
+import { invalidType, validateObject } from './validate';
+
+export interface ExecutorOptions {
+  maxWorkers?: number;
+  maxTasksPerChild?: number;
+  initializer?: (...args: any[]) => unknown;
+  initargs?: unknown[];
+}
+
+export class ProcessPoolExecutor {
+  readonly #pool: Pool;
+  readonly #pending = new Set<AbortController>();
+  #shutdown = false;
+
+  constructor(options?: ExecutorOptions) {
+    const opts = validateObject(options, 'options') as ExecutorOptions;
+    this.#pool = new Pool({
+      processes: opts.maxWorkers,
+      maxTasksPerChild: opts.maxTasksPerChild,
+      initializer: opts.initializer,
+      initargs: opts.initargs,
+    });
+  }
+
+  #checkOpen(): void {
+    if (this.#shutdown) throw stateError('cannot schedule new futures after shutdown', 'ERR_MP_CLOSED');
+  }
+
+  /** Schedules fn(...args); the promise is the future. */
+  submit<R>(fn: (...args: any[]) => R | Promise<R>, ...args: unknown[]): Promise<Awaited<R>> {
+    try {
+      this.#checkOpen();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const controller = new AbortController();
+    this.#pending.add(controller);
+    return this.#pool.apply(fn, args, { signal: controller.signal }).finally(() => this.#pending.delete(controller));
+  }
+
+  /** fn applied to items drawn from the iterables in parallel, results in order. */
+  map<R>(fn: (...args: any[]) => R | Promise<R>, ...iterables: Array<Iterable<unknown>>): AsyncIterable<Awaited<R>> {
+    this.#checkOpen();
+    if (iterables.length === 0) throw invalidType('iterables', 'at least one iterable', undefined);
+    for (const [i, it] of iterables.entries()) {
+      if (it == null || typeof (it as any)[Symbol.iterator] !== 'function') throw invalidType(`iterables[${i}]`, 'an iterable', it);
+    }
+    function* zip(): Generator<unknown[]> {
+      const its = iterables.map((it) => it[Symbol.iterator]());
+      for (;;) {
+        const row: unknown[] = [];
+        for (const it of its) {
+          const next = it.next();
+          if (next.done) return;
+          row.push(next.value);
+        }
+        yield row;
+      }
+    }
+    return this.#pool.imapStar(fn, zip()) as AsyncIterable<Awaited<R>>;
+  }
+
+  /** Stops accepting work; with cancelFutures, futures not yet started reject. */
+  async shutdown(options?: { wait?: boolean; cancelFutures?: boolean }): Promise<void> {
+    const { wait = true, cancelFutures = false } = validateObject(options, 'options') as {
+      wait?: boolean;
+      cancelFutures?: boolean;
+    };
+    this.#shutdown = true;
+    if (cancelFutures) {
+      const reason = stateError('the future was cancelled by shutdown({ cancelFutures: true })', 'ERR_MP_CANCELLED');
+      reason.name = 'CancelledError';
+      for (const controller of this.#pending) controller.abort(reason);
+    }
+    this.#pool.close();
+    if (wait) await this.#pool.join();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.shutdown();
+  }
+}

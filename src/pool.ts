@@ -1,0 +1,611 @@
+// Pool: worker processes that run functions by reference. Each worker has a
+// private channel and the pool knows exactly which jobs each worker holds, so a
+// worker that dies fails exactly those jobs (WorkerCrashedError) and is
+// replaced — CPython's Pool, whose workers share one task queue, cannot tell
+// and hangs (python/cpython#96062).
+//
+// Scheduling: a job (one task, or a chunk of a map) goes to an idle worker.
+// When recent jobs are fast, workers are also given a short queue of jobs, so
+// that a stream of tiny tasks is batched into few writes and never waits for a
+// round trip; slow jobs are never queued behind each other.
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+import { TimeoutError, WorkerCrashedError, stateError } from './errors';
+import { locate } from './locate';
+import { binding } from './native';
+import { Channel, InheritedFd } from './pool-channel';
+import type { FromWorker, FunctionRef, ToWorker, WorkerInit } from './pool-worker';
+import { Process, cpuCount } from './process';
+import { invalidType, validateInteger, validateObject, validateSignal, validateTimeout } from './validate';
+
+type Fn = (...args: any[]) => unknown;
+
+const WORKER_MODULE = path.join(__dirname, 'pool-worker.js');
+const FAST_JOB_MS = 1; // tasks faster than this (run time in the worker) may queue up at a worker
+const QUEUE_DEPTH = 64;
+
+interface Job {
+  id: number;
+  fnId: number;
+  /** Argument lists, or single arguments when `single` (map's common case). */
+  items: unknown[];
+  single: boolean;
+  resolve(results: unknown[]): void;
+  reject(err: unknown): void;
+  signal?: AbortSignal;
+  onAbort?: () => void;
+}
+
+interface Worker {
+  process: Process;
+  channel: Channel;
+  inflight: Map<number, Job>;
+  assigned: number; // jobs sent over its lifetime (for maxTasksPerChild)
+  knownFns: Set<number>;
+  ready: boolean; // booted and initialized: work is sent only then
+  exitCode: number | null;
+  channelClosed: boolean;
+  exited: boolean;
+}
+
+export interface PoolOptions {
+  processes?: number;
+  initializer?: Fn;
+  initargs?: unknown[];
+  maxTasksPerChild?: number;
+  startMethod?: 'spawn';
+}
+
+export interface TaskOptions {
+  /** Cancels the task if it has not started yet. */
+  signal?: AbortSignal;
+}
+
+export interface ApplyAsyncOptions<R> extends TaskOptions {
+  callback?: (result: R) => void;
+  errorCallback?: (err: unknown) => void;
+}
+
+export interface ChunkOptions {
+  chunksize?: number;
+}
+
+function closedPoolError(): Error {
+  return stateError('the pool is not running (closed or terminated)', 'ERR_MP_CLOSED');
+}
+
+function abortError(signal: AbortSignal): Error {
+  const reason = signal.reason;
+  if (reason instanceof Error) return reason;
+  const e = new Error('the task was aborted before it started') as Error & { code: string };
+  e.name = 'AbortError';
+  e.code = 'ABORT_ERR';
+  return e;
+}
+
+function signalName(exitCode: number | null): NodeJS.Signals | null {
+  if (exitCode === null || exitCode >= 0) return null;
+  const entry = Object.entries(os.constants.signals).find(([, n]) => n === -exitCode);
+  return entry ? (entry[0] as NodeJS.Signals) : null;
+}
+
+/** The outcome of applyAsync(), like Python's AsyncResult. */
+export class AsyncResult<R> {
+  readonly #promise: Promise<R>;
+  #state: 'pending' | 'fulfilled' | 'rejected' = 'pending';
+
+  constructor(promise: Promise<R>, callbacks: ApplyAsyncOptions<R>) {
+    this.#promise = promise.then(
+      (value) => {
+        this.#state = 'fulfilled';
+        callbacks.callback?.(value);
+        return value;
+      },
+      (err) => {
+        this.#state = 'rejected';
+        callbacks.errorCallback?.(err);
+        throw err;
+      },
+    );
+    // A result nobody asks for must not become an unhandled rejection.
+    this.#promise.catch(() => undefined);
+  }
+
+  /** The result; rejects with the task's error, or TimeoutError after `timeout` seconds. */
+  get(options?: { timeout?: number }): Promise<R> {
+    let timeout: number | undefined;
+    try {
+      timeout = validateTimeout(validateObject(options, 'options').timeout, 'options.timeout');
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (timeout === undefined) return this.#promise;
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new TimeoutError(`the result was not ready within ${timeout} s`)), timeout * 1000);
+    });
+    return Promise.race([this.#promise, expired]).finally(() => clearTimeout(timer));
+  }
+
+  /** Waits until the result is ready or `timeout` seconds pass; resolves ready(). */
+  async wait(options?: { timeout?: number }): Promise<boolean> {
+    try {
+      await this.get(options);
+    } catch {
+      // a failed task is ready too; a timeout leaves it pending
+    }
+    return this.ready();
+  }
+
+  ready(): boolean {
+    return this.#state !== 'pending';
+  }
+
+  successful(): boolean {
+    if (this.#state === 'pending') throw stateError('the result is not ready', 'ERR_MP_NOT_READY');
+    return this.#state === 'fulfilled';
+  }
+}
+
+export class Pool {
+  readonly #size: number;
+  readonly #init: WorkerInit;
+  readonly #workers = new Set<Worker>();
+  readonly #queue: Job[] = [];
+  readonly #fnIds = new Map<Fn, number>();
+  readonly #fnRefs: FunctionRef[] = [];
+  #state: 'running' | 'closed' | 'terminated' = 'running';
+  #broken: Error | null = null;
+  #nextJob = 1;
+  #jobMs = Infinity; // moving average of recent per-task run times in the workers
+  #idle: Array<() => void> = [];
+
+  constructor(options?: PoolOptions) {
+    const opts = validateObject(options, 'options') as PoolOptions;
+    const size = opts.processes ?? cpuCount();
+    validateInteger(size, 'options.processes', 1, 4096);
+    if (opts.initializer !== undefined && typeof opts.initializer !== 'function') {
+      throw invalidType('options.initializer', 'a function', opts.initializer);
+    }
+    if (opts.initargs !== undefined && !Array.isArray(opts.initargs)) {
+      throw invalidType('options.initargs', 'an array', opts.initargs);
+    }
+    const maxTasks = opts.maxTasksPerChild ?? 0;
+    if (opts.maxTasksPerChild !== undefined) validateInteger(maxTasks, 'options.maxTasksPerChild', 1);
+    if (opts.startMethod !== undefined && opts.startMethod !== 'spawn') {
+      throw invalidType('options.startMethod', "'spawn'", opts.startMethod);
+    }
+    this.#size = size;
+    this.#init = {
+      initializer: opts.initializer ? locate(opts.initializer, 'initializer') : null,
+      initargs: opts.initargs ?? [],
+      maxTasks,
+    };
+    for (let i = 0; i < size; i++) this.#spawn();
+  }
+
+  /** The number of worker processes. */
+  get processes(): number {
+    return this.#size;
+  }
+
+  /** Pids of the current workers. */
+  get pids(): number[] {
+    return [...this.#workers].map((w) => w.process.pid!);
+  }
+
+  #spawn(): void {
+    const [parentEnd, childEnd] = binding.socketpair();
+    let proc: Process;
+    try {
+      proc = new Process({
+        target: { module: WORKER_MODULE, export: 'workerMain' },
+        args: [new InheritedFd(childEnd), this.#init],
+        daemon: true,
+      });
+      proc.name = proc.name.replace(/^Process/, 'SpawnPoolWorker');
+      proc.start();
+    } catch (err) {
+      fs.closeSync(parentEnd);
+      throw err;
+    } finally {
+      fs.closeSync(childEnd);
+    }
+    const worker: Worker = {
+      process: proc,
+      channel: undefined as unknown as Channel,
+      inflight: new Map(),
+      assigned: 0,
+      knownFns: new Set(),
+      ready: false,
+      exitCode: null,
+      channelClosed: false,
+      exited: false,
+    };
+    worker.channel = new Channel(
+      parentEnd,
+      (msg) => this.#onMessage(worker, msg as FromWorker),
+      () => {
+        worker.channelClosed = true;
+        this.#maybeRetire(worker);
+      },
+    );
+    if (!this.#busy()) worker.channel.unref();
+    void proc.sentinel.then((code) => {
+      worker.exitCode = code;
+      worker.exited = true;
+      this.#maybeRetire(worker);
+    });
+    this.#workers.add(worker);
+  }
+
+  #onMessage(worker: Worker, msg: FromWorker): void {
+    if (msg[0] === 'ready') {
+      worker.ready = true;
+      this.#dispatch();
+      return;
+    }
+    if (msg[0] === 'i') {
+      this.#breakPool(msg[1]);
+      return;
+    }
+    const job = worker.inflight.get(msg[1]);
+    if (!job) return;
+    worker.inflight.delete(msg[1]);
+    const ms = msg[3] / Math.max(1, job.items.length);
+    this.#jobMs = this.#jobMs === Infinity ? ms : this.#jobMs * 0.8 + ms * 0.2;
+    if (msg[0] === 'r') job.resolve(msg[2]);
+    else job.reject(msg[2]);
+    this.#dispatch();
+  }
+
+  // A worker is gone once it has exited and its channel has delivered
+  // everything it sent; only then is what it still held known to be lost.
+  #maybeRetire(worker: Worker): void {
+    if (!worker.exited || !worker.channelClosed || !this.#workers.has(worker)) return;
+    this.#workers.delete(worker);
+    const pid = worker.process.pid;
+    worker.process.close();
+    if (worker.inflight.size > 0) {
+      const code = worker.exitCode;
+      const signal = signalName(code);
+      for (const job of worker.inflight.values()) {
+        job.reject(
+          new WorkerCrashedError(
+            `worker process ${pid} ended (${signal ?? `exit code ${code}`}) while running this task`,
+            signal ? null : code,
+            signal,
+          ),
+        );
+      }
+      worker.inflight.clear();
+    }
+    if (this.#state !== 'terminated' && !this.#broken && (this.#state === 'running' || this.#queue.length > 0)) {
+      this.#spawn();
+    }
+    this.#dispatch();
+  }
+
+  #breakPool(err: unknown): void {
+    if (this.#broken) return;
+    const broken = stateError('a worker initializer failed; the pool is broken', 'ERR_MP_POOL_BROKEN') as Error & {
+      cause?: unknown;
+    };
+    broken.cause = err;
+    this.#broken = broken;
+    for (const job of this.#queue.splice(0)) job.reject(broken);
+    for (const w of this.#workers) {
+      for (const job of w.inflight.values()) job.reject(broken);
+      w.inflight.clear();
+      w.channel.end();
+    }
+    this.#checkIdle();
+  }
+
+  #fnId(fn: Fn): number {
+    let id = this.#fnIds.get(fn);
+    if (id === undefined) {
+      id = this.#fnRefs.length;
+      this.#fnRefs.push(locate(fn, 'task function'));
+      this.#fnIds.set(fn, id);
+    }
+    return id;
+  }
+
+  #checkOpen(): void {
+    if (this.#state !== 'running') throw closedPoolError();
+    if (this.#broken) throw this.#broken;
+  }
+
+  #submit(fn: Fn, items: unknown[], signal?: AbortSignal, single = false): Promise<unknown[]> {
+    if (typeof fn !== 'function') throw invalidType('fn', 'a function', fn);
+    const fnId = this.#fnId(fn);
+    return new Promise<unknown[]>((resolve, reject) => {
+      const job: Job = { id: this.#nextJob++, fnId, items, single, resolve, reject };
+      if (signal) {
+        if (signal.aborted) return reject(abortError(signal));
+        job.signal = signal;
+        job.onAbort = () => {
+          const i = this.#queue.indexOf(job);
+          if (i >= 0) {
+            this.#queue.splice(i, 1);
+            reject(abortError(signal));
+            this.#checkIdle();
+          }
+        };
+        signal.addEventListener('abort', job.onAbort, { once: true });
+        const settle = (f: (v: any) => void) => (v: any) => {
+          signal.removeEventListener('abort', job.onAbort!);
+          f(v);
+        };
+        job.resolve = settle(resolve);
+        job.reject = settle(reject);
+      }
+      const done = (f: (v: any) => void) => (v: any) => {
+        f(v);
+        this.#checkIdle();
+      };
+      job.resolve = done(job.resolve);
+      job.reject = done(job.reject);
+      this.#queue.push(job);
+      // Work is pending: the channels keep the event loop alive until it is done.
+      if (this.#queue.length === 1) for (const w of this.#workers) w.channel.ref();
+      this.#dispatch();
+    });
+  }
+
+  #dispatch(): void {
+    if (this.#queue.length === 0 || this.#state === 'terminated' || this.#broken) return;
+    const depth = this.#jobMs < FAST_JOB_MS ? QUEUE_DEPTH : 1;
+    const max = this.#init.maxTasks;
+    let progress = true;
+    while (this.#queue.length > 0 && progress) {
+      progress = false;
+      for (const w of this.#workers) {
+        if (this.#queue.length === 0) break;
+        if (!w.ready || w.exited || w.channelClosed || w.inflight.size >= depth) continue;
+        if (max > 0 && w.assigned >= max) continue;
+        // Idle workers first; with a queue depth > 1, fill round-robin.
+        const job = this.#queue.shift()!;
+        if (!w.knownFns.has(job.fnId)) {
+          const ref = this.#fnRefs[job.fnId];
+          w.channel.send(['f', job.fnId, ref.url, ref.exportName] satisfies ToWorker);
+          w.knownFns.add(job.fnId);
+        }
+        w.inflight.set(job.id, job);
+        w.assigned++;
+        try {
+          w.channel.send(
+            job.single
+              ? (['m', job.id, job.fnId, job.items] satisfies ToWorker)
+              : (['t', job.id, job.fnId, job.items as unknown[][]] satisfies ToWorker),
+          );
+        } catch (err) {
+          // The arguments cannot be cloned: fail this job alone.
+          w.inflight.delete(job.id);
+          w.assigned--;
+          job.reject(err);
+        }
+        progress = true;
+      }
+    }
+    if (max > 0) {
+      // Workers that have been given all they may run finish and exit; tell
+      // them to close once their last result is back.
+      for (const w of this.#workers) if (w.assigned >= max && w.inflight.size === 0) w.channel.end();
+    }
+  }
+
+  #busy(): boolean {
+    if (this.#queue.length > 0) return true;
+    for (const w of this.#workers) if (w.inflight.size > 0) return true;
+    return false;
+  }
+
+  #checkIdle(): void {
+    if (this.#busy()) return;
+    // An idle pool does not keep the program alive (its workers are daemons).
+    for (const w of this.#workers) w.channel.unref();
+    if (this.#state === 'closed') for (const w of this.#workers) w.channel.end();
+    for (const resolve of this.#idle.splice(0)) resolve();
+  }
+
+  // ---- public API ------------------------------------------------------------
+
+  /** Runs fn(...args) in a worker; resolves with its result. */
+  apply<R>(fn: (...args: any[]) => R | Promise<R>, args: unknown[] = [], options?: TaskOptions): Promise<Awaited<R>> {
+    try {
+      this.#checkOpen();
+      if (!Array.isArray(args)) throw invalidType('args', 'an array', args);
+      const signal = validateSignal(validateObject(options, 'options').signal);
+      return this.#submit(fn, [args], signal).then((r) => r[0] as Awaited<R>);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** Like apply(), returning an AsyncResult; callbacks run in this process. */
+  applyAsync<R>(
+    fn: (...args: any[]) => R | Promise<R>,
+    args: unknown[] = [],
+    options?: ApplyAsyncOptions<Awaited<R>>,
+  ): AsyncResult<Awaited<R>> {
+    this.#checkOpen();
+    if (!Array.isArray(args)) throw invalidType('args', 'an array', args);
+    const opts = validateObject(options, 'options') as ApplyAsyncOptions<Awaited<R>>;
+    if (opts.callback !== undefined && typeof opts.callback !== 'function') {
+      throw invalidType('options.callback', 'a function', opts.callback);
+    }
+    if (opts.errorCallback !== undefined && typeof opts.errorCallback !== 'function') {
+      throw invalidType('options.errorCallback', 'a function', opts.errorCallback);
+    }
+    const signal = validateSignal(opts.signal);
+    const promise = this.#submit(fn, [args], signal).then((r) => r[0] as Awaited<R>);
+    return new AsyncResult(promise, opts);
+  }
+
+  #chunkSize(length: number, chunksize: number | undefined): number {
+    if (chunksize === undefined) return Math.max(1, Math.ceil(length / (this.#size * 4))); // CPython's rule
+    return validateInteger(chunksize, 'options.chunksize', 1);
+  }
+
+  async #mapItems(fn: Fn, items: unknown[], chunksize: number | undefined, single: boolean): Promise<unknown[]> {
+    const size = this.#chunkSize(items.length, chunksize);
+    const jobs: Promise<unknown[]>[] = [];
+    for (let i = 0; i < items.length; i += size) jobs.push(this.#submit(fn, items.slice(i, i + size), undefined, single));
+    const parts = await Promise.all(jobs);
+    const out = new Array(items.length);
+    let k = 0;
+    for (const part of parts) for (let i = 0; i < part.length; i++) out[k++] = part[i];
+    return out;
+  }
+
+  /** fn applied to every item, in input order (Python's Pool.map). */
+  map<T, R>(fn: (item: T) => R | Promise<R>, iterable: Iterable<T>, options?: ChunkOptions): Promise<Awaited<R>[]> {
+    try {
+      this.#checkOpen();
+      const { chunksize } = validateObject(options, 'options') as ChunkOptions;
+      const items = Array.isArray(iterable) ? iterable : Array.from(iterable);
+      return this.#mapItems(fn, items, chunksize, true) as Promise<Awaited<R>[]>;
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** fn(...args) for every argument list, in input order (Python's Pool.starmap). */
+  starmap<R>(fn: (...args: any[]) => R | Promise<R>, iterable: Iterable<unknown[]>, options?: ChunkOptions): Promise<Awaited<R>[]> {
+    try {
+      this.#checkOpen();
+      const { chunksize } = validateObject(options, 'options') as ChunkOptions;
+      const items = Array.from(iterable, (args, i) => {
+        if (!Array.isArray(args)) throw invalidType(`iterable[${i}]`, 'an array of arguments', args);
+        return args;
+      });
+      return this.#mapItems(fn, items, chunksize, false) as Promise<Awaited<R>[]>;
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** Results in input order, computed lazily with bounded memory. */
+  imap<T, R>(fn: (item: T) => R | Promise<R>, iterable: Iterable<T> | AsyncIterable<T>, options?: ChunkOptions): AsyncIterable<Awaited<R>> {
+    return this.#imap(fn, iterable, options, true, false) as AsyncIterable<Awaited<R>>;
+  }
+
+  /** Results in completion order. */
+  imapUnordered<T, R>(fn: (item: T) => R | Promise<R>, iterable: Iterable<T> | AsyncIterable<T>, options?: ChunkOptions): AsyncIterable<Awaited<R>> {
+    return this.#imap(fn, iterable, options, false, false) as AsyncIterable<Awaited<R>>;
+  }
+
+  /** imap over argument lists (used by the executor's map). */
+  imapStar(fn: Fn, iterable: Iterable<unknown[]> | AsyncIterable<unknown[]>, options?: ChunkOptions): AsyncIterable<unknown> {
+    return this.#imap(fn, iterable, options, true, true);
+  }
+
+  #imap(fn: Fn, iterable: Iterable<unknown> | AsyncIterable<unknown>, options: ChunkOptions | undefined, ordered: boolean, star: boolean): AsyncIterable<unknown> {
+    this.#checkOpen();
+    if (typeof fn !== 'function') throw invalidType('fn', 'a function', fn);
+    const { chunksize = 1 } = validateObject(options, 'options') as ChunkOptions;
+    validateInteger(chunksize, 'options.chunksize', 1);
+    const source = iterable as any;
+    if (source == null || (typeof source[Symbol.iterator] !== 'function' && typeof source[Symbol.asyncIterator] !== 'function')) {
+      throw invalidType('iterable', 'an iterable or async iterable', iterable);
+    }
+    const window = this.#size * 2 + 2; // chunks in flight: backpressure on the source
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const pool = this;
+    return {
+      async *[Symbol.asyncIterator]() {
+        const it: AsyncIterator<unknown> | Iterator<unknown> =
+          typeof source[Symbol.asyncIterator] === 'function' ? source[Symbol.asyncIterator]() : source[Symbol.iterator]();
+        let exhausted = false;
+        type Slot = { promise: Promise<unknown[]>; settled: boolean; results?: unknown[]; error?: unknown; ok?: boolean };
+        const slots: Slot[] = [];
+        const fill = async () => {
+          while (!exhausted && slots.length < window) {
+            const chunk: unknown[] = [];
+            while (chunk.length < chunksize) {
+              const next = await it.next();
+              if (next.done) {
+                exhausted = true;
+                break;
+              }
+              if (star) {
+                if (!Array.isArray(next.value)) throw invalidType('iterable item', 'an array of arguments', next.value);
+                chunk.push(next.value);
+              } else chunk.push(next.value);
+            }
+            if (chunk.length === 0) break;
+            pool.#checkOpen();
+            const slot: Slot = { promise: pool.#submit(fn, chunk, undefined, !star), settled: false };
+            slot.promise.then(
+              (r) => Object.assign(slot, { settled: true, ok: true, results: r }),
+              (e) => Object.assign(slot, { settled: true, ok: false, error: e }),
+            );
+            slots.push(slot);
+          }
+        };
+        await fill();
+        while (slots.length > 0) {
+          let slot: Slot;
+          if (ordered) {
+            slot = slots[0];
+            await slot.promise.catch(() => undefined);
+          } else {
+            await Promise.race(slots.map((s) => s.promise.catch(() => undefined)));
+            slot = slots.find((s) => s.settled)!;
+          }
+          slots.splice(slots.indexOf(slot), 1);
+          if (!slot.ok) throw slot.error;
+          for (const r of slot.results!) yield r;
+          await fill();
+        }
+      },
+    };
+  }
+
+  /** No new work; workers exit once the queued work is done. */
+  close(): void {
+    if (this.#state !== 'running') return;
+    this.#state = 'closed';
+    this.#checkIdle();
+  }
+
+  /** Stops at once: pending work rejects, workers are killed. */
+  terminate(): void {
+    if (this.#state === 'terminated') return;
+    this.#state = 'terminated';
+    const err = stateError('the pool was terminated before this task finished', 'ERR_MP_CLOSED');
+    for (const job of this.#queue.splice(0)) job.reject(err);
+    for (const w of this.#workers) {
+      for (const job of w.inflight.values()) job.reject(err);
+      w.inflight.clear();
+      w.channel.destroy();
+      if (!w.exited) w.process.terminate();
+    }
+    for (const resolve of this.#idle.splice(0)) resolve();
+  }
+
+  /** Waits for every worker to exit; call close() or terminate() first. */
+  async join(): Promise<void> {
+    if (this.#state === 'running') {
+      throw stateError('join() needs close() or terminate() first', 'ERR_MP_POOL_RUNNING');
+    }
+    while (this.#busy() && this.#state === 'closed' && !this.#broken) {
+      await new Promise<void>((resolve) => this.#idle.push(resolve));
+    }
+    while (this.#workers.size > 0) {
+      // join() (not the sentinel) keeps the event loop alive for daemon workers.
+      await Promise.all([...this.#workers].map((w) => (w.exited ? undefined : w.process.join())));
+      // Retirement runs on the next turns (the channel close); let it.
+      await new Promise((r) => setImmediate(r));
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.terminate();
+    await this.join();
+  }
+}

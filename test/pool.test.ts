@@ -1,0 +1,262 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+import { AsyncResult, Pool, TimeoutError, WorkerCrashedError } from 'posix-multiprocessing';
+import * as tasks from './fixtures/pool.mjs';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pmp-pool-'));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+async function withPool<T>(options: ConstructorParameters<typeof Pool>[0], body: (pool: Pool) => Promise<T>): Promise<T> {
+  const pool = new Pool(options);
+  try {
+    return await body(pool);
+  } finally {
+    pool.terminate();
+    await pool.join();
+  }
+}
+
+async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const x of it) out.push(x);
+  return out;
+}
+
+describe('Pool', () => {
+  it('scenario 19: Pool(4) runs ten 1 s tasks in about 3 s on four workers', async () => {
+    const pool = new Pool({ processes: 4 });
+    // Warm up so that start-up is not counted in the timing.
+    await Promise.all(Array.from({ length: 4 }, () => pool.apply(tasks.pid, [])));
+    const started = performance.now();
+    const results = Array.from({ length: 10 }, (_, i) => pool.applyAsync(tasks.sleepPid, [1]));
+    expect(results[0]).toBeInstanceOf(AsyncResult);
+    const pids = await Promise.all(results.map((r) => r.get()));
+    const elapsed = (performance.now() - started) / 1000;
+    expect(elapsed).toBeGreaterThan(2.8);
+    expect(elapsed).toBeLessThan(5);
+    expect(new Set(pids).size).toBeLessThanOrEqual(4);
+    expect(await pool.map(tasks.square, [1, 2, 3, 4, 5])).toEqual([1, 4, 9, 16, 25]);
+    expect(new Set([...pids, ...pool.pids]).size).toBe(4);
+    pool.close();
+    await pool.join();
+  }, 30_000);
+
+  it('map equals Array.prototype.map for 0, 1, 7 and 10,000 items and several chunk sizes', async () => {
+    await withPool({ processes: 2 }, async (pool) => {
+      for (const n of [0, 1, 7, 10_000]) {
+        const input = Array.from({ length: n }, (_, i) => i - 3);
+        const expected = input.map((x) => x * x);
+        for (const chunksize of [undefined, 1, 3, 1000]) {
+          if (n === 10_000 && chunksize === 1) continue; // 10k one-item chunks are covered by the throughput bench
+          expect(await pool.map(tasks.square, input, { chunksize })).toEqual(expected);
+        }
+      }
+      expect(await pool.starmap(tasks.add, [[1, 2], [3, 4], [5, 6]])).toEqual([3, 7, 11]);
+    });
+  }, 60_000);
+
+  it('imap keeps order, imapUnordered returns the same set, both accept async iterables', async () => {
+    await withPool({ processes: 3 }, async (pool) => {
+      const input = Array.from({ length: 50 }, (_, i) => i);
+      expect(await collect(pool.imap(tasks.square, input))).toEqual(input.map((x) => x * x));
+      expect(await collect(pool.imap(tasks.square, input, { chunksize: 7 }))).toEqual(input.map((x) => x * x));
+      const unordered = await collect(pool.imapUnordered(tasks.square, input));
+      expect([...unordered].sort((a, b) => a - b)).toEqual(input.map((x) => x * x));
+      async function* gen() {
+        for (let i = 0; i < 20; i++) yield i;
+      }
+      expect(await collect(pool.imap(tasks.square, gen()))).toEqual(Array.from({ length: 20 }, (_, i) => i * i));
+    });
+  }, 30_000);
+
+  it('imap pulls lazily from an infinite source (backpressure)', async () => {
+    await withPool({ processes: 2 }, async (pool) => {
+      let pulled = 0;
+      function* naturals() {
+        for (let i = 0; ; i++) {
+          pulled = i + 1;
+          yield i;
+        }
+      }
+      const out: number[] = [];
+      for await (const x of pool.imap(tasks.square, naturals())) {
+        out.push(x as number);
+        if (out.length === 100) break;
+      }
+      expect(out).toEqual(Array.from({ length: 100 }, (_, i) => i * i));
+      expect(pulled).toBeLessThan(100 + 20);
+    });
+  }, 30_000);
+
+  it('a task error keeps its name, message, code, cause and the worker stack', async () => {
+    await withPool({ processes: 1 }, async (pool) => {
+      const err = await pool.apply(tasks.failWithCause, ['boom']).catch((e) => e);
+      expect(err).toBeInstanceOf(Error);
+      expect(err.name).toBe('CustomError');
+      expect(err.message).toBe('boom');
+      expect(err.code).toBe('E_CUSTOM');
+      expect(err.stack).toContain('failWithCause');
+      expect(err.cause).toBeInstanceOf(RangeError);
+      expect(err.cause.message).toBe('root');
+      // The pool is unharmed.
+      expect(await pool.apply(tasks.add, [2, 2])).toBe(4);
+      const failing = pool.applyAsync(tasks.fail, ['x']);
+      await failing.wait();
+      expect(failing.ready()).toBe(true);
+      expect(failing.successful()).toBe(false);
+    });
+  });
+
+  it('AsyncResult: get({timeout}) rejects with TimeoutError; callbacks run', async () => {
+    await withPool({ processes: 1 }, async (pool) => {
+      const slow = pool.applyAsync(tasks.sleepThen, [1, 'late']);
+      expect(slow.ready()).toBe(false);
+      expect(() => slow.successful()).toThrow(expect.objectContaining({ code: 'ERR_MP_NOT_READY' }));
+      const started = performance.now();
+      await expect(slow.get({ timeout: 0.2 })).rejects.toBeInstanceOf(TimeoutError);
+      expect(performance.now() - started).toBeLessThan(900);
+      expect(await slow.wait({ timeout: 0.05 })).toBe(false);
+      expect(await slow.get()).toBe('late');
+      expect(slow.successful()).toBe(true);
+      const seen = await new Promise((resolve) => pool.applyAsync(tasks.add, [1, 2], { callback: resolve }));
+      expect(seen).toBe(3);
+      const seenErr = await new Promise((resolve) => pool.applyAsync(tasks.fail, ['e'], { errorCallback: resolve }));
+      expect((seenErr as Error).message).toBe('e');
+      await expect(slow.get({ timeout: -1 })).rejects.toBeInstanceOf(RangeError);
+    });
+  });
+
+  it('maxTasksPerChild recycles workers; the initializer runs once per worker', async () => {
+    const file = path.join(tmp, 'init.txt');
+    await withPool({ processes: 2, maxTasksPerChild: 10, initializer: tasks.init, initargs: [file] }, async (pool) => {
+      const pids = await pool.map(tasks.pid, Array.from({ length: 60 }, (_, i) => i), { chunksize: 1 });
+      const distinct = new Set(pids);
+      expect(distinct.size).toBeGreaterThanOrEqual(6);
+      const counts = new Map<number, number>();
+      for (const p of pids) counts.set(p, (counts.get(p) ?? 0) + 1);
+      for (const c of counts.values()) expect(c).toBeLessThanOrEqual(10);
+      // Every worker ran the initializer exactly once, before its tasks.
+      const inits = fs.readFileSync(file, 'utf8').trim().split('\n').map(Number);
+      expect(new Set(inits).size).toBe(inits.length);
+      for (const p of distinct) expect(inits).toContain(p);
+      expect(await pool.apply(tasks.initCount, [])).toBe(1);
+    });
+  }, 60_000);
+
+  it('a worker killed mid-task fails exactly its task with WorkerCrashedError and is replaced', async () => {
+    await withPool({ processes: 2 }, async (pool) => {
+      const before = pool.pids;
+      const other = pool.apply(tasks.sleepThen, [0.5, 'fine']);
+      const err = await pool.apply(tasks.crash, []).catch((e) => e);
+      expect(err).toBeInstanceOf(WorkerCrashedError);
+      expect(err.code).toBe('ERR_MP_WORKER_CRASHED');
+      expect(err.signal).toBe('SIGKILL');
+      expect(await other).toBe('fine');
+      const exitErr = await pool.apply(tasks.exitNow, [3]).catch((e) => e);
+      expect(exitErr).toBeInstanceOf(WorkerCrashedError);
+      expect(exitErr.exitCode).toBe(3);
+      expect(await pool.map(tasks.square, [1, 2, 3])).toEqual([1, 4, 9]);
+      expect(pool.pids.length).toBe(2);
+      expect(pool.pids).not.toEqual(before);
+    });
+  });
+
+  it('an initializer that throws breaks the pool instead of respawning forever', async () => {
+    const pool = new Pool({ processes: 2, initializer: tasks.badInit });
+    const err = await pool.apply(tasks.add, [1, 2]).catch((e) => e);
+    expect(err.code).toBe('ERR_MP_POOL_BROKEN');
+    expect(err.cause.message).toBe('initializer failed');
+    pool.terminate();
+    await pool.join();
+  });
+
+  it('close() finishes queued work; terminate() rejects it; both refuse new work', async () => {
+    const pool = new Pool({ processes: 1 });
+    const queued = [pool.apply(tasks.sleepThen, [0.2, 1]), pool.apply(tasks.sleepThen, [0.2, 2])];
+    pool.close();
+    await expect(pool.apply(tasks.add, [1, 1])).rejects.toMatchObject({ code: 'ERR_MP_CLOSED' });
+    expect(() => pool.applyAsync(tasks.add, [1, 1])).toThrow(expect.objectContaining({ code: 'ERR_MP_CLOSED' }));
+    await pool.join();
+    expect(await Promise.all(queued)).toEqual([1, 2]);
+
+    const pool2 = new Pool({ processes: 1 });
+    await expect(pool2.join()).rejects.toMatchObject({ code: 'ERR_MP_POOL_RUNNING' });
+    const running = pool2.apply(tasks.sleepThen, [5, 'never']);
+    const pending = pool2.apply(tasks.add, [1, 1]);
+    await new Promise((r) => setTimeout(r, 300));
+    pool2.terminate();
+    await expect(running).rejects.toMatchObject({ code: 'ERR_MP_CLOSED' });
+    await expect(pending).rejects.toMatchObject({ code: 'ERR_MP_CLOSED' });
+    await expect(pool2.map(tasks.square, [1])).rejects.toMatchObject({ code: 'ERR_MP_CLOSED' });
+    await pool2.join();
+  });
+
+  it('an AbortSignal cancels a task that has not started', async () => {
+    await withPool({ processes: 1 }, async (pool) => {
+      const busy = pool.apply(tasks.sleepThen, [0.3, 'busy']);
+      const controller = new AbortController();
+      const cancelled = pool.apply(tasks.add, [1, 2], { signal: controller.signal });
+      controller.abort();
+      await expect(cancelled).rejects.toMatchObject({ name: 'AbortError' });
+      expect(await busy).toBe('busy');
+      expect(await pool.apply(tasks.add, [1, 2], { signal: new AbortController().signal })).toBe(3);
+    });
+  });
+
+  it('validates its arguments', async () => {
+    expect(() => new Pool({ processes: 0 })).toThrow(RangeError);
+    expect(() => new Pool({ processes: 'two' as never })).toThrow(TypeError);
+    expect(() => new Pool({ maxTasksPerChild: -1, processes: 1 })).toThrow(RangeError);
+    await withPool({ processes: 1 }, async (pool) => {
+      await expect(pool.apply('nope' as never, [])).rejects.toBeInstanceOf(TypeError);
+      await expect(pool.apply(() => 1, [])).rejects.toMatchObject({ code: 'ERR_MP_TARGET_NOT_IMPORTABLE' });
+      await expect(pool.map(tasks.square, [1], { chunksize: 0 })).rejects.toBeInstanceOf(RangeError);
+      await expect(pool.apply(tasks.identity, [() => 1])).rejects.toMatchObject({ code: 'ERR_MP_DATA_CLONE' });
+      expect(await pool.apply(tasks.identity, [new Map([[1, new Set([2])]])])).toEqual(new Map([[1, new Set([2])]]));
+    });
+  });
+
+  it('await using terminates and joins', async () => {
+    let pids: number[] = [];
+    {
+      await using pool = new Pool({ processes: 2 });
+      pids = await Promise.all([pool.apply(tasks.pid, []), pool.apply(tasks.pid, [])]);
+    }
+    for (const pid of pids) expect(() => process.kill(pid, 0)).toThrow();
+  });
+
+  it('chaos: 10,000 tasks while workers are SIGKILLed every 50 ms all settle; the pool still works', async () => {
+    await withPool({ processes: 2 }, async (pool) => {
+      let kills = 0;
+      const killer = setInterval(() => {
+        const pids = pool.pids;
+        const victim = pids[Math.floor(Math.random() * pids.length)];
+        try {
+          process.kill(victim, 'SIGKILL');
+          kills++;
+        } catch {
+          // already gone
+        }
+      }, 50);
+      const outcomes = await Promise.allSettled(
+        Array.from({ length: 10_000 }, (_, i) => pool.apply(tasks.square, [i])),
+      );
+      clearInterval(killer);
+      let ok = 0;
+      for (const [i, o] of outcomes.entries()) {
+        if (o.status === 'fulfilled') {
+          expect(o.value).toBe(i * i);
+          ok++;
+        } else {
+          expect(o.reason).toBeInstanceOf(WorkerCrashedError);
+        }
+      }
+      expect(kills).toBeGreaterThan(0);
+      expect(ok).toBeGreaterThan(0);
+      expect(await pool.map(tasks.square, [1, 2, 3])).toEqual([1, 4, 9]);
+    });
+  }, 120_000);
+});
