@@ -1,10 +1,16 @@
 // The private channel between a pool and one of its workers: a socketpair
-// driven by libuv on both sides, carrying length-prefixed codec frames. Frames
-// queued in one turn of the event loop leave in one write, so a stream of small
-// tasks costs one syscall per batch, not per task.
+// driven by libuv on both sides. Frames queued in one turn of the event loop
+// leave in one write, so a stream of small tasks costs one syscall per batch,
+// not per task. Two frame kinds: plain data as a line of JSON ('J' ... '\n':
+// JSON text never holds a raw newline), anything else as the codec's bytes
+// behind a length ('V', u32, bytes).
 import * as net from 'node:net';
 
-import { decode, encode, registerTransferable } from './serialize';
+import { decode, encode, encodeJson, registerTransferable } from './serialize';
+
+const JSON_FRAME = 0x4a; // 'J'
+const BINARY_FRAME = 0x56; // 'V'
+const NEWLINE = 0x0a;
 
 /** An fd that a child inherits at start (it travels in Process args). */
 export class InheritedFd {
@@ -23,10 +29,13 @@ registerTransferable('pmp.InheritedFd', InheritedFd, {
 
 export class Channel {
   readonly #socket: net.Socket;
-  #pending: Buffer[] = [];
-  #pendingBytes = 0;
+  #text = ''; // JSON frames queued since the last binary one
+  #parts: Buffer[] = [];
   #flushScheduled = false;
-  #input: Buffer | null = null;
+  // An incomplete frame: its pieces, joined only once it is complete (joining
+  // on every read would copy a large frame over and over).
+  #partial: Buffer[] = [];
+  #partialBytes = 0;
   #closed = false;
 
   constructor(fd: number, onMessage: (msg: unknown) => void, onClose: () => void) {
@@ -47,11 +56,18 @@ export class Channel {
   /** Queues a message; it is written with the others queued in this turn. */
   send(msg: unknown): void {
     if (this.#closed) return;
-    const body = encode(msg);
-    const head = Buffer.allocUnsafe(4);
-    head.writeUInt32LE(body.length, 0);
-    this.#pending.push(head, body);
-    this.#pendingBytes += 4 + body.length;
+    const json = encodeJson(msg);
+    if (json !== null) {
+      this.#text += 'J' + json + '\n';
+    } else {
+      const body = encode(msg);
+      const head = Buffer.allocUnsafe(5);
+      head[0] = BINARY_FRAME;
+      head.writeUInt32LE(body.length, 1);
+      if (this.#text) this.#parts.push(Buffer.from(this.#text));
+      this.#text = '';
+      this.#parts.push(head, body);
+    }
     if (!this.#flushScheduled) {
       this.#flushScheduled = true;
       queueMicrotask(() => this.#flush());
@@ -60,24 +76,62 @@ export class Channel {
 
   #flush(): void {
     this.#flushScheduled = false;
-    if (this.#closed || this.#pending.length === 0) return;
-    const data = this.#pending.length === 1 ? this.#pending[0] : Buffer.concat(this.#pending, this.#pendingBytes);
-    this.#pending = [];
-    this.#pendingBytes = 0;
-    this.#socket.write(data);
+    if (this.#closed) return;
+    if (this.#parts.length === 0) {
+      if (this.#text) this.#socket.write(this.#text);
+    } else {
+      if (this.#text) this.#parts.push(Buffer.from(this.#text));
+      this.#socket.write(this.#parts.length === 1 ? this.#parts[0] : Buffer.concat(this.#parts));
+      this.#parts = [];
+    }
+    this.#text = '';
   }
 
   #onData(chunk: Buffer, onMessage: (msg: unknown) => void): void {
-    const buf = this.#input ? Buffer.concat([this.#input, chunk]) : chunk;
+    let buf = chunk;
+    if (this.#partial.length > 0) {
+      this.#partial.push(chunk);
+      this.#partialBytes += chunk.length;
+      if (!this.#frameComplete(chunk)) return;
+      buf = Buffer.concat(this.#partial, this.#partialBytes);
+      this.#partial = [];
+      this.#partialBytes = 0;
+    }
     let offset = 0;
-    while (buf.length - offset >= 4) {
-      const size = buf.readUInt32LE(offset);
-      if (buf.length - offset - 4 < size) break;
-      const msg = decode(buf.subarray(offset + 4, offset + 4 + size));
-      offset += 4 + size;
+    while (offset < buf.length) {
+      let msg: unknown;
+      if (buf[offset] === JSON_FRAME) {
+        const end = buf.indexOf(NEWLINE, offset + 1);
+        if (end < 0) break;
+        msg = JSON.parse(buf.toString('utf8', offset + 1, end));
+        offset = end + 1;
+      } else if (buf[offset] === BINARY_FRAME) {
+        if (buf.length - offset < 5) break;
+        const size = buf.readUInt32LE(offset + 1);
+        if (buf.length - offset - 5 < size) break;
+        msg = decode(buf.subarray(offset + 5, offset + 5 + size));
+        offset += 5 + size;
+      } else {
+        // Not our protocol: nothing after this can be trusted.
+        this.destroy();
+        return;
+      }
       onMessage(msg);
     }
-    this.#input = offset === buf.length ? null : Buffer.from(buf.subarray(offset));
+    if (offset < buf.length) {
+      const rest = Buffer.from(buf.subarray(offset)); // the socket may reuse its buffer
+      this.#partial = [rest];
+      this.#partialBytes = rest.length;
+    }
+  }
+
+  // Whether the pieces of the pending frame now hold all of it.
+  #frameComplete(latest: Buffer): boolean {
+    const first = this.#partial[0];
+    if (first[0] === JSON_FRAME) return latest.includes(NEWLINE);
+    if (this.#partialBytes < 5) return false;
+    const head = first.length >= 5 ? first : Buffer.concat(this.#partial, 5);
+    return this.#partialBytes >= 5 + head.readUInt32LE(1);
   }
 
   /** Whether an idle channel keeps the event loop alive. */
@@ -96,7 +150,8 @@ export class Channel {
   }
 
   destroy(): void {
-    this.#pending = [];
+    this.#text = '';
+    this.#parts = [];
     this.#socket.destroy();
   }
 }

@@ -38,13 +38,53 @@ interface Job {
   onAbort?: () => void;
 }
 
+// A FIFO with O(1) shift: pools can hold hundreds of thousands of queued jobs,
+// and Array.prototype.shift copies large arrays.
+class JobQueue {
+  #items: Array<Job | undefined> = [];
+  #head = 0;
+
+  get length(): number {
+    return this.#items.length - this.#head;
+  }
+
+  push(job: Job): void {
+    this.#items.push(job);
+  }
+
+  shift(): Job | undefined {
+    if (this.#head >= this.#items.length) return undefined;
+    const job = this.#items[this.#head];
+    this.#items[this.#head++] = undefined;
+    if (this.#head > 1024 && this.#head * 2 > this.#items.length) {
+      this.#items = this.#items.slice(this.#head);
+      this.#head = 0;
+    }
+    return job;
+  }
+
+  remove(job: Job): boolean {
+    const i = this.#items.indexOf(job, this.#head);
+    if (i < 0) return false;
+    this.#items.splice(i, 1);
+    return true;
+  }
+
+  drain(): Job[] {
+    const out = this.#items.slice(this.#head) as Job[];
+    this.#items = [];
+    this.#head = 0;
+    return out;
+  }
+}
+
 interface Worker {
   process: Process;
   channel: Channel;
   inflight: Map<number, Job>;
   assigned: number; // jobs sent over its lifetime (for maxTasksPerChild)
   knownFns: Set<number>;
-  ready: boolean; // booted and initialized: work is sent only then
+  ready: boolean; // booted and initialized
   exitCode: number | null;
   channelClosed: boolean;
   exited: boolean;
@@ -153,7 +193,7 @@ export class Pool {
   readonly #size: number;
   readonly #init: WorkerInit;
   readonly #workers = new Set<Worker>();
-  readonly #queue: Job[] = [];
+  readonly #queue = new JobQueue();
   readonly #fnIds = new Map<Fn, number>();
   readonly #fnRefs: FunctionRef[] = [];
   #state: 'running' | 'closed' | 'terminated' = 'running';
@@ -256,8 +296,7 @@ export class Pool {
     worker.inflight.delete(msg[1]);
     const ms = msg[3] / Math.max(1, job.items.length);
     this.#jobMs = this.#jobMs === Infinity ? ms : this.#jobMs * 0.8 + ms * 0.2;
-    if (msg[0] === 'r') job.resolve(msg[2]);
-    else job.reject(msg[2]);
+    this.#settle(job, msg[0] === 'r', msg[2]);
     this.#dispatch();
   }
 
@@ -272,7 +311,9 @@ export class Pool {
       const code = worker.exitCode;
       const signal = signalName(code);
       for (const job of worker.inflight.values()) {
-        job.reject(
+        this.#settle(
+          job,
+          false,
           new WorkerCrashedError(
             `worker process ${pid} ended (${signal ?? `exit code ${code}`}) while running this task`,
             signal ? null : code,
@@ -295,9 +336,9 @@ export class Pool {
     };
     broken.cause = err;
     this.#broken = broken;
-    for (const job of this.#queue.splice(0)) job.reject(broken);
+    for (const job of this.#queue.drain()) this.#settle(job, false, broken);
     for (const w of this.#workers) {
-      for (const job of w.inflight.values()) job.reject(broken);
+      for (const job of w.inflight.values()) this.#settle(job, false, broken);
       w.inflight.clear();
       w.channel.end();
     }
@@ -328,32 +369,22 @@ export class Pool {
         if (signal.aborted) return reject(abortError(signal));
         job.signal = signal;
         job.onAbort = () => {
-          const i = this.#queue.indexOf(job);
-          if (i >= 0) {
-            this.#queue.splice(i, 1);
-            reject(abortError(signal));
-            this.#checkIdle();
-          }
+          if (this.#queue.remove(job)) this.#settle(job, false, abortError(signal));
         };
         signal.addEventListener('abort', job.onAbort, { once: true });
-        const settle = (f: (v: any) => void) => (v: any) => {
-          signal.removeEventListener('abort', job.onAbort!);
-          f(v);
-        };
-        job.resolve = settle(resolve);
-        job.reject = settle(reject);
       }
-      const done = (f: (v: any) => void) => (v: any) => {
-        f(v);
-        this.#checkIdle();
-      };
-      job.resolve = done(job.resolve);
-      job.reject = done(job.reject);
       this.#queue.push(job);
       // Work is pending: the channels keep the event loop alive until it is done.
       if (this.#queue.length === 1) for (const w of this.#workers) w.channel.ref();
       this.#dispatch();
     });
+  }
+
+  #settle(job: Job, ok: boolean, value: unknown): void {
+    if (job.onAbort) job.signal!.removeEventListener('abort', job.onAbort);
+    if (ok) job.resolve(value as unknown[]);
+    else job.reject(value);
+    this.#checkIdle();
   }
 
   #dispatch(): void {
@@ -365,7 +396,10 @@ export class Pool {
       progress = false;
       for (const w of this.#workers) {
         if (this.#queue.length === 0) break;
-        if (!w.ready || w.exited || w.channelClosed || w.inflight.size >= depth) continue;
+        // A booting worker is given one job, so that a worker killed while
+        // it boots still settles something: under a storm of kills the pool
+        // keeps making progress instead of waiting for workers that never live.
+        if (w.exited || w.channelClosed || w.inflight.size >= (w.ready ? depth : 1)) continue;
         if (max > 0 && w.assigned >= max) continue;
         // Idle workers first; with a queue depth > 1, fill round-robin.
         const job = this.#queue.shift()!;
@@ -386,7 +420,7 @@ export class Pool {
           // The arguments cannot be cloned: fail this job alone.
           w.inflight.delete(job.id);
           w.assigned--;
-          job.reject(err);
+          this.#settle(job, false, err);
         }
         progress = true;
       }
@@ -578,9 +612,9 @@ export class Pool {
     if (this.#state === 'terminated') return;
     this.#state = 'terminated';
     const err = stateError('the pool was terminated before this task finished', 'ERR_MP_CLOSED');
-    for (const job of this.#queue.splice(0)) job.reject(err);
+    for (const job of this.#queue.drain()) this.#settle(job, false, err);
     for (const w of this.#workers) {
-      for (const job of w.inflight.values()) job.reject(err);
+      for (const job of w.inflight.values()) this.#settle(job, false, err);
       w.inflight.clear();
       w.channel.destroy();
       if (!w.exited) w.process.terminate();

@@ -249,6 +249,12 @@ function revive(value: unknown, ctx: CodecContext, seen: Map<object, unknown>): 
   return result;
 }
 
+/** The JSON text of a value when JSON round-trips it exactly, else null.
+ *  (JSON text never contains a raw newline, so it can be newline-framed.) */
+export function encodeJson(value: unknown): string | null {
+  return isJsonSafe(value, 0) ? JSON.stringify(value) : null;
+}
+
 /** Encodes a value; transferables that carry fds append them to ctx.fds. */
 export function encode(value: unknown, ctx: CodecContext = { fds: [] }): Buffer {
   if (isJsonSafe(value, 0)) {

@@ -1,0 +1,41 @@
+// The chaos run shared by the pool tests and the stress suite.
+import { expect } from 'vitest';
+
+import { Pool, WorkerCrashedError } from 'posix-multiprocessing';
+import * as tasks from '../fixtures/pool.mjs';
+
+// Kills a random worker every `interval` ms while `count` tasks run: every task
+// must settle (a result, or WorkerCrashedError for the tasks a dead worker held).
+export async function chaos(count: number, interval: number): Promise<void> {
+  const pool = new Pool({ processes: 2 });
+  try {
+    let kills = 0;
+    const killer = setInterval(() => {
+      const pids = pool.pids;
+      const victim = pids[Math.floor(Math.random() * pids.length)];
+      try {
+        process.kill(victim, 'SIGKILL');
+        kills++;
+      } catch {
+        // already gone
+      }
+    }, interval);
+    const outcomes = await Promise.allSettled(Array.from({ length: count }, (_, i) => pool.apply(tasks.square, [i])));
+    clearInterval(killer);
+    let ok = 0;
+    for (const [i, o] of outcomes.entries()) {
+      if (o.status === 'fulfilled') {
+        expect(o.value).toBe(i * i);
+        ok++;
+      } else {
+        expect(o.reason).toBeInstanceOf(WorkerCrashedError);
+      }
+    }
+    expect(kills).toBeGreaterThan(0);
+    expect(ok).toBeGreaterThan(0);
+    expect(await pool.map(tasks.square, [1, 2, 3])).toEqual([1, 4, 9]);
+  } finally {
+    pool.terminate();
+    await pool.join();
+  }
+}
