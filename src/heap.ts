@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 
 import { binding, type Mapping } from './native';
+import { track, untrack } from './resource-tracker';
 import { outOfRange } from './validate';
 
 /** A block of shared memory: `buffer` is the whole segment's mapping. */
@@ -115,6 +116,8 @@ class SharedHeap {
     } finally {
       fs.closeSync(fd);
     }
+    // Registered with the tracker, so a crash of this process does not leave it behind.
+    track(name, 'shm');
     this.hooks.created?.(name);
     this.#segments.set(name, seg);
     this.#owned.push(seg);
@@ -124,7 +127,8 @@ class SharedHeap {
 
   // The names of segments this process created go when it exits normally;
   // processes that mapped them keep their mappings. (After a crash, the
-  // resource tracker unlinks them.)
+  // resource tracker unlinks them.) Their names follow /pmp-<pid>-..., which
+  // is how the test suite's leak check knows they are process-lifetime.
   #installExitHook(): void {
     if (this.#exitHook) return;
     this.#exitHook = true;
@@ -138,6 +142,7 @@ class SharedHeap {
       } catch {
         // already gone
       }
+      untrack(seg.name, 'shm');
       this.hooks.unlinked?.(seg.name);
     }
     this.#owned = this.#owned.filter(() => false);
