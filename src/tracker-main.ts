@@ -36,6 +36,14 @@ function handle(line: string): void {
   else if (msg.op === 'UNREGISTER') registered.delete(key);
 }
 
+// After each read the tracker naps: messages written meanwhile wait in the
+// pipe buffer instead of waking this process once per message, which would
+// cost every create/unlink a context switch (it was half the cost of a
+// SharedMemory create+unlink cycle). A full pipe only makes a writer wait for
+// the end of the nap.
+const NAP_MS = 10;
+const napWord = new Int32Array(new SharedArrayBuffer(4));
+
 function readUntilEof(): void {
   const chunk = Buffer.allocUnsafe(64 * 1024);
   let pending = '';
@@ -49,6 +57,7 @@ function readUntilEof(): void {
       return;
     }
     if (n === 0) return;
+    Atomics.wait(napWord, 0, 0, NAP_MS);
     pending += chunk.toString('utf8', 0, n);
     let nl: number;
     while ((nl = pending.indexOf('\n')) >= 0) {
