@@ -57,8 +57,8 @@ Napi::Value ShmOpen(const Napi::CallbackInfo& info) {
   int flags = O_RDWR | (create ? O_CREAT : 0) | (exclusive ? O_EXCL : 0);
   int fd = RetryEintr([&] { return shm_open(name.c_str(), flags, mode); });
   if (fd < 0) ThrowSystemError(env, errno, "shm_open", name);
-  // shm_open sets FD_CLOEXEC on Linux and macOS; make sure regardless.
-  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  // No fcntl(FD_CLOEXEC) here: POSIX requires shm_open to set it (glibc,
+  // musl and macOS do), and a create+attach cycle is a dozen syscalls in all.
   if (create) {
     // The umask must not weaken or widen what the caller asked for.
     fchmod(fd, mode);

@@ -47,10 +47,20 @@ export function normalizeShmName(value: unknown, argName = 'options.name'): stri
   return `/${body}`;
 }
 
+// Random bytes are drawn in bulk: one randomBytes call costs more than the
+// shm_open it names.
+let pool = Buffer.alloc(0);
+let poolAt = 0;
+
 function randomName(): string {
   // The creator's pid says where a leftover came from; 48 random bits make an
   // O_EXCL collision a non-event; at most 26 bytes fit macOS's 31-byte limit.
-  return `/pmp_${process.pid}_${randomBytes(6).toString('hex')}`;
+  if (poolAt + 6 > pool.length) {
+    pool = randomBytes(6 * 256);
+    poolAt = 0;
+  }
+  poolAt += 6;
+  return `/pmp_${process.pid}_${pool.toString('hex', poolAt - 6, poolAt)}`;
 }
 
 // A SharedMemory dropped without close() still gives its fd back.

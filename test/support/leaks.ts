@@ -33,17 +33,20 @@ afterAll(async () => {
 // Test files run in parallel and /dev/shm is shared, so an entry is judged by
 // the pid its name carries (heap segments /pmp-<pid>-..., random SharedMemory
 // names /pmp_<pid>_...): entries of another process that is still running are
-// that file's business. This process's heap segments live as long as it does
+// that process's business. This process's heap segments live as long as it does
 // and are unlinked at its exit (or by the resource tracker after a crash;
 // test/resource-tracker.test.ts checks both), so they are not a leak either.
 function newShmEntries(): string[] {
   return [...shmEntries()].filter((e) => {
     if (shmBefore.has(e)) return false;
-    const m = /^pmp([-_])(\d+)[-_]/.exec(e);
+    // This process's heap segments (pmp-<pid>-...) are process-lifetime.
+    if (e.startsWith(`pmp-${process.pid}-`)) return false;
+    // The first all-digit component of a name is taken as its creator's pid
+    // (pmp_<pid>_..., pmp-<pid>-..., and the package's other objects, pmp-<kind>-<pid>-...).
+    const m = /(?:^|[-_])(\d+)(?=[-_]|$)/.exec(e);
     if (!m) return true;
-    const pid = Number(m[2]);
-    if (pid === process.pid) return m[1] === '_';
-    return !isRunning(pid);
+    const pid = Number(m[1]);
+    return pid === process.pid || !isRunning(pid);
   });
 }
 
