@@ -5,6 +5,8 @@
 //   shmUnlink(name)
 //   ftruncate(fd, size); fstatSize(fd) -> size
 //   new Mapping(fd, size)  .buffer: ArrayBuffer over MAP_SHARED memory
+//                          (callers keep size <= buffer.constants.MAX_LENGTH:
+//                          N-API aborts the process on a longer external buffer)
 //                          .unmap(): detaches .buffer (every view over it becomes
 //                          length 0) and munmaps. Idempotent; also done by GC.
 //

@@ -2,6 +2,7 @@
 // a zero-copy Uint8Array, like Python's multiprocessing.shared_memory. Created
 // with O_EXCL (a random name by default) or attached by name from any process,
 // related or not. Policy lives here; native/shm.cc only makes the syscalls.
+import { constants as bufferConstants } from 'node:buffer';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 
@@ -45,6 +46,17 @@ export function normalizeShmName(value: unknown, argName = 'options.name'): stri
   const bytes = Buffer.byteLength(body) + 1;
   if (bytes > MAX_NAME) throw outOfRange(argName, `at most ${MAX_NAME - 1} bytes long`, value);
   return `/${body}`;
+}
+
+/**
+ * An ArrayBuffer cannot be longer than buffer.constants.MAX_LENGTH (4 GiB on
+ * Node 20); asking N-API for a longer external one aborts the process, so the
+ * size is checked before anything is mapped.
+ */
+export function checkMappable(size: number, what: string): void {
+  if (size > bufferConstants.MAX_LENGTH) {
+    throw outOfRange(what, `at most buffer.constants.MAX_LENGTH (${bufferConstants.MAX_LENGTH}) bytes to be mapped in Node`, size);
+  }
 }
 
 // Random bytes are drawn in bulk: one randomBytes call costs more than the
@@ -95,6 +107,7 @@ export class SharedMemory {
       name = normalizeShmName(opts.name);
     }
     if (create && size === 0) throw outOfRange('options.size', 'a positive integer when creating a segment', size);
+    if (create) checkMappable(size, 'options.size');
     this.#tracked = create && (opts.track ?? opts.name == null);
 
     // A random name that collides (astronomically unlikely) is simply drawn again.
@@ -117,6 +130,7 @@ export class SharedMemory {
       if (this.#size === 0) {
         throw stateError(`cannot map shared memory '${name.slice(1)}': it has size 0`, 'ERR_MP_SHM_EMPTY');
       }
+      checkMappable(this.#size, create ? 'options.size' : `the size of shared memory '${name.slice(1)}'`);
       this.#mapping = new binding.Mapping(fd, this.#size);
     } catch (err) {
       fs.closeSync(fd);

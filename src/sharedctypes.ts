@@ -8,6 +8,7 @@ import { closedError, stateError } from './errors';
 import { heap, type BlockRef } from './heap';
 import { binding, type Mapping } from './native';
 import { registerTransferable } from './serialize';
+import { checkMappable } from './shared-memory';
 import { invalidType, outOfRange, validateInteger, validateObject } from './validate';
 
 /** Python's array/ctypes typecodes and their names. */
@@ -248,6 +249,7 @@ function mapPrivately(ref: BlockRef): Mapping {
   const fd = binding.shmOpen(ref.segment, false, false, 0o600);
   try {
     const size = binding.fstatSize(fd);
+    checkMappable(size, 'segment size');
     if (ref.offset + ref.size > size) throw outOfRange('block', `inside its segment of ${size} bytes`, `${ref.offset}+${ref.size}`);
     return new binding.Mapping(fd, size);
   } finally {
@@ -281,6 +283,7 @@ abstract class SharedVector<A extends AnyTypedArray> {
     } else {
       this.#ctype = ctypeOf(type);
       const { length, values } = initialValues(this.#ctype, sizeOrValues);
+      checkMappable(length * this.#ctype.size + 4096, 'sizeOrValues (in bytes)');
       // A zero-length array still takes one element's space: blocks are never empty.
       const block = heap().allocate(Math.max(1, length) * this.#ctype.size, this.#ctype.size);
       this.#ref = { segment: block.segment, offset: block.offset, size: block.size };

@@ -94,6 +94,9 @@ describe('SharedMemory: create, attach, close, unlink', () => {
     expect(() => SharedMemory.create(-1)).toThrow(RangeError);
     expect(() => SharedMemory.create(1.5)).toThrow(TypeError);
     expect(() => SharedMemory.create('10' as any)).toThrow(TypeError);
+    // Larger than an ArrayBuffer may be: refused before anything is mapped (N-API would abort).
+    expect(() => SharedMemory.create(2 ** 40)).toThrow(RangeError);
+    expect(() => SharedMemory.create(2 ** 53)).toThrow(RangeError);
     expect(() => new SharedMemory({ create: true })).toThrow(/options\.size/);
     expect(() => new SharedMemory({ create: true, size: -5 })).toThrow(RangeError);
     expect(() => new SharedMemory({ create: true, size: Number.NaN })).toThrow(TypeError);

@@ -61,6 +61,7 @@ describe('Value and Array types', () => {
     expect(q.value).toBe(5n);
     expect(() => new RawArray('d', -1)).toThrow(RangeError);
     expect(() => new RawArray('d', 1.5)).toThrow(TypeError);
+    expect(() => new RawArray('d', 2 ** 31 - 1)).toThrow(RangeError); // 16 GiB: more than one ArrayBuffer can hold
     expect(() => new RawArray('d', 'abc' as any)).toThrow(TypeError);
     expect(() => new RawArray('d', [1, 'x'] as any)).toThrow(/sizeOrValues\[1\]/);
     expect(() => new Value('i', 0, { lock: 'yes' as any })).toThrow(TypeError);
