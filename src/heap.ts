@@ -122,8 +122,9 @@ class SharedHeap {
     } finally {
       fs.closeSync(fd);
     }
-    // Registered with the tracker, so a crash of this process does not leave it behind.
-    track(name, 'shm');
+    // Registered with the tracker, so a crash of this process does not leave it
+    // behind: it goes when this process is gone, as at a normal exit.
+    track(name, 'shm', { lifetime: 'process' });
     this.hooks.created?.(name);
     this.#segments.set(name, seg);
     this.#owned.push(seg);

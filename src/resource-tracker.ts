@@ -4,7 +4,7 @@
 // process of the tree is gone, even after SIGKILL. See docs/cleanup.md.
 //
 // Protocol: one JSON line per message on a pipe, {"op":"REGISTER"|"UNREGISTER",
-// "kind","name"}. Each line is far below PIPE_BUF, so writes from many
+// "kind","name"[,"pid"]} (pid: unlink as soon as that process is gone). Each line is far below PIPE_BUF, so writes from many
 // processes never interleave. The tracker reads until EOF, which the kernel
 // delivers only when the last process holding the write end has exited: that
 // is the definition of "the program tree is gone", crash or not.
@@ -105,14 +105,14 @@ export function ensureRunning(): number {
   return writeEnd;
 }
 
-function send(op: 'REGISTER' | 'UNREGISTER', name: string, kind: TrackedKind): void {
+function send(op: 'REGISTER' | 'UNREGISTER', name: string, kind: TrackedKind, pid?: number): void {
   const s = state();
   if (s.broken) return;
   // Forgetting a name never needs a tracker started for it.
   const fd = op === 'REGISTER' ? ensureRunning() : s.fd;
   if (fd < 0) return;
   try {
-    fs.writeSync(fd, JSON.stringify({ op, kind, name }) + '\n');
+    fs.writeSync(fd, JSON.stringify(pid === undefined ? { op, kind, name } : { op, kind, name, pid }) + '\n');
   } catch {
     // EPIPE: the tracker is gone (killed by hand). Nothing more can be done
     // for crash cleanup; normal cleanup by the owners still happens.
@@ -120,9 +120,19 @@ function send(op: 'REGISTER' | 'UNREGISTER', name: string, kind: TrackedKind): v
   }
 }
 
-/** Registers a name this package created; the tracker unlinks it if the tree ends without untrack(). */
-export function track(name: string, kind: TrackedKind): void {
-  send('REGISTER', name, kind);
+export interface TrackOptions {
+  /**
+   * 'tree' (default): the name may be used by any process of the tree until
+   * it ends. 'process': the name lives as long as this process (the shared
+   * heap's segments), so the tracker unlinks it as soon as this process is
+   * gone, even while the rest of the tree runs on.
+   */
+  lifetime?: 'tree' | 'process';
+}
+
+/** Registers a name this package created; the tracker unlinks it if it is left behind without untrack(). */
+export function track(name: string, kind: TrackedKind, options: TrackOptions = {}): void {
+  send('REGISTER', name, kind, options.lifetime === 'process' ? process.pid : undefined);
 }
 
 /** The name was unlinked (or handed over on purpose): the tracker forgets it. */

@@ -1,8 +1,10 @@
 // The resource tracker process (started by resource-tracker.ts, one per program
 // tree): reads REGISTER/UNREGISTER lines from fd 3 until EOF, which comes when
 // every process of the tree has exited, then unlinks what is still registered
-// and warns about it, as CPython's resource_tracker does.
-import * as fs from 'node:fs';
+// and warns about it, as CPython's resource_tracker does. Names registered
+// with an owner pid (process-lifetime objects: heap segments) are unlinked as
+// soon as that process is gone, which is what its normal exit would have done.
+import * as net from 'node:net';
 
 import { binding } from './native';
 
@@ -15,16 +17,28 @@ const unlinkers: Record<string, Unlinker | undefined> = {
   semaphore: (binding as unknown as { semUnlink?: Unlinker }).semUnlink,
 };
 
+// After each chunk the tracker stops reading for a moment: messages written
+// meanwhile wait in the pipe buffer instead of waking this process once per
+// message, which would cost every create/unlink a context switch (it was half
+// the cost of a SharedMemory create+unlink cycle). A writer only waits if the
+// pipe fills within the nap.
+const NAP_MS = 10;
+// How often owners of process-lifetime names are checked for being alive.
+const OWNER_CHECK_MS = 250;
+
 // A ^C in the terminal, or a SIGTERM sent to the whole program, must not end
-// the tracker before the program's processes are gone. (Handlers installed
-// through process.on keep the default action from running; the loop below
-// blocks, so they never run, and SA_RESTART restarts the read.)
+// the tracker before the program's processes are gone.
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const) process.on(sig, () => {});
 
-const registered = new Map<string, { kind: string; name: string }>();
+interface Entry {
+  kind: string;
+  name: string;
+  pid?: number;
+}
+const registered = new Map<string, Entry>();
 
 function handle(line: string): void {
-  let msg: { op?: unknown; kind?: unknown; name?: unknown };
+  let msg: { op?: unknown; kind?: unknown; name?: unknown; pid?: unknown };
   try {
     msg = JSON.parse(line);
   } catch {
@@ -32,65 +46,97 @@ function handle(line: string): void {
   }
   if (typeof msg.name !== 'string' || typeof msg.kind !== 'string') return;
   const key = `${msg.kind}\0${msg.name}`;
-  if (msg.op === 'REGISTER') registered.set(key, { kind: msg.kind, name: msg.name });
-  else if (msg.op === 'UNREGISTER') registered.delete(key);
+  if (msg.op === 'REGISTER') {
+    const entry: Entry = { kind: msg.kind, name: msg.name };
+    if (typeof msg.pid === 'number' && Number.isInteger(msg.pid) && msg.pid > 0) entry.pid = msg.pid;
+    registered.set(key, entry);
+  } else if (msg.op === 'UNREGISTER') {
+    registered.delete(key);
+  }
 }
 
-// After each read the tracker naps: messages written meanwhile wait in the
-// pipe buffer instead of waking this process once per message, which would
-// cost every create/unlink a context switch (it was half the cost of a
-// SharedMemory create+unlink cycle). A full pipe only makes a writer wait for
-// the end of the nap.
-const NAP_MS = 10;
-const napWord = new Int32Array(new SharedArrayBuffer(4));
+/** Unlinks an entry; a description for the warning, or null when it was already gone. */
+function unlink(entry: Entry): string | null {
+  const fn = unlinkers[entry.kind];
+  if (!fn) return `${entry.kind} ${entry.name} (not unlinked: no unlinker for this kind)`;
+  try {
+    fn(entry.name);
+    return `${entry.kind} ${entry.name}`;
+  } catch (err) {
+    // ENOENT: its owner unlinked it but died before saying so. Nothing leaked.
+    if ((err as { code?: string }).code === 'ENOENT') return null;
+    return `${entry.kind} ${entry.name} (unlink failed: ${(err as Error).message})`;
+  }
+}
 
-function readUntilEof(): void {
-  const chunk = Buffer.allocUnsafe(64 * 1024);
-  let pending = '';
-  for (;;) {
-    let n: number;
-    try {
-      n = fs.readSync(3, chunk, 0, chunk.length, null);
-    } catch (err) {
-      const code = (err as { code?: string }).code;
-      if (code === 'EINTR' || code === 'EAGAIN') continue;
-      return;
+function warn(what: string, list: string[]): void {
+  if (list.length === 0) return;
+  process.stderr.write(`posix-multiprocessing resource tracker: ${what}:\n  ${list.join('\n  ')}\n`);
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: a process we may not signal has the pid now; treat as alive (never unlink too early).
+    return (err as { code?: string }).code !== 'ESRCH';
+  }
+}
+
+// A pid that is reused before the check only delays the cleanup to the end
+// of the tree; a dead pid is never mistaken for a live one.
+function checkOwners(): void {
+  const byPid = new Map<number, Entry[]>();
+  for (const [key, entry] of registered) {
+    if (entry.pid === undefined) continue;
+    let list = byPid.get(entry.pid);
+    if (!list) byPid.set(entry.pid, (list = []));
+    list.push(entry);
+    void key;
+  }
+  for (const [pid, entries] of byPid) {
+    if (isAlive(pid)) continue;
+    const done: string[] = [];
+    for (const entry of entries) {
+      registered.delete(`${entry.kind}\0${entry.name}`);
+      const d = unlink(entry);
+      if (d) done.push(d);
     }
-    if (n === 0) return;
-    Atomics.wait(napWord, 0, 0, NAP_MS);
-    pending += chunk.toString('utf8', 0, n);
-    let nl: number;
-    while ((nl = pending.indexOf('\n')) >= 0) {
-      handle(pending.slice(0, nl));
-      pending = pending.slice(nl + 1);
-    }
+    warn(`process ${pid} ended without cleaning up; unlinked`, done);
   }
 }
 
 function cleanUp(): void {
-  const leaked: string[] = [];
-  for (const { kind, name } of registered.values()) {
-    const unlink = unlinkers[kind];
-    if (!unlink) {
-      leaked.push(`${kind} ${name} (not unlinked: no unlinker for this kind)`);
-      continue;
-    }
-    try {
-      unlink(name);
-      leaked.push(`${kind} ${name}`);
-    } catch (err) {
-      // ENOENT: its owner unlinked it but died before saying so. Nothing leaked.
-      if ((err as { code?: string }).code !== 'ENOENT') leaked.push(`${kind} ${name} (unlink failed: ${(err as Error).message})`);
-    }
+  const done: string[] = [];
+  for (const entry of registered.values()) {
+    const d = unlink(entry);
+    if (d) done.push(d);
   }
-  if (leaked.length > 0) {
-    process.stderr.write(
-      `posix-multiprocessing resource tracker: ${leaked.length} named object(s) were still registered ` +
-        `when the program ended and have been cleaned up:\n  ${leaked.join('\n  ')}\n`,
-    );
-  }
+  registered.clear();
+  warn(`${done.length} named object(s) were still registered when the program ended and have been cleaned up`, done);
 }
 
-readUntilEof();
-cleanUp();
-process.exit(0);
+// fd 3 is the read end of the pipe; a libuv pipe handle polls it on the event
+// loop (no thread parked in read()).
+const input = new net.Socket({ fd: 3, readable: true, writable: false });
+let pending = '';
+input.setEncoding('utf8');
+input.on('data', (chunk: string) => {
+  pending += chunk;
+  let nl: number;
+  while ((nl = pending.indexOf('\n')) >= 0) {
+    handle(pending.slice(0, nl));
+    pending = pending.slice(nl + 1);
+  }
+  input.pause();
+  setTimeout(() => input.resume(), NAP_MS);
+});
+const ownerTimer = setInterval(checkOwners, OWNER_CHECK_MS);
+const finish = (): void => {
+  clearInterval(ownerTimer);
+  cleanUp();
+  process.exit(0);
+};
+input.on('end', finish);
+input.on('error', finish);

@@ -109,6 +109,24 @@ describe('resource tracker', () => {
     expect(exists(name)).toBe(false);
   }, 30_000);
 
+  it("a killed child's heap segments are unlinked while the rest of the tree runs on", async () => {
+    const file = path.join(os.tmpdir(), `pmp-heap-${process.pid}.json`);
+    fs.rmSync(file, { force: true });
+    const p = new Process({ target: shmTargets.holdHeap, args: [file] });
+    p.start();
+    try {
+      expect(await waitFor(() => fs.existsSync(file) && fs.readFileSync(file, 'utf8').length > 0, 15_000)).toBe(true);
+      const segments: string[] = JSON.parse(fs.readFileSync(file, 'utf8'));
+      expect(segments.length).toBe(1);
+      expect(exists(segments[0])).toBe(true);
+      p.kill();
+      expect(await p.join(10)).toBe(-9);
+      expect(await waitFor(() => !exists(segments[0]), 5000)).toBe(true);
+    } finally {
+      fs.rmSync(file, { force: true });
+    }
+  }, 30_000);
+
   it('children share the parent tree\'s tracker: no tracker of their own, nothing extra left open', async () => {
     const shm = SharedMemory.create(64); // starts this process's tracker
     try {
