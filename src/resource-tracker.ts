@@ -10,6 +10,7 @@
 // is the definition of "the program tree is gone", crash or not.
 import * as childProcess from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 
 import { binding } from './native';
@@ -31,6 +32,8 @@ interface TrackerState {
   pid: number | undefined;
   /** Set when the pipe broke (tracker gone): from then on tracking is a no-op. */
   broken: boolean;
+  /** The write end as a libuv stream (see send()). */
+  stream?: net.Socket;
 }
 
 // Shared by every copy of the package loaded in this process (CJS and ESM entry
@@ -111,13 +114,22 @@ function send(op: 'REGISTER' | 'UNREGISTER', name: string, kind: TrackedKind, pi
   // Forgetting a name never needs a tracker started for it.
   const fd = op === 'REGISTER' ? ensureRunning() : s.fd;
   if (fd < 0) return;
-  try {
-    fs.writeSync(fd, JSON.stringify(pid === undefined ? { op, kind, name } : { op, kind, name, pid }) + '\n');
-  } catch {
-    // EPIPE: the tracker is gone (killed by hand). Nothing more can be done
-    // for crash cleanup; normal cleanup by the owners still happens.
-    s.broken = true;
+  // The write goes through a libuv stream: it is written at once when the
+  // pipe has room (the normal case, so a crash right after still leaves the
+  // message with the tracker), and queued in this process, never blocking the
+  // event loop, when the pipe is full (the tracker still booting, or napping
+  // under a burst). A blocking write stalled creators for up to the tracker's
+  // whole startup.
+  if (!s.stream) {
+    s.stream = new net.Socket({ fd, readable: false, writable: true });
+    s.stream.unref(); // never keeps the program alive
+    s.stream.on('error', () => {
+      // EPIPE: the tracker is gone (killed by hand). Nothing more can be done
+      // for crash cleanup; normal cleanup by the owners still happens.
+      s.broken = true;
+    });
   }
+  s.stream.write(JSON.stringify(pid === undefined ? { op, kind, name } : { op, kind, name, pid }) + '\n');
 }
 
 export interface TrackOptions {
@@ -146,7 +158,7 @@ export function untrack(name: string, kind: TrackedKind = 'shm'): void {
  * in the child, where keepFds land at 3, 4, ...
  */
 export function shareWithChild(keepFds: number[], envp: string[]): void {
-  const fd = ensureRunning();
+  const fd = state().broken ? -1 : ensureRunning();
   const filtered = envp.filter((e) => !e.startsWith(`${TRACKER_ENV}=`));
   envp.length = 0;
   envp.push(...filtered);
