@@ -125,8 +125,10 @@ function send(op: 'REGISTER' | 'UNREGISTER', name: string, kind: TrackedKind, pi
     s.stream.unref(); // never keeps the program alive
     s.stream.on('error', () => {
       // EPIPE: the tracker is gone (killed by hand). Nothing more can be done
-      // for crash cleanup; normal cleanup by the owners still happens.
+      // for crash cleanup; normal cleanup by the owners still happens. The
+      // stream closed the fd, so its number must not be handed to children.
       s.broken = true;
+      s.fd = -1;
     });
   }
   s.stream.write(JSON.stringify(pid === undefined ? { op, kind, name } : { op, kind, name, pid }) + '\n');
