@@ -5,6 +5,8 @@
 //   shmUnlink(name)
 //   ftruncate(fd, size); fstatSize(fd) -> size
 //   new Mapping(fd, size)  .buffer: ArrayBuffer over MAP_SHARED memory
+//                          (callers keep size <= buffer.constants.MAX_LENGTH:
+//                          N-API aborts the process on a longer external buffer)
 //                          .unmap(): detaches .buffer (every view over it becomes
 //                          length 0) and munmaps. Idempotent; also done by GC.
 //
@@ -57,8 +59,8 @@ Napi::Value ShmOpen(const Napi::CallbackInfo& info) {
   int flags = O_RDWR | (create ? O_CREAT : 0) | (exclusive ? O_EXCL : 0);
   int fd = RetryEintr([&] { return shm_open(name.c_str(), flags, mode); });
   if (fd < 0) ThrowSystemError(env, errno, "shm_open", name);
-  // shm_open sets FD_CLOEXEC on Linux and macOS; make sure regardless.
-  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  // No fcntl(FD_CLOEXEC) here: POSIX requires shm_open to set it (glibc,
+  // musl and macOS do), and a create+attach cycle is a dozen syscalls in all.
   if (create) {
     // The umask must not weaken or widen what the caller asked for.
     fchmod(fd, mode);

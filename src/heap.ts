@@ -2,10 +2,12 @@
 // of a few large shared-memory segments instead of costing one mapping each, as
 // CPython's multiprocessing/heap.py does. A block is named by (segment, offset),
 // which is all another process needs to map the same bytes.
+import { constants as bufferConstants } from 'node:buffer';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 
 import { binding, type Mapping } from './native';
+import { track, untrack } from './resource-tracker';
 import { outOfRange } from './validate';
 
 /** A block of shared memory: `buffer` is the whole segment's mapping. */
@@ -24,6 +26,8 @@ export interface BlockRef {
 }
 
 const SEGMENT_SIZE = 64 * 1024;
+// N-API aborts on an external ArrayBuffer longer than this (4 GiB on Node 20).
+const MAX_MAPPING = bufferConstants.MAX_LENGTH - 4096;
 const MAX_ALIGN = 4096;
 
 interface Segment {
@@ -50,7 +54,9 @@ class SharedHeap {
   hooks: HeapHooks = {};
 
   allocate(size: number, align = 8): Block {
-    if (!Number.isInteger(size) || size <= 0) throw outOfRange('size', 'a positive integer', size);
+    if (!Number.isInteger(size) || size <= 0 || size > MAX_MAPPING) {
+      throw outOfRange('size', `a positive integer up to ${MAX_MAPPING}`, size);
+    }
     if (!Number.isInteger(align) || align <= 0 || align > MAX_ALIGN || (align & (align - 1)) !== 0) {
       throw outOfRange('align', `a power of two up to ${MAX_ALIGN}`, align);
     }
@@ -81,6 +87,7 @@ class SharedHeap {
       const fd = binding.shmOpen(ref.segment, false, false, 0o600);
       try {
         const size = binding.fstatSize(fd);
+        if (size > MAX_MAPPING) throw outOfRange('segment', `at most ${MAX_MAPPING} bytes`, size);
         if (ref.offset + ref.size > size) {
           throw outOfRange('block', `inside its segment of ${size} bytes`, `${ref.offset}+${ref.size}`);
         }
@@ -115,6 +122,9 @@ class SharedHeap {
     } finally {
       fs.closeSync(fd);
     }
+    // Registered with the tracker, so a crash of this process does not leave it
+    // behind: it goes when this process is gone, as at a normal exit.
+    track(name, 'shm', { lifetime: 'process' });
     this.hooks.created?.(name);
     this.#segments.set(name, seg);
     this.#owned.push(seg);
@@ -124,7 +134,8 @@ class SharedHeap {
 
   // The names of segments this process created go when it exits normally;
   // processes that mapped them keep their mappings. (After a crash, the
-  // resource tracker unlinks them.)
+  // resource tracker unlinks them.) Their names follow /pmp-<pid>-..., which
+  // is how the test suite's leak check knows they are process-lifetime.
   #installExitHook(): void {
     if (this.#exitHook) return;
     this.#exitHook = true;
@@ -138,6 +149,7 @@ class SharedHeap {
       } catch {
         // already gone
       }
+      untrack(seg.name, 'shm');
       this.hooks.unlinked?.(seg.name);
     }
     this.#owned = this.#owned.filter(() => false);

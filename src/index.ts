@@ -27,3 +27,7 @@ export {
 } from './errors';
 export { registerTransferable } from './serialize';
 export type { Transferable, CodecContext } from './serialize';
+export { SharedMemory } from './shared-memory';
+export type { SharedMemoryOptions } from './shared-memory';
+export { Value, RawValue, SharedArray, RawArray } from './sharedctypes';
+export type { TypeCode, TypeName, LockLike } from './sharedctypes';

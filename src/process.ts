@@ -11,6 +11,7 @@ import { context, installExitHook, nextIdentity, type ChildRecord, type ProcessI
 import { closedError, stateError } from './errors';
 import { locate, resolveModuleTarget, type TargetRef } from './locate';
 import { binding, type ExitWatcher } from './native';
+import { shareWithChild } from './resource-tracker';
 import { encode } from './serialize';
 import { invalidType, outOfRange, validateBoolean, validateObject, validateString, validateTimeout } from './validate';
 
@@ -234,7 +235,11 @@ export class Process implements ChildRecord {
     const argv = [process.execPath, ...childExecArgv(), bootstrapPath];
     let pid: number;
     try {
-      pid = binding.spawn(process.execPath, argv, environment(this.#env), [readEnd, ...fds], header.deathSignal);
+      // The child joins this program tree's resource tracker (its pipe fd is appended to keepFds).
+      const keepFds = [readEnd, ...fds];
+      const envp = environment(this.#env);
+      shareWithChild(keepFds, envp);
+      pid = binding.spawn(process.execPath, argv, envp, keepFds, header.deathSignal);
     } catch (err) {
       fs.closeSync(writeEnd);
       throw err;

@@ -1,0 +1,253 @@
+// SharedMemory: a named POSIX shared memory segment, mapped once and exposed as
+// a zero-copy Uint8Array, like Python's multiprocessing.shared_memory. Created
+// with O_EXCL (a random name by default) or attached by name from any process,
+// related or not. Policy lives here; native/shm.cc only makes the syscalls.
+import { constants as bufferConstants } from 'node:buffer';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+
+import { closedError, stateError } from './errors';
+import { binding, type Mapping } from './native';
+import { track, untrack } from './resource-tracker';
+import { registerTransferable } from './serialize';
+import { invalidType, outOfRange, validateBoolean, validateInteger, validateObject } from './validate';
+
+export interface SharedMemoryOptions {
+  /** With or without the leading '/'. Default when creating: a random name. */
+  name?: string;
+  /** Create a new segment (O_CREAT | O_EXCL) instead of attaching to an existing one. */
+  create?: boolean;
+  /** Bytes; required (> 0) when creating, ignored when attaching (the real size is read back). */
+  size?: number;
+  /** Permission bits of a created segment (default 0o600, whatever the umask). */
+  mode?: number;
+  /**
+   * Register the created segment with the resource tracker, which unlinks it
+   * once the whole program tree has ended (also after a crash). Default: true
+   * for a random name, false for an explicit name (such a segment persists
+   * until unlink(), so unrelated programs can rely on it).
+   */
+  track?: boolean;
+}
+
+// POSIX leaves names implementation-defined; these are the portable rules
+// glibc and macOS agree on: one leading '/', then a non-empty component with
+// no further '/'. macOS limits the whole name to PSHMNAMLEN (31) bytes.
+const MAX_NAME = process.platform === 'darwin' ? 31 : 255;
+
+/** Normalises a user-supplied name to '/name'; TypeError/RangeError when unusable. */
+export function normalizeShmName(value: unknown, argName = 'options.name'): string {
+  if (typeof value !== 'string') throw invalidType(argName, 'a string', value);
+  const body = value.startsWith('/') ? value.slice(1) : value;
+  if (body.length === 0) throw outOfRange(argName, 'a non-empty name', value);
+  if (body.includes('/')) throw outOfRange(argName, "a name without '/' (other than a leading one)", value);
+  if (body.includes('\0')) throw outOfRange(argName, 'a name without NUL characters', value);
+  if (body === '.' || body === '..') throw outOfRange(argName, "a name other than '.' or '..'", value);
+  const bytes = Buffer.byteLength(body) + 1;
+  if (bytes > MAX_NAME) throw outOfRange(argName, `at most ${MAX_NAME - 1} bytes long`, value);
+  return `/${body}`;
+}
+
+/**
+ * An ArrayBuffer cannot be longer than buffer.constants.MAX_LENGTH (4 GiB on
+ * Node 20); asking N-API for a longer external one aborts the process, so the
+ * size is checked before anything is mapped.
+ */
+export function checkMappable(size: number, what: string): void {
+  if (size > bufferConstants.MAX_LENGTH) {
+    throw outOfRange(what, `at most buffer.constants.MAX_LENGTH (${bufferConstants.MAX_LENGTH}) bytes to be mapped in Node`, size);
+  }
+}
+
+// Random bytes are drawn in bulk: one randomBytes call costs more than the
+// shm_open it names.
+let pool = Buffer.alloc(0);
+let poolAt = 0;
+
+function randomName(): string {
+  // The creator's pid says where a leftover came from; 48 random bits make an
+  // O_EXCL collision a non-event; at most 26 bytes fit macOS's 31-byte limit.
+  if (poolAt + 6 > pool.length) {
+    pool = randomBytes(6 * 256);
+    poolAt = 0;
+  }
+  poolAt += 6;
+  return `/pmp_${process.pid}_${pool.toString('hex', poolAt - 6, poolAt)}`;
+}
+
+// A SharedMemory dropped without close() still gives its fd back.
+const fdReaper = new FinalizationRegistry<number>((fd) => {
+  try {
+    fs.closeSync(fd);
+  } catch {
+    // already closed
+  }
+});
+
+export class SharedMemory {
+  #name: string; // with the leading '/'
+  #size: number;
+  #fd: number;
+  #mapping: Mapping | undefined;
+  #buf: Uint8Array | undefined;
+  #tracked: boolean;
+  #unlinked = false;
+
+  constructor(options?: SharedMemoryOptions) {
+    const opts = validateObject(options, 'options') as SharedMemoryOptions;
+    const create = opts.create === undefined ? false : validateBoolean(opts.create, 'options.create');
+    const size = opts.size === undefined ? 0 : validateInteger(opts.size, 'options.size', 0);
+    const mode = opts.mode === undefined ? 0o600 : validateInteger(opts.mode, 'options.mode', 0, 0o777);
+    if (opts.track !== undefined) validateBoolean(opts.track, 'options.track');
+    let name: string;
+    if (opts.name === undefined || opts.name === null) {
+      if (!create) throw invalidType('options.name', 'a string (a name is required unless options.create is true)', opts.name);
+      name = randomName();
+    } else {
+      name = normalizeShmName(opts.name);
+    }
+    if (create && size === 0) throw outOfRange('options.size', 'a positive integer when creating a segment', size);
+    if (create) checkMappable(size, 'options.size');
+    this.#tracked = create && (opts.track ?? opts.name == null);
+
+    // A random name that collides (astronomically unlikely) is simply drawn again.
+    let fd: number;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        fd = binding.shmOpen(name, create, create, mode);
+        break;
+      } catch (err) {
+        if (create && opts.name == null && (err as { code?: string }).code === 'EEXIST' && attempt < 8) {
+          name = randomName();
+          continue;
+        }
+        throw err;
+      }
+    }
+    try {
+      if (create) binding.ftruncate(fd, size);
+      this.#size = create ? size : binding.fstatSize(fd);
+      if (this.#size === 0) {
+        throw stateError(`cannot map shared memory '${name.slice(1)}': it has size 0`, 'ERR_MP_SHM_EMPTY');
+      }
+      checkMappable(this.#size, create ? 'options.size' : `the size of shared memory '${name.slice(1)}'`);
+      this.#mapping = new binding.Mapping(fd, this.#size);
+    } catch (err) {
+      fs.closeSync(fd);
+      if (create) {
+        try {
+          binding.shmUnlink(name);
+        } catch {
+          // already gone
+        }
+      }
+      throw err;
+    }
+    this.#name = name;
+    // The fd stays open so that buf can check, with one fstat, that no peer
+    // has truncated the segment (an access beyond its end would be SIGBUS).
+    this.#fd = fd;
+    fdReaper.register(this, fd, this);
+    if (this.#tracked) track(name, 'shm');
+  }
+
+  /** Creates a new segment of `size` bytes (random name unless `name` is given). */
+  static create(size: number, options?: Omit<SharedMemoryOptions, 'create' | 'size'>): SharedMemory {
+    validateInteger(size, 'size', 1);
+    return new SharedMemory({ ...validateObject(options, 'options'), create: true, size });
+  }
+
+  /** Attaches to an existing segment by name. */
+  static open(name: string): SharedMemory {
+    if (typeof name !== 'string') throw invalidType('name', 'a string', name);
+    return new SharedMemory({ name });
+  }
+
+  /** The segment's name, without the leading '/' (as Python reports it). */
+  get name(): string {
+    return this.#name.slice(1);
+  }
+
+  /** The segment's size in bytes: the real size, read back on attach. */
+  get size(): number {
+    return this.#size;
+  }
+
+  /**
+   * The whole segment as a zero-copy view; the same object on every access.
+   * Throws ERR_MP_SHM_TRUNCATED if another process shrank the segment below
+   * the mapping, where touching the memory would raise SIGBUS.
+   */
+  get buf(): Uint8Array {
+    this.#checkOpen();
+    if (binding.fstatSize(this.#fd) < this.#size) {
+      throw stateError(
+        `shared memory '${this.name}' was truncated by another process below its mapped size of ${this.#size} bytes`,
+        'ERR_MP_SHM_TRUNCATED',
+      );
+    }
+    return (this.#buf ??= new Uint8Array(this.#mapping!.buffer));
+  }
+
+  /** Unmaps this process's view (every view of buf becomes length 0). The segment lives on. Idempotent. */
+  close(): void {
+    if (!this.#mapping) return;
+    this.#mapping.unmap();
+    this.#mapping = undefined;
+    this.#buf = undefined;
+    fdReaper.unregister(this);
+    fs.closeSync(this.#fd);
+    this.#fd = -1;
+  }
+
+  /**
+   * Removes the name (processes that mapped it keep their mappings). Allowed
+   * after close(); idempotent, and a name already removed by a peer is no error.
+   */
+  unlink(): void {
+    if (this.#unlinked) return;
+    try {
+      binding.shmUnlink(this.#name);
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'ENOENT') throw err;
+    }
+    this.#unlinked = true;
+    if (this.#tracked) {
+      untrack(this.#name, 'shm');
+      this.#tracked = false;
+    }
+  }
+
+  get closed(): boolean {
+    return this.#mapping === undefined;
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #checkOpen(): void {
+    if (!this.#mapping) throw closedError(`shared memory '${this.name}'`);
+  }
+
+  toString(): string {
+    return `SharedMemory(${JSON.stringify(this.name)}, size=${this.#size}${this.closed ? ', closed' : ''})`;
+  }
+
+  [Symbol.for('nodejs.util.inspect.custom')](): string {
+    return this.toString();
+  }
+
+  /** @internal the name with its leading '/', for the codec. */
+  static nameOf(shm: SharedMemory): string {
+    if (!shm.#mapping) throw closedError(`shared memory '${shm.name}'`);
+    return shm.#name;
+  }
+}
+
+// Another process receives a handle attached by name to the same segment. The
+// creator keeps the tracker registration: the receiver never unlinks on its own.
+registerTransferable('SharedMemory', SharedMemory, {
+  encode: (shm) => ({ name: SharedMemory.nameOf(shm) }),
+  decode: (data: { name: string }) => new SharedMemory({ name: data.name }),
+});

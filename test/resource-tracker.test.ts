@@ -1,0 +1,152 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+import { Process, SharedMemory } from 'posix-multiprocessing';
+import * as shmTargets from './fixtures/shm.mjs';
+import { isRunning } from './support/proc';
+
+const programs = path.join(__dirname, 'fixtures', 'programs');
+const exists = (name: string) => fs.existsSync(`/dev/shm/${name}`);
+
+interface Run {
+  child: ChildProcess;
+  lines: Promise<any[]>;
+  stderr: () => string;
+  exited: Promise<number | null>;
+}
+
+/** Starts a program in its own process group; `lines` resolves with its first n JSON lines. */
+function start(script: string, args: string[], n: number): Run {
+  const child = spawn(process.execPath, [path.join(programs, script), ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
+  let out = '';
+  let err = '';
+  child.stderr!.on('data', (d) => (err += d));
+  const lines = new Promise<any[]>((resolve, reject) => {
+    child.stdout!.on('data', (d) => {
+      out += d;
+      const got = out.split('\n').filter(Boolean);
+      if (got.length >= n) resolve(got.slice(0, n).map((l) => JSON.parse(l)));
+    });
+    child.on('close', () => reject(new Error(`program ended before printing ${n} lines: ${out}\n${err}`)));
+  });
+  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  return { child, lines, stderr: () => err, exited };
+}
+
+async function waitFor(check: () => boolean, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (check()) return true;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return check();
+}
+
+describe('resource tracker', () => {
+  it('SIGKILL of a whole program tree holding segments: within seconds /dev/shm holds none of them', async () => {
+    const run = start('shm-tree.mjs', [], 3);
+    const reports = await run.lines;
+    const names: string[] = reports.flatMap((r) => r.names);
+    const pids: number[] = reports.map((r) => r.pid);
+    // main: its SharedMemory + heap segment; each child: its SharedMemory + heap segment
+    expect(names.length).toBeGreaterThanOrEqual(6);
+    expect(names.every(exists)).toBe(true);
+
+    process.kill(-run.child.pid!, 'SIGKILL'); // the program's whole process group
+    expect(await run.exited).toBeNull();
+    expect(await waitFor(() => pids.every((p) => !isRunning(p)), 5000)).toBe(true);
+    expect(await waitFor(() => names.every((n) => !exists(n)), 5000)).toBe(true);
+    // The tracker says what it cleaned up (it shares the program's stderr).
+    expect(await waitFor(() => names.every((n) => run.stderr().includes(n)), 3000)).toBe(true);
+    expect(run.stderr()).toContain('resource tracker');
+  }, 30_000);
+
+  it('{ track: false } opts a segment out: it survives the crash of its creator', async () => {
+    const run = start('shm-tree.mjs', ['--untracked'], 3);
+    const reports = await run.lines;
+    const main = reports.find((r) => r.label === 'main');
+    const names: string[] = reports.flatMap((r) => r.names);
+    const untracked: string = main.untracked;
+    try {
+      process.kill(-run.child.pid!, 'SIGKILL');
+      await run.exited;
+      expect(await waitFor(() => names.every((n) => !exists(n)), 5000)).toBe(true);
+      expect(exists(untracked)).toBe(true);
+      expect(run.stderr()).not.toContain(untracked);
+    } finally {
+      SharedMemory.open(untracked).unlink();
+    }
+  }, 30_000);
+
+  it('a program that forgets unlink() exiting normally: the tracker unlinks and warns; heap segments go at exit', async () => {
+    const run = start('shm-forget.mjs', [], 1);
+    const [report] = await run.lines;
+    expect(await run.exited).toBe(0);
+    expect(await waitFor(() => report.names.every((n: string) => !exists(n)), 5000)).toBe(true);
+    // Only the forgotten SharedMemory is reported; heap segments were unlinked by their owner.
+    expect(await waitFor(() => run.stderr().includes(report.names[0]), 3000)).toBe(true);
+    for (const heapSegment of report.names.slice(1)) expect(run.stderr()).not.toContain(heapSegment);
+  }, 30_000);
+
+  it('a segment created with an explicit name persists after its creator exits, until unlink()', async () => {
+    const name = `pmp_${process.pid}_named`;
+    const run = start('shm-forget.mjs', ['--named', name], 1);
+    const [report] = await run.lines;
+    expect(report.named).toBe(name);
+    expect(await run.exited).toBe(0);
+    try {
+      expect(await waitFor(() => !exists(report.names[0]), 5000)).toBe(true);
+      expect(exists(name)).toBe(true);
+    } finally {
+      SharedMemory.open(name).unlink();
+    }
+    expect(exists(name)).toBe(false);
+  }, 30_000);
+
+  it("a killed child's heap segments are unlinked while the rest of the tree runs on", async () => {
+    const file = path.join(os.tmpdir(), `pmp-heap-${process.pid}.json`);
+    fs.rmSync(file, { force: true });
+    const p = new Process({ target: shmTargets.holdHeap, args: [file] });
+    p.start();
+    try {
+      expect(await waitFor(() => fs.existsSync(file) && fs.readFileSync(file, 'utf8').length > 0, 15_000)).toBe(true);
+      const segments: string[] = JSON.parse(fs.readFileSync(file, 'utf8'));
+      expect(segments.length).toBe(1);
+      expect(exists(segments[0])).toBe(true);
+      p.kill();
+      expect(await p.join(10)).toBe(-9);
+      expect(await waitFor(() => !exists(segments[0]), 5000)).toBe(true);
+    } finally {
+      fs.rmSync(file, { force: true });
+    }
+  }, 30_000);
+
+  it('children share the parent tree\'s tracker: no tracker of their own, nothing extra left open', async () => {
+    const shm = SharedMemory.create(64); // starts this process's tracker
+    try {
+      const tracker = (globalThis as any)[Symbol.for('posix-multiprocessing.resource-tracker')];
+      expect(tracker.fd).toBeGreaterThan(2);
+      expect(isRunning(tracker.pid)).toBe(true);
+      const file = path.join(os.tmpdir(), `pmp-tracker-${process.pid}.json`);
+      const p = new Process({ target: shmTargets.reportTracker, args: [file] });
+      p.start();
+      expect(await p.join(20)).toBe(0);
+      const seen = JSON.parse(fs.readFileSync(file, 'utf8'));
+      fs.rmSync(file);
+      expect(seen.pid).toBeNull(); // the child started no tracker
+      expect(seen.ino).toBe(fs.fstatSync(tracker.fd).ino); // it writes into our tracker's pipe
+      expect(seen.env).toBeNull(); // and does not pass the variable on to unrelated programs
+      // Still the one tracker, still running.
+      expect(isRunning(tracker.pid)).toBe(true);
+    } finally {
+      shm.close();
+      shm.unlink();
+    }
+  });
+});
