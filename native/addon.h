@@ -10,10 +10,12 @@ namespace pmp {
 // Napi::Env::SetInstanceData deletes it when the environment is torn down.
 struct AddonData {
   Napi::FunctionReference exit_watcher_ctor;
+  Napi::FunctionReference futex_wait_handle_ctor;
 };
 
 void InitProcess(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitPipe(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitShm(Napi::Env env, Napi::Object exports, AddonData* data);
+void InitFutex(Napi::Env env, Napi::Object exports, AddonData* data);
 
 }  // namespace pmp

@@ -21,5 +21,7 @@ export {
   TimeoutError,
   AuthenticationError,
 } from './errors';
+export { Lock, RLock, Semaphore, BoundedSemaphore, Event, Condition, Barrier } from './synchronize';
+export type { NamedOptions, AcquireOptions, AcquireSyncOptions, WaitOptions, BarrierOptions } from './synchronize';
 export { registerTransferable } from './serialize';
 export type { Transferable, CodecContext } from './serialize';
