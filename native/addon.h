@@ -6,11 +6,14 @@
 
 namespace pmp {
 
+struct FutexState;
+
 // Per-environment state: one per Node environment (main thread or worker).
 // Napi::Env::SetInstanceData deletes it when the environment is torn down.
 struct AddonData {
   Napi::FunctionReference exit_watcher_ctor;
   Napi::FunctionReference futex_wait_handle_ctor;
+  FutexState* futex = nullptr;  // owned by futex.cc (freed by its cleanup hook)
 };
 
 void InitProcess(Napi::Env env, Napi::Object exports, AddonData* data);

@@ -197,17 +197,47 @@ struct Job {
   int64_t timeout_ms = -1;
   std::atomic<bool> cancelled{false};
   WaitResult result = WaitResult::kOk;
-  Napi::ThreadSafeFunction tsfn;
+  FutexState* state = nullptr;
+  Napi::FunctionReference callback;
   // Keeps the mapping alive while a thread waits on an address inside it.
   Napi::Reference<Napi::ArrayBuffer> buffer;
-  std::atomic<int> refs{2};  // the waiter thread and the JS handle
+  std::atomic<int> refs{2};  // the waiter thread's side and the JS handle
   void Unref() {
     if (--refs == 0) delete this;
   }
 };
 
+void CallJs(Napi::Env env, Napi::Function, void*, Job* job);
+using Tsfn = Napi::TypedThreadSafeFunction<void, Job, CallJs>;
+
+}  // namespace
+
+// One thread-safe function per environment, created on first use: creating one
+// per wait (a uv_async handle each) cost more than the wait's own round trip.
+// It keeps the loop alive only while waits are pending, like a timer would.
+struct FutexState {
+  Tsfn tsfn;
+  size_t pending = 0;
+  bool closed = false;
+};
+
+namespace {
+
+void CallJs(Napi::Env env, Napi::Function, void*, Job* job) {
+  FutexState* st = job->state;
+  if (env != nullptr && !st->closed) {
+    if (--st->pending == 0) st->tsfn.Unref(env);
+    Napi::FunctionReference cb = std::move(job->callback);
+    job->buffer.Reset();
+    job->Unref();
+    cb.Call({Napi::String::New(env, ResultName(job->result))});
+  }
+  // Otherwise the environment is being torn down: its references cannot be
+  // released any more, so the job is leaked rather than freed.
+}
+
 // A small pool: a thread that finished a wait takes the next job or, idle for
-// a while, exits. Jobs never queue behind a busy thread (each waits without
+// a while, exits. Jobs never queue behind a busy thread (each may wait without
 // limit), so a new thread starts whenever none is idle.
 class WaiterPool {
  public:
@@ -216,10 +246,10 @@ class WaiterPool {
     return *pool;
   }
 
-  void Submit(Job* job) {
+  void Submit(Job* job, Tsfn tsfn) {
     std::unique_lock<std::mutex> lock(mu_);
-    jobs_.push_back(job);
-    if (idle_ > 0) {
+    jobs_.push_back({job, tsfn});
+    if (idle_ > static_cast<int>(jobs_.size()) - 1) {
       cv_.notify_one();
       return;
     }
@@ -228,6 +258,11 @@ class WaiterPool {
   }
 
  private:
+  struct Entry {
+    Job* job;
+    Tsfn tsfn;
+  };
+
   void Run() {
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
@@ -237,31 +272,22 @@ class WaiterPool {
         --idle_;
         if (!got) return;
       }
-      Job* job = jobs_.front();
+      Entry e = jobs_.front();
       jobs_.pop_front();
       lock.unlock();
-      Execute(job);
+      // The 250 ms slice bounds how long a cancel can go unnoticed if it lands
+      // between the flag check and the kernel wait.
+      e.job->result = Wait(e.job->addr, e.job->expected, e.job->timeout_ms, &e.job->cancelled, 250);
+      // napi_closing: the environment is gone; the job is leaked rather than
+      // touching its references off the JS thread.
+      e.tsfn.BlockingCall(e.job);
       lock.lock();
     }
   }
 
-  static void Execute(Job* job) {
-    // The 250 ms slice bounds how long a cancel can go unnoticed if it lands
-    // between the flag check and the kernel wait.
-    job->result = Wait(job->addr, job->expected, job->timeout_ms, &job->cancelled, 250);
-    napi_status s = job->tsfn.BlockingCall(job, [](Napi::Env env, Napi::Function cb, Job* j) {
-      j->buffer.Reset();
-      cb.Call({Napi::String::New(env, ResultName(j->result))});
-    });
-    job->tsfn.Release();
-    // If the environment is gone (napi_closing) the reference cannot be
-    // released safely any more: leak the few bytes rather than crash.
-    if (s == napi_ok) job->Unref();
-  }
-
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Job*> jobs_;
+  std::deque<Entry> jobs_;
   int idle_ = 0;
 };
 
@@ -288,6 +314,13 @@ class WaitHandle : public Napi::ObjectWrap<WaitHandle> {
   Job* job_ = nullptr;
 };
 
+void CleanupFutex(void* arg) {
+  auto* st = static_cast<FutexState*>(arg);
+  st->closed = true;
+  // The thread-safe function is aborted with the environment; FutexState
+  // itself is leaked on purpose: waiter threads may still hold jobs naming it.
+}
+
 Napi::Value FutexWaitAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int32_t* addr = WordArg(info);
@@ -295,15 +328,25 @@ Napi::Value FutexWaitAsync(const Napi::CallbackInfo& info) {
   int64_t timeout = TimeoutArg(info, 3);
   if (info.Length() < 5 || !info[4].IsFunction()) throw Napi::TypeError::New(env, "callback must be a function");
   auto* data = env.GetInstanceData<AddonData>();
+  if (data->futex == nullptr) {
+    auto* st = new FutexState();
+    st->tsfn = Tsfn::New(env, "pmp-futex-wait", 0, 1);
+    st->tsfn.Unref(env);
+    data->futex = st;
+    napi_add_env_cleanup_hook(env, CleanupFutex, st);
+  }
+  FutexState* st = data->futex;
   Napi::Object handle = data->futex_wait_handle_ctor.New({});
   auto* job = new Job();
   job->addr = addr;
   job->expected = expected;
   job->timeout_ms = timeout;
+  job->state = st;
+  job->callback = Napi::Persistent(info[4].As<Napi::Function>());
   job->buffer = Napi::Persistent(info[0].As<Napi::ArrayBuffer>());
-  job->tsfn = Napi::ThreadSafeFunction::New(env, info[4].As<Napi::Function>(), "pmp-futex-wait", 0, 1);
   WaitHandle::Unwrap(handle)->Attach(job);
-  WaiterPool::Get().Submit(job);
+  if (st->pending++ == 0) st->tsfn.Ref(env);
+  WaiterPool::Get().Submit(job, st->tsfn);
   return handle;
 }
 

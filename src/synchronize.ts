@@ -64,9 +64,22 @@ const ALL = 0x7fffffff;
 // While another process holds a lock, its waiters look up every SLICE_MS to
 // see whether that process died (the owner-death guarantee is 100 ms).
 const SLICE_MS = 50;
-// Failed CAS attempts before sleeping: a short critical section in another
-// process usually ends within a few hundred nanoseconds.
-const SPIN = 100;
+// How long a contended acquire spins in user space before it sleeps in the
+// kernel (or, for acquire(), parks on an addon thread). Critical sections are
+// usually far shorter than a futex round trip, and a waiter that is spinning
+// takes a handoff in well under a microsecond, where waking a sleeper costs
+// tens. Bounded, so a long-held lock costs each waiter this much CPU once.
+const SPIN_MS = Number(process.env.PMP_SPIN_US ?? 30) / 1000;
+
+function spinLock(i32: Int32Array, i: number): boolean {
+  const end = performance.now() + SPIN_MS;
+  do {
+    for (let k = 0; k < 64; k++) {
+      if (Atomics.load(i32, i) === 0 && Atomics.compareExchange(i32, i, 0, PID) === 0) return true;
+    }
+  } while (performance.now() < end);
+  return false;
+}
 
 // Set while a handle is revived from another process: the constructor then
 // adopts these words instead of allocating and initialising new ones.
@@ -171,10 +184,7 @@ const enum Got {
 function lockAcquireSync(w: Words, at: number, deadline: number, blocking = true): Got {
   const i32 = w.i32;
   const i = w.base + at;
-  for (let k = 0; k < SPIN; k++) {
-    if (Atomics.load(i32, i) === 0 && Atomics.compareExchange(i32, i, 0, PID) === 0) return Got.Yes;
-    if (!blocking) break;
-  }
+  if (blocking && deadline > performance.now() && spinLock(i32, i)) return Got.Yes;
   Atomics.add(i32, i + 1, 1);
   let lastCheck = -Infinity;
   try {
@@ -205,6 +215,7 @@ function lockAcquireSync(w: Words, at: number, deadline: number, blocking = true
 async function lockAcquireAsync(w: Words, at: number, deadline: number, signal?: AbortSignal): Promise<Got> {
   const i32 = w.i32;
   const i = w.base + at;
+  if (deadline > performance.now() && spinLock(i32, i)) return Got.Yes;
   Atomics.add(i32, i + 1, 1);
   let lastCheck = -Infinity;
   try {
@@ -450,6 +461,14 @@ export class Semaphore extends SyncObject {
     });
   }
 
+  #spin(w: Words): boolean {
+    const end = performance.now() + SPIN_MS;
+    do {
+      for (let k = 0; k < 64; k++) if (Atomics.load(w.i32, w.base) > 0 && this.#try(w)) return true;
+    } while (performance.now() < end);
+    return false;
+  }
+
   #try(w: Words): boolean {
     let v = Atomics.load(w.i32, w.base);
     while (v > 0) {
@@ -466,6 +485,7 @@ export class Semaphore extends SyncObject {
     if (this.#try(w)) return true;
     if (!blocking) return false;
     const deadline = deadlineOf(timeout);
+    if (deadline > performance.now() && this.#spin(w)) return true;
     Atomics.add(w.i32, w.base + 1, 1);
     try {
       for (;;) {
@@ -484,6 +504,7 @@ export class Semaphore extends SyncObject {
     if (signal?.aborted) throw abortError(signal);
     if (this.#try(w)) return true;
     const deadline = deadlineOf(timeout);
+    if (deadline > performance.now() && this.#spin(w)) return true;
     Atomics.add(w.i32, w.base + 1, 1);
     try {
       for (;;) {
