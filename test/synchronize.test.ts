@@ -497,3 +497,84 @@ describe('event loop', () => {
     expect((await Promise.all(waits)).every(Boolean)).toBe(true);
   });
 });
+
+describe('worker threads', () => {
+  it('a named Lock and RLock work between worker threads (RLock ownership is per thread)', async () => {
+    const { Worker } = await import('node:worker_threads');
+    const name = `t-${process.pid}-wlock`;
+    const rname = `t-${process.pid}-wrlock`;
+    const lock = new Lock({ name });
+    const rlock = new RLock({ name: rname });
+    const sab = new SharedArrayBuffer(4);
+    const counter = new Int32Array(sab);
+    const entry = path.resolve('dist/cjs/index.js');
+    const code = `
+      const { workerData, parentPort } = require('node:worker_threads');
+      const { Lock, RLock } = require(${JSON.stringify(entry)});
+      const lock = new Lock({ name: workerData.name });
+      const rlock = new RLock({ name: workerData.rname });
+      const c = new Int32Array(workerData.sab);
+      for (let i = 0; i < 10000; i++) { lock.acquireSync(); const v = c[0]; c[0] = v + 1; lock.release(); }
+      let code = null;
+      try { rlock.release(); } catch (e) { code = e.code; }
+      parentPort.postMessage({ code, tried: rlock.acquireSync({ blocking: false }) });
+      lock.close(); rlock.close();
+    `;
+    try {
+      rlock.acquireSync();
+      const results = await Promise.all(
+        [0, 1].map(
+          () =>
+            new Promise<any>((resolve, reject) => {
+              const w = new Worker(code, { eval: true, workerData: { name, rname, sab } });
+              let msg: unknown;
+              w.on('message', (m) => (msg = m));
+              w.on('error', reject);
+              w.on('exit', () => resolve(msg));
+            }),
+        ),
+      );
+      expect(counter[0]).toBe(20_000);
+      for (const r of results) expect(r).toEqual({ code: 'ERR_MP_LOCK_NOT_OWNED', tried: false });
+      rlock.release();
+    } finally {
+      lock.close();
+      rlock.close();
+      Lock.unlink(name);
+      RLock.unlink(rname);
+    }
+  }, 20_000);
+});
+
+describe('unrelated processes', () => {
+  it('a process started outside the package attaches by name and sees the same Semaphore and Event', async () => {
+    const { execFile } = await import('node:child_process');
+    const sname = `t-${process.pid}-usem`;
+    const ename = `t-${process.pid}-uevt`;
+    const sem = new Semaphore(5, { name: sname });
+    const evt = new Event({ name: ename });
+    const entry = path.resolve('dist/cjs/index.js');
+    const code = `
+      const { Semaphore, Event } = require(${JSON.stringify(entry)});
+      const s = new Semaphore(1, { name: ${JSON.stringify(sname)} });
+      const e = new Event({ name: ${JSON.stringify(ename)} });
+      s.acquireSync(); s.acquireSync();
+      e.set();
+      console.log(s.getValue());
+    `;
+    try {
+      const waiting = evt.wait({ timeout: 20 });
+      const stdout = await new Promise<string>((resolve, reject) =>
+        execFile(process.execPath, ['-e', code], (err, so) => (err ? reject(err) : resolve(so))),
+      );
+      expect(await waiting).toBe(true);
+      expect(stdout.trim()).toBe('3');
+      expect(sem.getValue()).toBe(3);
+    } finally {
+      sem.close();
+      evt.close();
+      Semaphore.unlink(sname);
+      Event.unlink(ename);
+    }
+  }, 20_000);
+});
