@@ -79,13 +79,16 @@ WaitResult WaitOnce(int32_t* addr, int32_t expected, int64_t timeout_ms) {
   // __ulock_wait takes microseconds in 32 bits and 0 means "no limit": clamp, so
   // a finite timeout never becomes an infinite wait.
   uint32_t us = 0;
+  bool clamped = false;
   if (timeout_ms >= 0) {
     int64_t v = timeout_ms * 1000;
-    us = v <= 0 ? 1 : (v > static_cast<int64_t>(UINT32_MAX) ? UINT32_MAX : static_cast<uint32_t>(v));
+    clamped = v > static_cast<int64_t>(UINT32_MAX);
+    us = v <= 0 ? 1 : (clamped ? UINT32_MAX : static_cast<uint32_t>(v));
   }
   int r = __ulock_wait(PMP_UL_COMPARE_AND_WAIT_SHARED | PMP_ULF_NO_ERRNO, addr, static_cast<uint32_t>(expected), us);
   if (r >= 0) return WaitResult::kOk;
-  if (r == -ETIMEDOUT) return WaitResult::kTimedOut;
+  // A clamped slice ran out, not the caller's timeout: the caller's loop goes on.
+  if (r == -ETIMEDOUT) return clamped ? WaitResult::kOk : WaitResult::kTimedOut;
   if (r == -EINTR || r == -EFAULT) return r == -EINTR ? WaitResult::kOk : WaitResult::kFault;
   return WaitResult::kOk;
 #else
