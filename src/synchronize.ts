@@ -347,11 +347,13 @@ export class Lock extends LockBase {
 
   release(): void {
     const w = this.w;
-    if (Atomics.load(w.i32, w.base) === 0) {
+    // One exchange both releases and tells whether the lock was held (storing
+    // 0 over 0 changes nothing).
+    if (Atomics.exchange(w.i32, w.base, 0) === 0) {
       throw stateError('release() called on an unlocked Lock', 'ERR_MP_LOCK_NOT_HELD');
     }
-    this._ownerDied = false;
-    lockRelease(w, 0);
+    if (this._ownerDied) this._ownerDied = false;
+    if (Atomics.load(w.i32, w.base + 1) > 0) wake(w, 0, 1);
   }
 
   [kOwned](): boolean {
