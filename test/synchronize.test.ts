@@ -472,6 +472,33 @@ describe('named objects', () => {
   }, 20_000);
 });
 
+describe('AbortSignal', () => {
+  it('aborts waiting Semaphore, Event, Condition and Barrier waits; a Condition gets its lock back first', async () => {
+    const abortSoon = () => {
+      const ac = new AbortController();
+      setTimeout(() => ac.abort(new Error('stop')), 50);
+      return ac.signal;
+    };
+    const s = new Semaphore(0);
+    await expect(s.acquire({ signal: abortSoon() })).rejects.toMatchObject({ name: 'AbortError', code: 'ABORT_ERR' });
+    s.release();
+    expect(await s.acquire({ timeout: 1 })).toBe(true);
+
+    const e = new Event();
+    await expect(e.wait({ signal: abortSoon() })).rejects.toMatchObject({ name: 'AbortError' });
+
+    const cond = new Condition(new Lock());
+    await cond.acquire();
+    await expect(cond.wait({ signal: abortSoon() })).rejects.toMatchObject({ name: 'AbortError' });
+    expect(cond.locked()).toBe(true);
+    cond.release();
+
+    const b = new Barrier(2);
+    await expect(b.wait({ signal: abortSoon() })).rejects.toMatchObject({ name: 'AbortError' });
+    expect(b.broken).toBe(true);
+  });
+});
+
 describe('event loop', () => {
   it('stays responsive while 10 acquire() calls wait', async () => {
     const lock = new Lock();
