@@ -470,7 +470,7 @@ function validateSemValue(value: unknown): number {
 export class Semaphore extends SyncObject {
   constructor(value: number = 1, options?: NamedOptions) {
     const v = validateSemValue(value);
-    const bounded = new.target === BoundedSemaphore;
+    const bounded = new.target === BoundedSemaphore || new.target.prototype instanceof BoundedSemaphore;
     super(bounded ? 'BoundedSemaphore' : 'Semaphore', options, (w) => {
       w.i32[w.base] = v;
       w.i32[w.base + S_MAX] = bounded ? v : -1;
