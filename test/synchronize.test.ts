@@ -605,3 +605,34 @@ describe('unrelated processes', () => {
     }
   }, 20_000);
 });
+
+describe('teardown', () => {
+  it('terminating worker threads with async waits pending does not crash the process', async () => {
+    const { execFile } = await import('node:child_process');
+    const entry = path.resolve('dist/cjs/index.js');
+    const worker = `
+      const { Event, Lock } = require(${JSON.stringify(entry)});
+      const e = new Event(); e.wait(); e.wait({ timeout: 0.1 });
+      const l = new Lock(); l.acquireSync(); l.acquire();
+      require('node:worker_threads').parentPort.postMessage('waiting');
+    `;
+    const main = `
+      const { Worker } = require('node:worker_threads');
+      (async () => {
+        for (let i = 0; i < 4; i++) {
+          const w = new Worker(${JSON.stringify(worker)}, { eval: true });
+          await new Promise((r) => w.once('message', r));
+          await w.terminate();
+        }
+        console.log('done');
+      })();
+    `;
+    const result = await new Promise<{ code: number | null; stdout: string }>((resolve) => {
+      const child = execFile(process.execPath, ['-e', main], (err, stdout) =>
+        resolve({ code: err ? ((err as any).code ?? -1) : 0, stdout }),
+      );
+      void child;
+    });
+    expect(result).toEqual({ code: 0, stdout: 'done\n' });
+  }, 30_000);
+});
