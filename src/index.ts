@@ -25,6 +25,8 @@ export {
   TimeoutError,
   AuthenticationError,
 } from './errors';
+export { Lock, RLock, Semaphore, BoundedSemaphore, Event, Condition, Barrier } from './synchronize';
+export type { NamedOptions, AcquireOptions, AcquireSyncOptions, WaitOptions, BarrierOptions } from './synchronize';
 export { registerTransferable } from './serialize';
 export type { Transferable, CodecContext } from './serialize';
 export { SharedMemory } from './shared-memory';
