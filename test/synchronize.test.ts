@@ -118,9 +118,11 @@ describe('Lock', () => {
     expect(await b.join()).toBe(0);
     const elapsed = Date.now() - t0;
     expect(fs.readFileSync(file, 'utf8')).toBe('hello world!');
+    // The lock serialises the two 1 s holds; the upper bound only has to
+    // absorb two process start-ups on a loaded machine.
     expect(elapsed).toBeGreaterThanOrEqual(1900);
-    expect(elapsed).toBeLessThan(6000);
-  }, 20_000);
+    expect(elapsed).toBeLessThan(15_000);
+  }, 30_000);
 
   it('Scenario 9: six children buy 4 tickets under a lock; never below 0', async () => {
     const lock = new Lock();
