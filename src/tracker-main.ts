@@ -10,11 +10,11 @@ import { binding } from './native';
 
 type Unlinker = (name: string) => void;
 
-// Named semaphores are unlinked through the binding's semUnlink when the
-// addon has one (branch `sync`); until then such names are only reported.
+// Every object the package names today is a shared-memory segment (the
+// synchronisation primitives live in them too); a kind without an unlinker is
+// reported rather than silently dropped.
 const unlinkers: Record<string, Unlinker | undefined> = {
   shm: (name) => binding.shmUnlink(name),
-  semaphore: (binding as unknown as { semUnlink?: Unlinker }).semUnlink,
 };
 
 // After each chunk the tracker stops reading for a moment: messages written
