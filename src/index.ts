@@ -16,6 +16,7 @@ export {
   BrokenBarrierError,
   QueueEmptyError,
   QueueFullError,
+  EOFError,
   WorkerCrashedError,
   OwnerDiedError,
   TimeoutError,
@@ -23,3 +24,4 @@ export {
 } from './errors';
 export { registerTransferable } from './serialize';
 export type { Transferable, CodecContext } from './serialize';
+export { Pipe, Connection } from './connection';
