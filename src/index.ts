@@ -25,3 +25,5 @@ export {
 export { registerTransferable } from './serialize';
 export type { Transferable, CodecContext } from './serialize';
 export { Pipe, Connection } from './connection';
+export { Queue, SimpleQueue, JoinableQueue } from './queues';
+export type { QueueWaitOptions } from './queues';
