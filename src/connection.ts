@@ -311,7 +311,7 @@ export class Connection {
       if (this.#hasInput()) return true;
       const left = deadline - performance.now();
       if (left <= 0) return false;
-      binding.poll(this.#fd, READABLE, left === Infinity ? -1 : Math.ceil(left));
+      this.#blockOnce(left === Infinity ? -1 : Math.ceil(left));
     }
   }
 
@@ -373,8 +373,17 @@ export class Connection {
       }
       if (this.#readError !== null) throw this.#readError;
       if (this.#eof) throw eofError();
-      if (this.#fill() < 0) binding.poll(this.#fd, READABLE, -1);
+      if (this.#fill() < 0) this.#blockOnce(-1);
     }
+  }
+
+  // Sleeps in poll() until the fd is readable, also writing queued output when
+  // it is writable: a sync receive must not starve our own half-sent message,
+  // which the peer may need before it answers.
+  #blockOnce(timeoutMs: number): void {
+    const want = READABLE | (this.#out.length > 0 ? WRITABLE : 0);
+    const events = binding.poll(this.#fd, want, timeoutMs);
+    if (this.#out.length > 0 && events & (WRITABLE | HANGUP)) this.#flush(false);
   }
 
   #hasBuffered(): boolean {
