@@ -8,8 +8,7 @@
 // (wait-word.ts). The word is read before the attempt, so a change between the
 // attempt and the sleep makes the sleep return at once: no lost wake-ups.
 import { closedError, QueueEmptyError, QueueFullError, stateError } from './errors';
-import type { BlockRef } from './heap';
-import { GET_SEQ, GET_WAITERS, PUT_SEQ, PUT_WAITERS, Ring, UNFINISHED } from './ring';
+import { GET_SEQ, GET_WAITERS, PUT_SEQ, PUT_WAITERS, Ring, type RingRef, UNFINISHED } from './ring';
 import { decode, encode, registerTransferable } from './serialize';
 import { validateBoolean, validateInteger, validateObject, validateSignal, validateTimeout } from './validate';
 import { type WaitResult, type WaitWord, waitAsync, waitSync, wakeAll } from './wait-word';
@@ -64,7 +63,7 @@ abstract class QueueBase<T> {
   }
 
   /** @internal what travels to another process */
-  get _ref(): BlockRef {
+  get _ref(): RingRef {
     return this.ring.ref;
   }
 
@@ -72,9 +71,12 @@ abstract class QueueBase<T> {
     return this.#ring === null;
   }
 
-  /** Ends this handle only: the queue lives on for other handles and processes. */
+  /** Ends this handle only: the queue lives on for other handles and processes that
+   *  have it. In the process that created the queue it also removes the queue's
+   *  name, so it can no longer be passed to new processes. */
   close(): void {
     if (this.#ring === null) return;
+    this.#ring.unlinkName();
     this.#ring = null;
     const err = closedError(this.constructor.name);
     for (const p of this.#pending) {
@@ -322,7 +324,7 @@ export class SimpleQueue<T = unknown> extends QueueBase<T> {
 // Subclasses first: the codec takes the first registration an object is an instance of.
 const make = <Q>(Make: new (ring: any) => Q) => ({
   encode: (q: QueueBase<unknown>) => ({ ref: q._ref }),
-  decode: (data: { ref: BlockRef }) => new Make(Ring.attach(data.ref)),
+  decode: (data: { ref: RingRef }) => new Make(Ring.attach(data.ref)),
 });
 registerTransferable('JoinableQueue', JoinableQueue, make(JoinableQueue as new (ring: any) => JoinableQueue));
 registerTransferable('SimpleQueue', SimpleQueue, make(SimpleQueue as unknown as new (ring: any) => SimpleQueue));

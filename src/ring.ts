@@ -15,8 +15,8 @@
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 
-import { heap, type BlockRef } from './heap';
-import { binding } from './native';
+import { heap } from './heap';
+import { binding, type Mapping } from './native';
 import { type WaitWord, wakeAll } from './wait-word';
 
 // Header words (Int32 indices).
@@ -64,12 +64,25 @@ const sleeper = new Int32Array(new SharedArrayBuffer(4));
 let spillCounter = 0;
 const spillsCreated = new Set<string>();
 
-export interface RingRef extends BlockRef {
-  kind: 'ring';
+/** What another process needs to map the same ring. */
+export interface RingRef {
+  segment: string;
+}
+
+// One mapping per ring per process, however many handles decode it.
+const mappings = new Map<string, WeakRef<Mapping>>();
+let ringCounter = 0;
+
+function mapSegment(name: string, fd: number, size: number): Mapping {
+  const mapping = new binding.Mapping(fd, size);
+  mappings.set(name, new WeakRef(mapping));
+  return mapping;
 }
 
 export class Ring {
-  readonly ref: BlockRef;
+  readonly ref: RingRef;
+  /** Keeps the mapping alive as long as a handle uses it. */
+  readonly #mapping: Mapping;
   readonly i32: Int32Array;
   readonly #bytes: Uint8Array;
   readonly #view: DataView;
@@ -77,31 +90,75 @@ export class Ring {
   readonly #capacity: number;
   readonly #me = process.pid;
 
-  private constructor(ref: BlockRef, buffer: ArrayBuffer) {
+  private constructor(ref: RingRef, mapping: Mapping) {
     this.ref = ref;
-    this.i32 = new Int32Array(buffer, ref.offset, HEADER_BYTES / 4);
+    this.#mapping = mapping;
+    const buffer = mapping.buffer;
+    this.i32 = new Int32Array(buffer, 0, HEADER_BYTES / 4);
     this.#capacity = this.i32[CAPACITY];
     this.#mask = this.#capacity - 1;
-    this.#bytes = new Uint8Array(buffer, ref.offset + HEADER_BYTES, this.#capacity);
-    this.#view = new DataView(buffer, ref.offset + HEADER_BYTES, this.#capacity);
+    this.#bytes = new Uint8Array(buffer, HEADER_BYTES, this.#capacity);
+    this.#view = new DataView(buffer, HEADER_BYTES, this.#capacity);
   }
 
+  /** A new ring in a segment of its own; its name goes at close() by the creator, or at exit. */
   static create(maxsize: number, capacity = DEFAULT_CAPACITY): Ring {
-    const block = heap().allocate(HEADER_BYTES + capacity, 64);
-    const i32 = new Int32Array(block.buffer, block.offset, HEADER_BYTES / 4);
+    const name = `/pmp-q-${process.pid}-${++ringCounter}-${randomBytes(4).toString('hex')}`;
+    const fd = binding.shmOpen(name, true, true, 0o600);
+    let mapping: Mapping;
+    try {
+      binding.ftruncate(fd, HEADER_BYTES + capacity);
+      mapping = mapSegment(name, fd, HEADER_BYTES + capacity);
+    } catch (err) {
+      binding.shmUnlink(name);
+      throw err;
+    } finally {
+      fs.closeSync(fd);
+    }
+    heap().hooks.created?.(name);
+    const i32 = new Int32Array(mapping.buffer, 0, HEADER_BYTES / 4);
     i32[MAXSIZE] = maxsize;
     i32[CAPACITY] = capacity;
     Atomics.store(i32, MAGIC, MAGIC_VALUE);
-    const ring = new Ring({ segment: block.segment, offset: block.offset, size: block.size }, block.buffer);
+    const ring = new Ring({ segment: name }, mapping);
     Ring.#trackForExit(ring);
     return ring;
   }
 
-  static attach(ref: BlockRef): Ring {
-    const block = heap().attach(ref);
-    const i32 = new Int32Array(block.buffer, block.offset, HEADER_BYTES / 4);
-    if (Atomics.load(i32, MAGIC) !== MAGIC_VALUE) throw new Error('the shared memory block is not a queue');
-    return new Ring(ref, block.buffer);
+  static attach(ref: RingRef): Ring {
+    if (typeof ref?.segment !== 'string') throw new TypeError('not a queue reference');
+    let mapping = mappings.get(ref.segment)?.deref();
+    if (!mapping || mapping.length === 0) {
+      let fd: number;
+      try {
+        fd = binding.shmOpen(ref.segment, false, false, 0o600);
+      } catch (err) {
+        const e = err as Error;
+        e.message = `cannot attach to the queue: ${e.message} (the process that created it has closed it or exited)`;
+        throw e;
+      }
+      try {
+        const size = binding.fstatSize(fd);
+        if (size < HEADER_BYTES) throw new Error('the shared memory segment is not a queue');
+        mapping = mapSegment(ref.segment, fd, size);
+      } finally {
+        fs.closeSync(fd);
+      }
+    }
+    const i32 = new Int32Array(mapping.buffer, 0, HEADER_BYTES / 4);
+    if (Atomics.load(i32, MAGIC) !== MAGIC_VALUE) throw new Error('the shared memory segment is not a queue');
+    return new Ring(ref, mapping);
+  }
+
+  /** Removes the ring's name (the creator's close): handles already open keep working. */
+  unlinkName(): void {
+    if (!Ring.#owned.delete(this.ref.segment)) return;
+    try {
+      binding.shmUnlink(this.ref.segment);
+    } catch {
+      // already gone
+    }
+    heap().hooks.unlinked?.(this.ref.segment);
   }
 
   get maxsize(): number {
@@ -263,21 +320,32 @@ export class Ring {
     return names;
   }
 
-  // The ring's segment goes when its creator exits (heap.ts), after Node has
-  // waited for non-daemon children; large messages nobody took go with it.
+  // The ring's name goes when its creator exits, after Node has waited for
+  // non-daemon children; large messages nobody took go with it.
   static #created: WeakRef<Ring>[] = [];
+  static #owned = new Set<string>();
   static #hooked = false;
   static #trackForExit(ring: Ring): void {
     Ring.#created.push(new WeakRef(ring));
+    Ring.#owned.add(ring.ref.segment);
     if (Ring.#hooked) return;
     Ring.#hooked = true;
     process.on('exit', () => {
       for (const ref of Ring.#created) {
         const r = ref.deref();
-        if (!r) continue;
+        if (!r || r.#mapping.length === 0) continue;
         for (const name of r.#spillNames()) unlinkSpill(name);
       }
       for (const name of spillsCreated) unlinkSpill(name);
+      for (const name of Ring.#owned) {
+        try {
+          binding.shmUnlink(name);
+        } catch {
+          // already gone
+        }
+        heap().hooks.unlinked?.(name);
+      }
+      Ring.#owned.clear();
     });
   }
 }
