@@ -16,7 +16,7 @@
 //   write(fd, buf, off, len) -> n | -1 (would block)
 //   sendmsg(fd, buf, off, len, fds[]) -> n | -1; the fds ride with the first byte
 //   poll(fd, events, timeoutMs) -> revents   (1 readable, 2 writable, 4 hang-up/error)
-//   new FdWatcher(fd, onEvents(events))  .start(events) .stop() .close()
+//   new FdWatcher(fd, onEvents(events))  .start(events) .stop() .ref() .unref() .close()
 //        uv_poll on the fd: readiness comes from the event loop, not the threadpool.
 #include <fcntl.h>
 #include <napi.h>
@@ -256,6 +256,7 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "FdWatcher",
                        {InstanceMethod<&FdWatcher::Start>("start"), InstanceMethod<&FdWatcher::Stop>("stop"),
+                        InstanceMethod<&FdWatcher::RefLoop>("ref"), InstanceMethod<&FdWatcher::UnrefLoop>("unref"),
                         InstanceMethod<&FdWatcher::Close>("close")});
   }
 
@@ -312,6 +313,19 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
       active_ = true;
       Ref();  // the callback must find the wrapper alive while watching
     }
+    return info.Env().Undefined();
+  }
+
+  // Whether the watch keeps the event loop alive. An idle watch stays
+  // registered but unref'd: stopping and restarting it would cost two
+  // epoll_ctl calls per message.
+  Napi::Value RefLoop(const Napi::CallbackInfo& info) {
+    if (poll_ != nullptr) uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value UnrefLoop(const Napi::CallbackInfo& info) {
+    if (poll_ != nullptr) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
     return info.Env().Undefined();
   }
 

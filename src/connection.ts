@@ -94,6 +94,7 @@ export class Connection {
   #closed = false;
   #watcher: FdWatcher | null = null;
   #watching = 0;
+  #reffed = false;
 
   #in: Buffer = Buffer.allocUnsafe(MIN_READ);
   #start = 0;
@@ -373,7 +374,10 @@ export class Connection {
       }
       if (this.#readError !== null) throw this.#readError;
       if (this.#eof) throw eofError();
-      if (this.#fill() < 0) this.#blockOnce(-1);
+      // Sleep first, then read: in a request/response loop the answer is
+      // rarely there yet, and poll() returns at once when it is.
+      this.#blockOnce(-1);
+      this.#fill();
     }
   }
 
@@ -415,8 +419,11 @@ export class Connection {
         return total > 0 ? total : 0;
       }
       if (n < 0) return total > 0 ? total : -1;
+      const asked = this.#in.length - this.#end;
       this.#end += n;
       total += n;
+      // A short read means the kernel had no more: save the EAGAIN round trip.
+      if (n < asked) return total;
     }
   }
 
@@ -490,19 +497,37 @@ export class Connection {
 
   // ---- the event loop side -----------------------------------------------------
 
+  // Watches for what is needed: readable while someone waits for input,
+  // writable while output is queued. A read watch nobody needs any more is left
+  // registered but unref'd (it ends at the next event), which saves two
+  // epoll_ctl calls per message in a request/response loop.
   #arm(): void {
     if (this.#fd < 0) return;
     let want = 0;
     if ((this.#waiters.length > 0 || this.#pollers.length > 0) && !this.#eof && this.#readError === null) want |= READABLE;
     if (this.#out.length > 0) want |= WRITABLE;
-    if (want === this.#watching) return;
-    if (want === 0) {
-      this.#watcher?.stop();
-    } else {
-      this.#watcher ??= new binding.FdWatcher(this.#fd, (events) => this.#onEvents(events));
-      this.#watcher.start(want);
+    const needed = want !== 0;
+    if (want === 0 && this.#watching === READABLE) {
+      if (this.#reffed) {
+        this.#watcher!.unref();
+        this.#reffed = false;
+      }
+      return;
     }
-    this.#watching = want;
+    if (want !== this.#watching) {
+      if (want === 0) {
+        this.#watcher?.stop();
+      } else {
+        this.#watcher ??= new binding.FdWatcher(this.#fd, (events) => this.#onEvents(events));
+        this.#watcher.start(want);
+      }
+      this.#watching = want;
+    }
+    if (needed !== this.#reffed && this.#watcher) {
+      if (needed) this.#watcher.ref();
+      else this.#watcher.unref();
+      this.#reffed = needed;
+    }
   }
 
   #onEvents(events: number): void {
@@ -513,6 +538,12 @@ export class Connection {
       if (this.#waiters.length > 0 || this.#pollers.length > 0) {
         this.#fill();
         this.#deliver();
+      } else if (this.#watching & READABLE) {
+        // Input nobody asked for yet: stay out of the way until someone does.
+        const want = this.#out.length > 0 ? WRITABLE : 0;
+        if (want === 0) this.#watcher!.stop();
+        else this.#watcher!.start(want);
+        this.#watching = want;
       }
     }
     this.#arm();
@@ -546,6 +577,7 @@ export class Connection {
     this.#watcher?.close();
     this.#watcher = null;
     this.#watching = 0;
+    this.#reffed = false;
     pendingAtExit.delete(this);
     finalizer.unregister(this);
     for (const fd of this.#inFds.splice(0)) {

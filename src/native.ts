@@ -26,6 +26,9 @@ export interface FdWatcher {
   /** Watch for events: 1 readable, 2 writable (bits); replaces what was watched. */
   start(events: number): void;
   stop(): void;
+  /** Whether the watch keeps the event loop alive. */
+  ref(): void;
+  unref(): void;
   /** Stop for good (the fd itself is not closed). */
   close(): void;
 }
