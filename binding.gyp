@@ -23,7 +23,8 @@
         "native/addon.cc",
         "native/process.cc",
         "native/pipe.cc",
-        "native/shm.cc"
+        "native/shm.cc",
+        "native/futex.cc"
       ],
       "conditions": [
         ["OS=='linux'", { "libraries": ["-lrt", "-lpthread"] }]

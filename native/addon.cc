@@ -12,6 +12,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitProcess(env, exports, data);
   InitPipe(env, exports, data);
   InitShm(env, exports, data);
+  InitFutex(env, exports, data);
   return exports;
 }
 

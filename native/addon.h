@@ -6,14 +6,19 @@
 
 namespace pmp {
 
+struct FutexState;
+
 // Per-environment state: one per Node environment (main thread or worker).
 // Napi::Env::SetInstanceData deletes it when the environment is torn down.
 struct AddonData {
   Napi::FunctionReference exit_watcher_ctor;
+  Napi::FunctionReference futex_wait_handle_ctor;
+  FutexState* futex = nullptr;  // owned by futex.cc (freed by its cleanup hook)
 };
 
 void InitProcess(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitPipe(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitShm(Napi::Env env, Napi::Object exports, AddonData* data);
+void InitFutex(Napi::Env env, Napi::Object exports, AddonData* data);
 
 }  // namespace pmp

@@ -22,6 +22,8 @@ export {
   TimeoutError,
   AuthenticationError,
 } from './errors';
+export { Lock, RLock, Semaphore, BoundedSemaphore, Event, Condition, Barrier } from './synchronize';
+export type { NamedOptions, AcquireOptions, AcquireSyncOptions, WaitOptions, BarrierOptions } from './synchronize';
 export { registerTransferable } from './serialize';
 export type { Transferable, CodecContext } from './serialize';
 export { Pipe, Connection } from './connection';

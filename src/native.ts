@@ -33,6 +33,11 @@ export interface FdWatcher {
   close(): void;
 }
 
+export interface FutexWaitHandle {
+  /** Ends the wait early: the callback receives 'cancelled' (waiters on the word are woken). */
+  cancel(): void;
+}
+
 export interface Binding {
   spawn(file: string, argv: string[], envp: string[], keepFds: number[], deathSignal: number): number;
   watchParent(ppid: number, signal: number): boolean;
@@ -55,6 +60,17 @@ export interface Binding {
   ftruncate(fd: number, size: number): void;
   fstatSize(fd: number): number;
   Mapping: new (fd: number, size: number) => Mapping;
+  /** Blocks while the word at byteOffset equals expected (timeoutMs < 0: no limit). */
+  futexWait(buffer: ArrayBuffer, byteOffset: number, expected: number, timeoutMs: number): 'ok' | 'timed-out' | 'not-equal';
+  futexWake(buffer: ArrayBuffer, byteOffset: number, count: number): number;
+  /** The same wait on an addon-owned thread; callback runs on this thread. */
+  futexWaitAsync(
+    buffer: ArrayBuffer,
+    byteOffset: number,
+    expected: number,
+    timeoutMs: number,
+    callback: (result: 'ok' | 'timed-out' | 'not-equal' | 'cancelled' | 'fault') => void,
+  ): FutexWaitHandle;
 }
 
 function load(): Binding {

@@ -1,0 +1,28 @@
+// Child targets for bench/sync.mjs (a child imports its target from a file).
+import { heap } from '../dist/cjs/heap.js';
+
+function ints(ref) {
+  const block = heap().attach(ref);
+  return new Int32Array(block.buffer, block.offset, block.size / 4);
+}
+
+/** Waits at the barrier, then n locked increments; stores its elapsed µs in c[1 + slot]. */
+export function incrementLoop(lock, barrier, ref, n, slot) {
+  const c = ints(ref);
+  barrier.waitSync();
+  const t0 = performance.now();
+  for (let i = 0; i < n; i++) {
+    lock.acquireSync();
+    c[0] = c[0] + 1;
+    lock.release();
+  }
+  c[1 + slot] = Math.round((performance.now() - t0) * 1000);
+}
+
+/** The other end of the ping-pong: n times, await ping.acquire() then pong.release(). */
+export async function pong(ping, pongSem, n) {
+  for (let i = 0; i < n; i++) {
+    await ping.acquire();
+    pongSem.release();
+  }
+}

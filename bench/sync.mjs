@@ -1,0 +1,88 @@
+// Synchronisation benchmark: ours vs CPython multiprocessing, side by side.
+//   node bench/sync.mjs [--json]
+// Every trial runs in a fresh process (this file with --trial, or python3
+// bench/sync_py.py); each figure is the median of the trials.
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import * as path from 'node:path';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const self = fileURLToPath(import.meta.url);
+const TRIALS = 3;
+
+const scenarios = [
+  { scenario: 'uncontended acquireSync()+release() pair', key: 'pair', unit: 'ns/pair', n: 2_000_000, py: 1_000_000, better: 'lower' },
+  { scenario: 'tryAcquire (acquireSync({blocking:false}))+release() pair', key: 'try', unit: 'ns/pair', n: 2_000_000, py: 1_000_000, better: 'lower' },
+  { scenario: '2 processes x 200,000 locked increments', key: 'increments', unit: 'ms', n: 200_000, py: 200_000, better: 'lower' },
+  { scenario: 'acquire() handoff latency between two processes (Semaphore ping-pong, one way)', key: 'handoff', unit: 'us', n: 2_000, py: 2_000, better: 'lower' },
+];
+
+// ---- one trial (in a fresh process) ------------------------------------------
+async function trial(key, n) {
+  const { Lock, Semaphore, Barrier, Process } = await import('../dist/esm/index.mjs');
+  if (key === 'pair' || key === 'try') {
+    const lock = new Lock();
+    const opts = key === 'try' ? { blocking: false } : undefined;
+    for (let i = 0; i < 100_000; i++) { lock.acquireSync(opts); lock.release(); }
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) { lock.acquireSync(opts); lock.release(); }
+    return ((performance.now() - t0) * 1e6) / n;
+  }
+  const { heap } = await import('../dist/cjs/heap.js');
+  const targets = await import('./sync-targets.mjs');
+  if (key === 'increments') {
+    const lock = new Lock();
+    const barrier = new Barrier(2);
+    const block = heap().allocate(12, 8);
+    const ref = { segment: block.segment, offset: block.offset, size: block.size };
+    const c = new Int32Array(block.buffer, block.offset, 3);
+    const ps = [0, 1].map((slot) => new Process({ target: targets.incrementLoop, args: [lock, barrier, ref, n, slot] }));
+    ps.forEach((p) => p.start());
+    for (const p of ps) if ((await p.join()) !== 0) throw new Error('child failed');
+    if (c[0] !== 2 * n) throw new Error(`counter ${c[0]} != ${2 * n}`);
+    return Math.max(c[1], c[2]) / 1000;
+  }
+  if (key === 'handoff') {
+    const ping = new Semaphore(0);
+    const pong = new Semaphore(0);
+    const p = new Process({ target: targets.pong, args: [ping, pong, n] });
+    p.start();
+    for (let i = 0; i < 20; i++) { ping.release(); await pong.acquire(); }
+    const t0 = performance.now();
+    for (let i = 0; i < n - 20; i++) { ping.release(); await pong.acquire(); }
+    const dt = performance.now() - t0;
+    await p.join();
+    return (dt * 1000) / (n - 20) / 2;
+  }
+  throw new Error(`unknown scenario ${key}`);
+}
+
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+async function main() {
+  const json = process.argv.includes('--json');
+  for (const s of scenarios) {
+    const ours = [];
+    const py = [];
+    for (let t = 0; t < TRIALS; t++) {
+      ours.push(JSON.parse(execFileSync(process.execPath, [self, '--trial', s.key, String(s.n)], { encoding: 'utf8' })).value);
+      py.push(JSON.parse(execFileSync('python3', [path.join(here, 'sync_py.py'), s.key, String(s.py)], { encoding: 'utf8' })).value);
+    }
+    const o = median(ours);
+    const p = median(py);
+    const ratio = o / p;
+    if (json) {
+      console.log(JSON.stringify({ scenario: s.scenario, unit: s.unit, ours: +o.toFixed(3), cpython: +p.toFixed(3), ratio: +ratio.toFixed(3) }));
+    } else {
+      console.log(`${s.scenario}\n  ours ${o.toFixed(2)} ${s.unit}   CPython ${p.toFixed(2)} ${s.unit}   ratio ours/CPython ${ratio.toFixed(3)} (${s.better} is better)`);
+    }
+  }
+}
+
+if (process.argv[2] === '--trial') {
+  const value = await trial(process.argv[3], Number(process.argv[4]));
+  console.log(JSON.stringify({ value }));
+  process.exit(0);
+} else {
+  await main();
+}

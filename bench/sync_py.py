@@ -1,0 +1,56 @@
+# The CPython side of bench/sync.mjs: prints one JSON object for the scenario
+# named in argv[1], using multiprocessing's Lock / Value / Semaphore / Barrier.
+import json, multiprocessing as mp, sys, time
+
+def pair(n):
+    lock = mp.Lock()
+    for _ in range(1000):
+        lock.acquire(); lock.release()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        lock.acquire(); lock.release()
+    return (time.perf_counter() - t0) * 1e9 / n
+
+def try_pair(n):
+    lock = mp.Lock()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        lock.acquire(False); lock.release()
+    return (time.perf_counter() - t0) * 1e9 / n
+
+def inc_child(lock, value, barrier, n, out, slot):
+    barrier.wait()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        with lock:
+            value.value += 1
+    out[slot] = time.perf_counter() - t0
+
+def increments(n):
+    lock = mp.Lock(); value = mp.Value('i', 0, lock=False); barrier = mp.Barrier(2)
+    out = mp.Array('d', 2, lock=False)
+    ps = [mp.Process(target=inc_child, args=(lock, value, barrier, n, out, i)) for i in range(2)]
+    for p in ps: p.start()
+    for p in ps: p.join()
+    assert value.value == 2 * n, value.value
+    return max(out[0], out[1]) * 1000
+
+def pong(ping, pong_sem, n):
+    for _ in range(n):
+        ping.acquire(); pong_sem.release()
+
+def handoff(n):
+    ping = mp.Semaphore(0); pong_sem = mp.Semaphore(0)
+    p = mp.Process(target=pong, args=(ping, pong_sem, n)); p.start()
+    for _ in range(20):  # warm-up rounds are part of n on the other side
+        ping.release(); pong_sem.acquire()
+    t0 = time.perf_counter()
+    for _ in range(n - 20):
+        ping.release(); pong_sem.acquire()
+    dt = time.perf_counter() - t0
+    p.join()
+    return dt * 1e6 / (n - 20) / 2
+
+if __name__ == '__main__':
+    name, n = sys.argv[1], int(sys.argv[2])
+    print(json.dumps({'value': {'pair': pair, 'try': try_pair, 'increments': increments, 'handoff': handoff}[name](n)}))

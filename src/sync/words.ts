@@ -1,0 +1,273 @@
+// Where synchronisation primitives keep their state: a few 32-bit words of
+// shared memory, either carved from the shared heap (unnamed objects) or in a
+// segment of their own (named objects). Also the wait/wake helpers over them
+// and the liveness check that lets a lock outlive a dead holder.
+import * as fs from 'node:fs';
+import { threadId } from 'node:worker_threads';
+
+import { stateError } from '../errors';
+import { heap, type BlockRef } from '../heap';
+import { binding } from '../native';
+import { invalidType, outOfRange } from '../validate';
+
+/** A primitive's words: `i32[base + k]` is word k; `byteOffset` is word 0's offset in `buffer`. */
+export interface Words {
+  readonly buffer: ArrayBuffer;
+  readonly i32: Int32Array;
+  readonly base: number;
+  readonly ref: BlockRef;
+  /** Set for named objects: their own mapping, unmapped by close(). */
+  readonly unmap?: () => void;
+}
+
+export const KIND = {
+  Lock: 1,
+  RLock: 2,
+  Semaphore: 3,
+  BoundedSemaphore: 4,
+  Event: 5,
+  Condition: 6,
+  Barrier: 7,
+} as const;
+export type KindName = keyof typeof KIND;
+
+// Every object gets 16 words (64 bytes, a cache line), so two hot locks never
+// share a line and every layout fits.
+export const OBJECT_WORDS = 16;
+const OBJECT_BYTES = OBJECT_WORDS * 4;
+
+export function allocateWords(): Words {
+  const block = heap().allocate(OBJECT_BYTES, 64);
+  return wordsOf(block.buffer, { segment: block.segment, offset: block.offset, size: block.size });
+}
+
+export function attachWords(ref: BlockRef): Words {
+  if (
+    ref === null ||
+    typeof ref !== 'object' ||
+    typeof ref.segment !== 'string' ||
+    !Number.isInteger(ref.offset) ||
+    ref.offset % 4 !== 0 ||
+    ref.size !== OBJECT_BYTES
+  ) {
+    throw invalidType('handle', 'a synchronisation object handle', ref);
+  }
+  const block = heap().attach(ref);
+  return wordsOf(block.buffer, ref);
+}
+
+function wordsOf(buffer: ArrayBuffer, ref: BlockRef, unmap?: () => void): Words {
+  return { buffer, i32: new Int32Array(buffer), base: ref.offset / 4, ref, unmap };
+}
+
+// ---- named objects ----------------------------------------------------------
+//
+// A named object is a one-page segment /pmp-obj-<name>. Its header says what it
+// is: [magic, kind, layout version, ready]; the object's words start at byte 64.
+// The creator wins an O_EXCL create, sizes and initialises the page, then
+// publishes `ready`; attachers wait (bounded) for `ready` before trusting it.
+
+const MAGIC = 0x504d5053; // 'PMPS'
+const LAYOUT_VERSION = 1;
+const H_MAGIC = 0;
+const H_KIND = 1;
+const H_VERSION = 2;
+const H_READY = 3;
+const NAMED_SIZE = 4096;
+const DATA_OFFSET = 64;
+const NAME_RE = /^[A-Za-z0-9_.-]{1,200}$/;
+
+export function segmentName(name: unknown, argName = 'options.name'): string {
+  if (typeof name !== 'string') throw invalidType(argName, 'a string', name);
+  if (!NAME_RE.test(name)) throw outOfRange(argName, '1-200 characters from A-Z a-z 0-9 _ . -', name);
+  return `/pmp-obj-${name}`;
+}
+
+export function validateMode(mode: unknown): number {
+  if (mode === undefined) return 0o600;
+  if (typeof mode !== 'number' || !Number.isInteger(mode) || mode < 0 || mode > 0o777) {
+    throw outOfRange('options.mode', 'an integer permission mode between 0 and 0o777', mode);
+  }
+  return mode;
+}
+
+const sleepMs = (ms: number): void => {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+};
+
+/**
+ * Creates or attaches the named object. `init` runs only in the creator, before
+ * the object is published; `check` validates an existing object's words.
+ */
+export function openNamed(
+  kind: KindName,
+  name: string,
+  mode: number,
+  init: (w: Words) => void,
+  check?: (w: Words) => void,
+): { words: Words; created: boolean } {
+  const segment = segmentName(name);
+  for (let attempt = 0; ; attempt++) {
+    let fd: number;
+    let created = true;
+    try {
+      fd = binding.shmOpen(segment, true, true, mode);
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'EEXIST') throw err;
+      created = false;
+      try {
+        fd = binding.shmOpen(segment, false, false, mode);
+      } catch (err2) {
+        // Unlinked between our two opens: try to create it again.
+        if ((err2 as { code?: string }).code === 'ENOENT' && attempt < 5) continue;
+        throw err2;
+      }
+    }
+    let mapping;
+    try {
+      if (created) {
+        binding.ftruncate(fd, NAMED_SIZE);
+      } else {
+        // The creator may not have sized it yet.
+        const deadline = Date.now() + 2000;
+        while (binding.fstatSize(fd) < NAMED_SIZE) {
+          if (Date.now() > deadline) throw notReady(name);
+          sleepMs(2);
+        }
+      }
+      mapping = new binding.Mapping(fd, NAMED_SIZE);
+    } catch (err) {
+      if (created) binding.shmUnlink(segment);
+      throw err;
+    } finally {
+      fs.closeSync(fd);
+    }
+    const ref = { segment, offset: DATA_OFFSET, size: OBJECT_BYTES };
+    const words = wordsOf(mapping.buffer, ref, () => mapping.unmap());
+    const header = new Int32Array(mapping.buffer, 0, 16);
+    if (created) {
+      init(words);
+      header[H_MAGIC] = MAGIC;
+      header[H_KIND] = KIND[kind];
+      header[H_VERSION] = LAYOUT_VERSION;
+      Atomics.store(header, H_READY, 1);
+      binding.futexWake(mapping.buffer, H_READY * 4, 0x7fffffff);
+      return { words, created };
+    }
+    const deadline = Date.now() + 2000;
+    while (Atomics.load(header, H_READY) !== 1) {
+      if (Date.now() > deadline) {
+        mapping.unmap();
+        throw notReady(name);
+      }
+      binding.futexWait(mapping.buffer, H_READY * 4, 0, 10);
+    }
+    const foundKind = (Object.keys(KIND) as KindName[]).find((k) => KIND[k] === header[H_KIND]);
+    if (header[H_MAGIC] !== MAGIC || header[H_VERSION] !== LAYOUT_VERSION || foundKind !== kind) {
+      mapping.unmap();
+      const what =
+        header[H_MAGIC] !== MAGIC
+          ? 'is not a posix-multiprocessing object'
+          : header[H_VERSION] !== LAYOUT_VERSION
+            ? `has layout version ${header[H_VERSION]}, this package uses ${LAYOUT_VERSION}`
+            : `is a ${foundKind ?? `kind ${header[H_KIND]}`}, not a ${kind}`;
+      throw stateError(`the named object ${JSON.stringify(name)} ${what}`, 'ERR_MP_NAMED_OBJECT_MISMATCH');
+    }
+    try {
+      check?.(words);
+    } catch (err) {
+      mapping.unmap();
+      throw err;
+    }
+    return { words, created };
+  }
+}
+
+function notReady(name: string): Error {
+  return stateError(
+    `the named object ${JSON.stringify(name)} exists but was never initialised (did its creator die?); unlink it and retry`,
+    'ERR_MP_NAMED_OBJECT_NOT_READY',
+  );
+}
+
+export function unlinkNamed(name: string): void {
+  binding.shmUnlink(segmentName(name, 'name'));
+}
+
+// ---- waiting ------------------------------------------------------------------
+
+export type WaitResult = 'ok' | 'timed-out' | 'not-equal' | 'cancelled' | 'fault' | 'aborted';
+
+/** Milliseconds until the deadline for the kernel (negative: no limit). */
+export function msLeft(deadline: number): number {
+  if (deadline === Infinity) return -1;
+  return Math.max(0, Math.ceil(deadline - performance.now()));
+}
+
+export function deadlineOf(timeout: number | undefined): number {
+  return timeout === undefined ? Infinity : performance.now() + timeout * 1000;
+}
+
+export function waitSync(w: Words, word: number, expected: number, ms: number): WaitResult {
+  return binding.futexWait(w.buffer, (w.base + word) * 4, expected, ms) as WaitResult;
+}
+
+/** The same wait on an addon thread; resolves 'aborted' as soon as `signal` aborts. */
+export function waitAsync(w: Words, word: number, expected: number, ms: number, signal?: AbortSignal): Promise<WaitResult> {
+  return new Promise((resolve) => {
+    let done = false;
+    const onAbort = (): void => {
+      if (done) return;
+      done = true;
+      handle.cancel();
+      resolve('aborted');
+    };
+    const handle = binding.futexWaitAsync(w.buffer, (w.base + word) * 4, expected, ms, (r: string) => {
+      if (done) return;
+      done = true;
+      signal?.removeEventListener('abort', onAbort);
+      resolve(r as WaitResult);
+    });
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+export function wake(w: Words, word: number, count: number): void {
+  binding.futexWake(w.buffer, (w.base + word) * 4, count);
+}
+
+export function abortError(signal: AbortSignal): Error {
+  const e = new Error('The operation was aborted', { cause: signal.reason }) as Error & { code: string };
+  e.name = 'AbortError';
+  e.code = 'ABORT_ERR';
+  return e;
+}
+
+// ---- who holds a lock ----------------------------------------------------------
+
+export const PID = process.pid;
+/** This thread, as a nonzero word (worker_threads numbers the main thread 0). */
+export const TID = threadId + 1;
+
+/**
+ * Whether the process that holds a lock is gone. kill(pid, 0) is the cheap
+ * test; a holder killed but not yet reaped by its parent still answers it, so on
+ * Linux a zombie counts as dead too. A reused pid looks alive: see
+ * docs/synchronization.md.
+ */
+export function isDead(pid: number): boolean {
+  if (pid <= 0 || pid === PID) return false;
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    return (err as { code?: string }).code === 'ESRCH';
+  }
+  if (process.platform !== 'linux') return false;
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const state = stat[stat.lastIndexOf(')') + 2];
+    return state === 'Z' || state === 'X';
+  } catch {
+    return true;
+  }
+}

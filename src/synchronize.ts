@@ -1,0 +1,1159 @@
+// Lock, RLock, Semaphore, BoundedSemaphore, Event, Condition and Barrier across
+// processes (and worker threads), with Python's multiprocessing semantics.
+//
+// State lives in 32-bit words of shared memory (sync/words.ts). The uncontended
+// paths are plain Atomics on those words, with no native call; only a waiter
+// enters the kernel (futex), and a releaser wakes it only when the waiter count
+// says someone sleeps. Async waits sleep on addon threads, never the event loop.
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+import { BrokenBarrierError, closedError, stateError } from './errors';
+import { locate, type TargetRef } from './locate';
+import { registerTransferable } from './serialize';
+import {
+  PID,
+  TID,
+  abortError,
+  allocateWords,
+  attachWords,
+  deadlineOf,
+  isDead,
+  msLeft,
+  openNamed,
+  unlinkNamed,
+  validateMode,
+  waitAsync,
+  waitSync,
+  wake,
+  type KindName,
+  type Words,
+  type WaitResult,
+} from './sync/words';
+import type { BlockRef } from './heap';
+import {
+  invalidType,
+  validateBoolean,
+  validateInteger,
+  validateObject,
+  validateSignal,
+  validateTimeout,
+} from './validate';
+
+export interface NamedOptions {
+  /** Create or attach the named object /pmp-obj-<name> (see docs/synchronization.md). */
+  name?: string;
+  /** Permission bits when this call creates the object; default 0o600. */
+  mode?: number;
+}
+export interface AcquireOptions {
+  /** Seconds; undefined waits without limit. */
+  timeout?: number;
+  signal?: AbortSignal;
+}
+export interface AcquireSyncOptions {
+  blocking?: boolean;
+  timeout?: number;
+}
+export interface WaitOptions {
+  timeout?: number;
+  signal?: AbortSignal;
+}
+
+const ALL = 0x7fffffff;
+// While another process holds a lock, its waiters look up every SLICE_MS to
+// see whether that process died (the owner-death guarantee is 100 ms).
+const SLICE_MS = 50;
+// How long a contended acquire spins in user space before it sleeps in the
+// kernel (or, for acquire(), parks on an addon thread). Critical sections are
+// usually far shorter than a futex round trip, and a waiter that is spinning
+// takes a handoff in well under a microsecond, where waking a sleeper costs
+// tens. Bounded, so a long-held lock costs each waiter this much CPU once.
+const SPIN_MS = Number(process.env.PMP_SPIN_US ?? 30) / 1000;
+
+function spinLock(i32: Int32Array, i: number): boolean {
+  const end = performance.now() + SPIN_MS;
+  do {
+    for (let k = 0; k < 64; k++) {
+      if (Atomics.load(i32, i) === 0 && Atomics.compareExchange(i32, i, 0, PID) === 0) return true;
+    }
+  } while (performance.now() < end);
+  return false;
+}
+
+// Set while a handle is revived from another process: the constructor then
+// adopts these words instead of allocating and initialising new ones.
+let attaching: Words | null = null;
+
+function adopt<T>(words: Words, make: () => T): T {
+  attaching = words;
+  try {
+    return make();
+  } finally {
+    attaching = null;
+  }
+}
+
+function checkResult(r: WaitResult, what: string): void {
+  if (r === 'fault') throw closedError(what);
+}
+
+const NO_OPTIONS = { blocking: true, timeout: undefined } as const;
+
+function parseAcquireSync(options: unknown): { blocking: boolean; timeout: number | undefined } {
+  const o = validateObject(options, 'options');
+  const blocking = o.blocking === undefined ? true : validateBoolean(o.blocking, 'options.blocking');
+  return { blocking, timeout: validateTimeout(o.timeout, 'options.timeout') };
+}
+
+function parseWait(options: unknown): { timeout: number | undefined; signal: AbortSignal | undefined } {
+  // wait(2) reads as Python's wait(2): a timeout in seconds.
+  if (typeof options === 'number') return { timeout: validateTimeout(options, 'timeout'), signal: undefined };
+  const o = validateObject(options, 'options');
+  return { timeout: validateTimeout(o.timeout, 'options.timeout'), signal: validateSignal(o.signal) };
+}
+
+/** Common to every primitive: its words, named creation, close() and dispose. */
+abstract class SyncObject {
+  protected _w: Words | null;
+  readonly #name: string | undefined;
+
+  protected constructor(kind: KindName, options: NamedOptions | undefined, init: (w: Words) => void, check?: (w: Words) => void) {
+    const o = validateObject(options, 'options') as NamedOptions;
+    if (attaching) {
+      this._w = attaching;
+      attaching = null;
+      this.#name = undefined;
+      return;
+    }
+    if (o.name !== undefined) {
+      this._w = openNamed(kind, o.name as string, validateMode(o.mode), init, check).words;
+      this.#name = o.name;
+    } else {
+      if (o.mode !== undefined) validateMode(o.mode);
+      this._w = allocateWords();
+      init(this._w);
+    }
+  }
+
+  /** The name given at construction, if any. */
+  get name(): string | undefined {
+    return this.#name;
+  }
+
+  protected get w(): Words {
+    if (this._w === null) throw closedError(this.constructor.name);
+    return this._w;
+  }
+
+  /** What travels to another process. */
+  ref(): BlockRef {
+    return this.w.ref;
+  }
+
+  /** Drops this handle. The object lives on in other processes (a named one until unlink). */
+  close(): void {
+    const w = this._w;
+    if (w === null) return;
+    this._w = null;
+    w.unmap?.();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /** Removes a named object's name; processes that have it open keep using it. */
+  static unlink(name: string): void {
+    unlinkNamed(name);
+  }
+}
+
+// ---- the lock word --------------------------------------------------------------
+//
+// Word `at` holds 0 (free) or the holder's pid; word at+1 counts sleepers. The
+// pid is what makes owner death detectable: a waiter that finds the holder gone
+// takes the lock over with a CAS from the dead pid, so exactly one wins.
+
+const enum Got {
+  No = 0,
+  Yes = 1,
+  OwnerDied = 2,
+}
+
+function lockAcquireSync(w: Words, at: number, deadline: number, blocking = true): Got {
+  const i32 = w.i32;
+  const i = w.base + at;
+  if (blocking && deadline > performance.now() && spinLock(i32, i)) return Got.Yes;
+  Atomics.add(i32, i + 1, 1);
+  let lastCheck = -Infinity;
+  try {
+    for (;;) {
+      const v = Atomics.load(i32, i);
+      if (v === 0) {
+        if (Atomics.compareExchange(i32, i, 0, PID) === 0) return Got.Yes;
+        continue;
+      }
+      const now = performance.now();
+      if (v !== PID && now - lastCheck >= SLICE_MS) {
+        lastCheck = now;
+        if (isDead(v)) {
+          if (Atomics.compareExchange(i32, i, v, PID) === v) return Got.OwnerDied;
+          continue;
+        }
+      }
+      if (!blocking || now >= deadline) return Got.No;
+      let ms = msLeft(deadline);
+      if (v !== PID && (ms < 0 || ms > SLICE_MS)) ms = SLICE_MS;
+      checkResult(waitSync(w, at, v, ms), 'lock');
+    }
+  } finally {
+    Atomics.sub(i32, i + 1, 1);
+  }
+}
+
+async function lockAcquireAsync(w: Words, at: number, deadline: number, signal?: AbortSignal): Promise<Got> {
+  const i32 = w.i32;
+  const i = w.base + at;
+  if (deadline > performance.now() && spinLock(i32, i)) return Got.Yes;
+  Atomics.add(i32, i + 1, 1);
+  let lastCheck = -Infinity;
+  try {
+    for (;;) {
+      const v = Atomics.load(i32, i);
+      if (v === 0) {
+        if (Atomics.compareExchange(i32, i, 0, PID) === 0) return Got.Yes;
+        continue;
+      }
+      const now = performance.now();
+      if (v !== PID && now - lastCheck >= SLICE_MS) {
+        lastCheck = now;
+        if (isDead(v)) {
+          if (Atomics.compareExchange(i32, i, v, PID) === v) return Got.OwnerDied;
+          continue;
+        }
+      }
+      if (now >= deadline) return Got.No;
+      let ms = msLeft(deadline);
+      if (v !== PID && (ms < 0 || ms > SLICE_MS)) ms = SLICE_MS;
+      const r = await waitAsync(w, at, v, ms, signal);
+      if (r === 'aborted') {
+        // The wake-up meant for us may have been spent on this cancelled wait:
+        // hand it on.
+        if (Atomics.load(i32, i) === 0 && Atomics.load(i32, i + 1) > 1) wake(w, at, 1);
+        throw abortError(signal!);
+      }
+      checkResult(r, 'lock');
+    }
+  } finally {
+    Atomics.sub(i32, i + 1, 1);
+  }
+}
+
+function lockRelease(w: Words, at: number): void {
+  Atomics.store(w.i32, w.base + at, 0);
+  if (Atomics.load(w.i32, w.base + at + 1) > 0) wake(w, at, 1);
+}
+
+// Used by Condition to release a lock completely around a wait and take it back.
+const kOwned = Symbol('owned');
+const kSave = Symbol('releaseSave');
+const kRestoreSync = Symbol('restoreSync');
+const kRestore = Symbol('restore');
+
+abstract class LockBase extends SyncObject {
+  protected _ownerDied = false;
+
+  /** True after this handle took the lock over from a holder that died, until its next release. */
+  get ownerDied(): boolean {
+    return this._ownerDied;
+  }
+
+  abstract acquireSync(options?: AcquireSyncOptions): boolean;
+  abstract acquire(options?: AcquireOptions): Promise<boolean>;
+  abstract release(): void;
+
+  locked(): boolean {
+    return Atomics.load(this.w.i32, this.w.base) !== 0;
+  }
+
+  /** Acquires, runs fn (sync or async) and always releases. */
+  async withLock<T>(fn: () => T | Promise<T>): Promise<T> {
+    if (typeof fn !== 'function') throw invalidType('fn', 'a function', fn);
+    await this.acquire();
+    try {
+      return await fn();
+    } finally {
+      this.release();
+    }
+  }
+
+  withLockSync<T>(fn: () => T): T {
+    if (typeof fn !== 'function') throw invalidType('fn', 'a function', fn);
+    this.acquireSync();
+    try {
+      return fn();
+    } finally {
+      this.release();
+    }
+  }
+
+  abstract [kOwned](): boolean;
+  abstract [kSave](): number;
+  abstract [kRestoreSync](saved: number): void;
+  abstract [kRestore](saved: number): Promise<void>;
+}
+
+/** A non-recursive lock. It has no owner: any process or thread may release it. */
+export class Lock extends LockBase {
+  constructor(options?: NamedOptions) {
+    super('Lock', options, () => {});
+  }
+
+  acquireSync(options?: AcquireSyncOptions): boolean {
+    const w = this.w;
+    // Options are checked before the fast path so bad ones fail every time.
+    const { blocking, timeout } = options === undefined ? NO_OPTIONS : parseAcquireSync(options);
+    if (Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return true;
+    return this.#took(lockAcquireSync(w, 0, deadlineOf(timeout), blocking));
+  }
+
+  async acquire(options?: AcquireOptions): Promise<boolean> {
+    const w = this.w;
+    const { timeout, signal } = parseWait(options);
+    if (signal?.aborted) throw abortError(signal);
+    if (Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return true;
+    return this.#took(await lockAcquireAsync(w, 0, deadlineOf(timeout), signal));
+  }
+
+  #took(got: Got): boolean {
+    if (got === Got.OwnerDied) this._ownerDied = true;
+    return got !== Got.No;
+  }
+
+  release(): void {
+    const w = this.w;
+    if (Atomics.load(w.i32, w.base) === 0) {
+      throw stateError('release() called on an unlocked Lock', 'ERR_MP_LOCK_NOT_HELD');
+    }
+    this._ownerDied = false;
+    lockRelease(w, 0);
+  }
+
+  [kOwned](): boolean {
+    return Atomics.load(this.w.i32, this.w.base) === PID;
+  }
+  [kSave](): number {
+    this.release();
+    return 1;
+  }
+  [kRestoreSync](): void {
+    this.acquireSync();
+  }
+  async [kRestore](): Promise<void> {
+    await this.acquire();
+  }
+}
+
+// RLock words: [holder pid, sleepers, holder thread (TID), recursion count]. The
+// thread word is written after the CAS and cleared before the release, so a
+// thread can only ever see its own TID there while it really holds the lock.
+const R_OWNER = 2;
+const R_COUNT = 3;
+
+/** A re-entrant lock owned by one (process, thread); only the owner may release it. */
+export class RLock extends LockBase {
+  constructor(options?: NamedOptions) {
+    super('RLock', options, () => {});
+  }
+
+  // The owner and count words are only written by the holder, before the
+  // seq-cst release store, so plain accesses suffice (and keep the pair fast).
+  #mine(w: Words): boolean {
+    return w.i32[w.base + R_OWNER] === TID && Atomics.load(w.i32, w.base) === PID;
+  }
+
+  #own(w: Words, got: Got): boolean {
+    if (got === Got.No) return false;
+    w.i32[w.base + R_OWNER] = TID;
+    w.i32[w.base + R_COUNT] = 1;
+    if (got === Got.OwnerDied) this._ownerDied = true;
+    return true;
+  }
+
+  acquireSync(options?: AcquireSyncOptions): boolean {
+    const w = this.w;
+    const { blocking, timeout } = options === undefined ? NO_OPTIONS : parseAcquireSync(options);
+    if (this.#mine(w)) {
+      w.i32[w.base + R_COUNT]++;
+      return true;
+    }
+    if (Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return this.#own(w, Got.Yes);
+    return this.#own(w, lockAcquireSync(w, 0, deadlineOf(timeout), blocking));
+  }
+
+  async acquire(options?: AcquireOptions): Promise<boolean> {
+    const w = this.w;
+    const { timeout, signal } = parseWait(options);
+    if (signal?.aborted) throw abortError(signal);
+    if (this.#mine(w)) {
+      w.i32[w.base + R_COUNT]++;
+      return true;
+    }
+    if (Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return this.#own(w, Got.Yes);
+    return this.#own(w, await lockAcquireAsync(w, 0, deadlineOf(timeout), signal));
+  }
+
+  release(): void {
+    const w = this.w;
+    if (!this.#mine(w)) {
+      throw stateError('release() of an RLock this thread does not own', 'ERR_MP_LOCK_NOT_OWNED');
+    }
+    if (--w.i32[w.base + R_COUNT] > 0) return;
+    this._ownerDied = false;
+    w.i32[w.base + R_OWNER] = 0;
+    lockRelease(w, 0);
+  }
+
+  /** How many times the owning thread holds it (0 when free; for tests and debugging). */
+  get count(): number {
+    const w = this.w;
+    return Atomics.load(w.i32, w.base) === 0 ? 0 : Atomics.load(w.i32, w.base + R_COUNT);
+  }
+
+  [kOwned](): boolean {
+    return this.#mine(this.w);
+  }
+  [kSave](): number {
+    const w = this.w;
+    const count = Atomics.load(w.i32, w.base + R_COUNT);
+    Atomics.store(w.i32, w.base + R_COUNT, 1);
+    this.release();
+    return count;
+  }
+  [kRestoreSync](saved: number): void {
+    this.acquireSync();
+    Atomics.store(this.w.i32, this.w.base + R_COUNT, saved);
+  }
+  async [kRestore](saved: number): Promise<void> {
+    await this.acquire();
+    Atomics.store(this.w.i32, this.w.base + R_COUNT, saved);
+  }
+}
+
+// ---- Semaphore ---------------------------------------------------------------------
+// Words: [value, sleepers, bound (-1: unbounded)].
+
+const S_MAX = 2;
+const SEM_LIMIT = 0x7fffffff;
+
+function validateSemValue(value: unknown): number {
+  return validateInteger(value, 'value', 0, SEM_LIMIT);
+}
+
+export class Semaphore extends SyncObject {
+  constructor(value: number = 1, options?: NamedOptions) {
+    const v = validateSemValue(value);
+    const bounded = new.target === BoundedSemaphore;
+    super(bounded ? 'BoundedSemaphore' : 'Semaphore', options, (w) => {
+      w.i32[w.base] = v;
+      w.i32[w.base + S_MAX] = bounded ? v : -1;
+    });
+  }
+
+  #spin(w: Words): boolean {
+    const end = performance.now() + SPIN_MS;
+    do {
+      for (let k = 0; k < 64; k++) if (Atomics.load(w.i32, w.base) > 0 && this.#try(w)) return true;
+    } while (performance.now() < end);
+    return false;
+  }
+
+  #try(w: Words): boolean {
+    let v = Atomics.load(w.i32, w.base);
+    while (v > 0) {
+      const seen = Atomics.compareExchange(w.i32, w.base, v, v - 1);
+      if (seen === v) return true;
+      v = seen;
+    }
+    return false;
+  }
+
+  acquireSync(options?: AcquireSyncOptions): boolean {
+    const w = this.w;
+    const { blocking, timeout } = options === undefined ? NO_OPTIONS : parseAcquireSync(options);
+    if (this.#try(w)) return true;
+    if (!blocking) return false;
+    const deadline = deadlineOf(timeout);
+    if (deadline > performance.now() && this.#spin(w)) return true;
+    Atomics.add(w.i32, w.base + 1, 1);
+    try {
+      for (;;) {
+        if (this.#try(w)) return true;
+        if (performance.now() >= deadline) return false;
+        checkResult(waitSync(w, 0, 0, msLeft(deadline)), 'Semaphore');
+      }
+    } finally {
+      Atomics.sub(w.i32, w.base + 1, 1);
+    }
+  }
+
+  async acquire(options?: AcquireOptions): Promise<boolean> {
+    const w = this.w;
+    const { timeout, signal } = parseWait(options);
+    if (signal?.aborted) throw abortError(signal);
+    if (this.#try(w)) return true;
+    const deadline = deadlineOf(timeout);
+    if (deadline > performance.now() && this.#spin(w)) return true;
+    Atomics.add(w.i32, w.base + 1, 1);
+    try {
+      for (;;) {
+        if (this.#try(w)) return true;
+        if (performance.now() >= deadline) return false;
+        const r = await waitAsync(w, 0, 0, msLeft(deadline), signal);
+        if (r === 'aborted') {
+          if (Atomics.load(w.i32, w.base) > 0 && Atomics.load(w.i32, w.base + 1) > 1) wake(w, 0, 1);
+          throw abortError(signal!);
+        }
+        checkResult(r, 'Semaphore');
+      }
+    } finally {
+      Atomics.sub(w.i32, w.base + 1, 1);
+    }
+  }
+
+  /** Adds n to the value and wakes up to n waiters. */
+  release(n: number = 1): void {
+    const w = this.w;
+    validateInteger(n, 'n', 1, SEM_LIMIT);
+    const max = Atomics.load(w.i32, w.base + S_MAX);
+    const limit = max < 0 ? SEM_LIMIT : max;
+    let v = Atomics.load(w.i32, w.base);
+    for (;;) {
+      if (v + n > limit) {
+        throw max < 0
+          ? stateError('Semaphore value would overflow', 'ERR_MP_SEMAPHORE_OVERFLOW')
+          : Object.assign(new RangeError(`BoundedSemaphore released too many times (its initial value is ${max})`), {
+              code: 'ERR_MP_SEMAPHORE_OVERRELEASED',
+            });
+      }
+      const seen = Atomics.compareExchange(w.i32, w.base, v, v + n);
+      if (seen === v) break;
+      v = seen;
+    }
+    if (Atomics.load(w.i32, w.base + 1) > 0) wake(w, 0, n);
+  }
+
+  getValue(): number {
+    return Atomics.load(this.w.i32, this.w.base);
+  }
+
+  locked(): boolean {
+    return this.getValue() === 0;
+  }
+
+  async withLock<T>(fn: () => T | Promise<T>): Promise<T> {
+    if (typeof fn !== 'function') throw invalidType('fn', 'a function', fn);
+    await this.acquire();
+    try {
+      return await fn();
+    } finally {
+      this.release();
+    }
+  }
+
+  withLockSync<T>(fn: () => T): T {
+    if (typeof fn !== 'function') throw invalidType('fn', 'a function', fn);
+    this.acquireSync();
+    try {
+      return fn();
+    } finally {
+      this.release();
+    }
+  }
+}
+
+/** A Semaphore whose value may never exceed its initial value (release() throws RangeError). */
+export class BoundedSemaphore extends Semaphore {}
+
+// ---- Event ---------------------------------------------------------------------------
+// Words: [flag, sleepers].
+
+export class Event extends SyncObject {
+  constructor(options?: NamedOptions) {
+    super('Event', options, () => {});
+  }
+
+  isSet(): boolean {
+    return Atomics.load(this.w.i32, this.w.base) === 1;
+  }
+
+  set(): void {
+    const w = this.w;
+    Atomics.store(w.i32, w.base, 1);
+    if (Atomics.load(w.i32, w.base + 1) > 0) wake(w, 0, ALL);
+  }
+
+  clear(): void {
+    Atomics.store(this.w.i32, this.w.base, 0);
+  }
+
+  /** Blocks until set or timeout; returns the flag. timeout 0 is a poll. */
+  waitSync(options?: { timeout?: number } | number): boolean {
+    const w = this.w;
+    const { timeout } = parseWait(options);
+    if (Atomics.load(w.i32, w.base) === 1) return true;
+    const deadline = deadlineOf(timeout);
+    Atomics.add(w.i32, w.base + 1, 1);
+    try {
+      for (;;) {
+        if (Atomics.load(w.i32, w.base) === 1) return true;
+        if (performance.now() >= deadline) return false;
+        checkResult(waitSync(w, 0, 0, msLeft(deadline)), 'Event');
+      }
+    } finally {
+      Atomics.sub(w.i32, w.base + 1, 1);
+    }
+  }
+
+  async wait(options?: WaitOptions | number): Promise<boolean> {
+    const w = this.w;
+    const { timeout, signal } = parseWait(options);
+    if (signal?.aborted) throw abortError(signal);
+    if (Atomics.load(w.i32, w.base) === 1) return true;
+    const deadline = deadlineOf(timeout);
+    if (deadline !== Infinity && performance.now() >= deadline) return false;
+    Atomics.add(w.i32, w.base + 1, 1);
+    try {
+      for (;;) {
+        if (Atomics.load(w.i32, w.base) === 1) return true;
+        if (performance.now() >= deadline) return false;
+        const r = await waitAsync(w, 0, 0, msLeft(deadline), signal);
+        if (r === 'aborted') throw abortError(signal!);
+        checkResult(r, 'Event');
+      }
+    } finally {
+      Atomics.sub(w.i32, w.base + 1, 1);
+    }
+  }
+}
+
+// ---- Condition --------------------------------------------------------------------------
+// Words 8 and 9 of its block: C_STATE packs (sleepers | tokens << 16); C_SEQ
+// changes on every notify and is what waiters sleep on. notify(n) turns up to n
+// sleepers into tokens in one CAS; a waiter leaves by taking a token (notified)
+// or, on timeout, a sleeper slot. Every waiter leaves through exactly one unit,
+// so notify(n) wakes exactly min(n, waiting) even when others time out at the
+// same moment. (A wait that starts after a notify may take the token of one
+// that started before it; the count stays exact. See docs/synchronization.md.)
+// Words 0-3 hold the RLock of a named Condition.
+
+const C_STATE = 8;
+const C_SEQ = 9;
+const SLEEPER = 1;
+const TOKEN = 1 << 16;
+const MAX_SLEEPERS = 0xffff;
+
+export class Condition extends SyncObject {
+  readonly #lock: Lock | RLock;
+
+  constructor(lock?: Lock | RLock, options?: NamedOptions) {
+    if (lock !== undefined && lock !== null && !(lock instanceof Lock) && !(lock instanceof RLock)) {
+      throw invalidType('lock', 'a Lock or an RLock', lock);
+    }
+    const named = validateObject(options, 'options').name !== undefined;
+    if (named && lock) throw invalidType('lock', 'undefined for a named Condition (it has its own RLock)', lock);
+    super('Condition', options, () => {});
+    if (lock) this.#lock = lock;
+    else if (named) this.#lock = adopt({ ...this.w, unmap: undefined }, () => new RLock());
+    else this.#lock = new RLock();
+  }
+
+  /** The lock this condition uses. */
+  get lock(): Lock | RLock {
+    return this.#lock;
+  }
+
+  acquire(options?: AcquireOptions): Promise<boolean> {
+    return this.#lock.acquire(options);
+  }
+  acquireSync(options?: AcquireSyncOptions): boolean {
+    return this.#lock.acquireSync(options);
+  }
+  release(): void {
+    this.#lock.release();
+  }
+  locked(): boolean {
+    return this.#lock.locked();
+  }
+  withLock<T>(fn: () => T | Promise<T>): Promise<T> {
+    return this.#lock.withLock(fn);
+  }
+  withLockSync<T>(fn: () => T): T {
+    return this.#lock.withLockSync(fn);
+  }
+
+  #checkOwned(what: string): Words {
+    const w = this.w;
+    if (!this.#lock[kOwned]()) {
+      throw stateError(`Condition.${what}() called without holding its lock`, 'ERR_MP_LOCK_NOT_OWNED');
+    }
+    return w;
+  }
+
+  // Registers as a sleeper; returns the sequence number to sleep on.
+  #register(w: Words): number {
+    const i = w.base + C_STATE;
+    for (;;) {
+      const s = Atomics.load(w.i32, i);
+      if ((s & MAX_SLEEPERS) === MAX_SLEEPERS) throw stateError('too many waiters on one Condition', 'ERR_MP_TOO_MANY_WAITERS');
+      if (Atomics.compareExchange(w.i32, i, s, s + SLEEPER) === s) return Atomics.load(w.i32, w.base + C_SEQ);
+    }
+  }
+
+  // Takes a token if there is one: this waiter was notified.
+  #takeToken(w: Words): boolean {
+    const i = w.base + C_STATE;
+    for (;;) {
+      const s = Atomics.load(w.i32, i);
+      if (s >>> 16 === 0) return false;
+      if (Atomics.compareExchange(w.i32, i, s, s - TOKEN) === s) return true;
+    }
+  }
+
+  // Leaves without a notification if a sleeper slot remains, else must take a
+  // token (a notify counted this waiter): returns whether it was notified.
+  #leave(w: Words): boolean {
+    const i = w.base + C_STATE;
+    for (;;) {
+      const s = Atomics.load(w.i32, i);
+      if ((s & MAX_SLEEPERS) > 0) {
+        if (Atomics.compareExchange(w.i32, i, s, s - SLEEPER) === s) return false;
+      } else if (Atomics.compareExchange(w.i32, i, s, s - TOKEN) === s) {
+        return true;
+      }
+    }
+  }
+
+  /** Releases the lock, waits for a notify (or timeout), reacquires; false on timeout. */
+  waitSync(options?: { timeout?: number } | number): boolean {
+    const w = this.#checkOwned('waitSync');
+    const { timeout } = parseWait(options);
+    const deadline = deadlineOf(timeout);
+    let seq = this.#register(w);
+    const saved = this.#lock[kSave]();
+    try {
+      for (;;) {
+        if (this.#takeToken(w)) return true;
+        if (performance.now() >= deadline) return this.#leave(w);
+        checkResult(waitSync(w, C_SEQ, seq, msLeft(deadline)), 'Condition');
+        seq = Atomics.load(w.i32, w.base + C_SEQ);
+      }
+    } finally {
+      this.#lock[kRestoreSync](saved);
+    }
+  }
+
+  async wait(options?: WaitOptions | number): Promise<boolean> {
+    const w = this.#checkOwned('wait');
+    const { timeout, signal } = parseWait(options);
+    if (signal?.aborted) throw abortError(signal);
+    const deadline = deadlineOf(timeout);
+    let seq = this.#register(w);
+    const saved = this.#lock[kSave]();
+    let aborted = false;
+    let notified = false;
+    try {
+      for (;;) {
+        if (this.#takeToken(w)) {
+          notified = true;
+          break;
+        }
+        if (performance.now() >= deadline) {
+          notified = this.#leave(w);
+          break;
+        }
+        const r = await waitAsync(w, C_SEQ, seq, msLeft(deadline), signal);
+        if (r === 'aborted') {
+          // A notification that raced with the abort is passed on, not lost.
+          if (this.#leave(w)) this.#giveBack(w);
+          aborted = true;
+          break;
+        }
+        checkResult(r, 'Condition');
+        seq = Atomics.load(w.i32, w.base + C_SEQ);
+      }
+    } finally {
+      await this.#lock[kRestore](saved);
+    }
+    if (aborted) throw abortError(signal!);
+    return notified;
+  }
+
+  #giveBack(w: Words): void {
+    Atomics.add(w.i32, w.base + C_STATE, TOKEN);
+    Atomics.add(w.i32, w.base + C_SEQ, 1);
+    wake(w, C_SEQ, ALL);
+  }
+
+  /** Waits until predicate() is truthy (re-checked after each wake); resolves its last value. */
+  async waitFor<T>(predicate: () => T | Promise<T>, options?: WaitOptions | number): Promise<T> {
+    if (typeof predicate !== 'function') throw invalidType('predicate', 'a function', predicate);
+    const { timeout, signal } = parseWait(options);
+    const deadline = deadlineOf(timeout);
+    let result = await predicate();
+    while (!result) {
+      const left = deadline - performance.now();
+      if (left <= 0) break;
+      await this.wait({ timeout: deadline === Infinity ? undefined : left / 1000, signal });
+      result = await predicate();
+    }
+    return result;
+  }
+
+  waitForSync<T>(predicate: () => T, options?: { timeout?: number } | number): T {
+    if (typeof predicate !== 'function') throw invalidType('predicate', 'a function', predicate);
+    const { timeout } = parseWait(options);
+    const deadline = deadlineOf(timeout);
+    let result = predicate();
+    while (!result) {
+      const left = deadline - performance.now();
+      if (left <= 0) break;
+      this.waitSync({ timeout: deadline === Infinity ? undefined : left / 1000 });
+      result = predicate();
+    }
+    return result;
+  }
+
+  /** Wakes up to n waiters (the caller must hold the lock). */
+  notify(n: number = 1): void {
+    const w = this.#checkOwned('notify');
+    validateInteger(n, 'n', 0);
+    const i = w.base + C_STATE;
+    for (;;) {
+      const s = Atomics.load(w.i32, i);
+      const k = Math.min(n, s & MAX_SLEEPERS);
+      if (k === 0) return;
+      if (Atomics.compareExchange(w.i32, i, s, s - k * SLEEPER + k * TOKEN) === s) break;
+    }
+    Atomics.add(w.i32, w.base + C_SEQ, 1);
+    // All sleepers wake and race for the tokens; the ones that miss sleep again.
+    // Waking only k could wake waiters that then time out, stranding a token.
+    wake(w, C_SEQ, ALL);
+  }
+
+  notifyAll(): void {
+    this.notify(MAX_SLEEPERS);
+  }
+}
+
+// ---- Barrier -------------------------------------------------------------------------------
+// Words: [internal lock, its sleepers, arrived, generation, seq, broken,
+// outcome bits, parties]. A cycle (generation g) ends either by completing,
+// which sets outcome bit g % 32, or by reset(), which clears it; waiters of g
+// read that bit once the generation has moved on. seq changes on every state
+// change and is what waiters sleep on.
+
+const B_LOCK = 0;
+const B_ARRIVED = 2;
+const B_GEN = 3;
+const B_SEQ = 4;
+const B_BROKEN = 5;
+const B_OUTCOME = 6;
+const B_PARTIES = 7;
+
+type Arrival = { kind: 'busy'; seq: number } | { kind: 'last' | 'wait'; index: number; gen: number };
+
+const importModule = new Function('specifier', 'return import(specifier)') as (s: string) => Promise<any>;
+
+export interface BarrierOptions extends NamedOptions {
+  /** Runs once per cycle, in the last process to arrive; travels by reference like a Process target. */
+  action?: () => unknown;
+  /** Default timeout of wait(), in seconds. */
+  timeout?: number;
+}
+
+export class Barrier extends SyncObject {
+  #action: (() => unknown) | undefined;
+  #actionRef: TargetRef | undefined;
+  readonly #timeout: number | undefined;
+
+  constructor(parties: number, options?: BarrierOptions) {
+    const p = validateInteger(parties, 'parties', 1, 0xffff);
+    const o = validateObject(options, 'options') as BarrierOptions;
+    if (o.action !== undefined && typeof o.action !== 'function') throw invalidType('options.action', 'a function', o.action);
+    const timeout = validateTimeout(o.timeout, 'options.timeout');
+    super(
+      'Barrier',
+      { name: o.name, mode: o.mode },
+      (w) => {
+        w.i32[w.base + B_PARTIES] = p;
+      },
+      (w) => {
+        const existing = w.i32[w.base + B_PARTIES];
+        if (existing !== p) {
+          throw stateError(`the named Barrier ${JSON.stringify(o.name)} has ${existing} parties, not ${p}`, 'ERR_MP_NAMED_OBJECT_MISMATCH');
+        }
+      },
+    );
+    this.#action = o.action;
+    this.#timeout = timeout;
+  }
+
+  get parties(): number {
+    return Atomics.load(this.w.i32, this.w.base + B_PARTIES);
+  }
+
+  /** How many are waiting in the current cycle. */
+  get nWaiting(): number {
+    const w = this.w;
+    if (Atomics.load(w.i32, w.base + B_BROKEN)) return 0;
+    return Math.min(Atomics.load(w.i32, w.base + B_ARRIVED), this.parties);
+  }
+
+  get broken(): boolean {
+    return Atomics.load(this.w.i32, this.w.base + B_BROKEN) === 1;
+  }
+
+  #lock(w: Words): void {
+    lockAcquireSync(w, B_LOCK, Infinity);
+  }
+
+  #arrive(w: Words): Arrival {
+    const i32 = w.i32;
+    const b = w.base;
+    this.#lock(w);
+    try {
+      if (Atomics.load(i32, b + B_BROKEN)) throw new BrokenBarrierError();
+      const parties = i32[b + B_PARTIES];
+      const arrived = Atomics.load(i32, b + B_ARRIVED);
+      // The last arrival's action is still running: wait for the next cycle.
+      if (arrived >= parties) return { kind: 'busy', seq: Atomics.load(i32, b + B_SEQ) };
+      Atomics.store(i32, b + B_ARRIVED, arrived + 1);
+      const gen = Atomics.load(i32, b + B_GEN);
+      return { kind: arrived + 1 === parties ? 'last' : 'wait', index: arrived, gen };
+    } finally {
+      lockRelease(w, B_LOCK);
+    }
+  }
+
+  // Ends cycle gen; false when it was reset or aborted meanwhile.
+  #complete(w: Words, gen: number): boolean {
+    const b = w.base;
+    this.#lock(w);
+    let ok = false;
+    if (Atomics.load(w.i32, b + B_GEN) === gen && !Atomics.load(w.i32, b + B_BROKEN)) {
+      Atomics.or(w.i32, b + B_OUTCOME, 1 << (gen & 31));
+      Atomics.store(w.i32, b + B_ARRIVED, 0);
+      Atomics.store(w.i32, b + B_GEN, (gen + 1) | 0);
+      ok = true;
+    }
+    this.#bump(w);
+    return ok;
+  }
+
+  // Breaks cycle gen (a timeout or a failed action), unless it already ended.
+  #breakCycle(w: Words, gen: number): void {
+    this.#lock(w);
+    if (Atomics.load(w.i32, w.base + B_GEN) === gen) Atomics.store(w.i32, w.base + B_BROKEN, 1);
+    this.#bump(w);
+  }
+
+  // Publishes a state change and releases the internal lock.
+  #bump(w: Words): void {
+    Atomics.add(w.i32, w.base + B_SEQ, 1);
+    lockRelease(w, B_LOCK);
+    wake(w, B_SEQ, ALL);
+  }
+
+  // Where a waiter of cycle gen stands: a result, or the seq to sleep on.
+  #check(w: Words, gen: number, index: number): number | { seq: number } {
+    const i32 = w.i32;
+    const b = w.base;
+    const seq = Atomics.load(i32, b + B_SEQ);
+    if (Atomics.load(i32, b + B_GEN) !== gen) {
+      if (Atomics.load(i32, b + B_OUTCOME) & (1 << (gen & 31))) return index;
+      throw new BrokenBarrierError('the barrier was reset while waiting');
+    }
+    if (Atomics.load(i32, b + B_BROKEN)) throw new BrokenBarrierError();
+    return { seq };
+  }
+
+  #timeoutOf(options: unknown): { deadline: number; signal?: AbortSignal } {
+    const { timeout, signal } = parseWait(options);
+    return { deadline: deadlineOf(timeout ?? this.#timeout), signal };
+  }
+
+  #runActionSync(): void {
+    const fn = this.#action ?? this.#loadActionSync();
+    if (fn) fn();
+  }
+
+  #loadActionSync(): (() => unknown) | undefined {
+    const ref = this.#actionRef;
+    if (!ref) return undefined;
+    const req = createRequire(__filename);
+    const ns = req(ref.url.startsWith('file:') ? fileURLToPath(ref.url) : ref.url);
+    return (this.#action = pick(ns, ref));
+  }
+
+  async #runAction(): Promise<void> {
+    let fn = this.#action;
+    if (!fn && this.#actionRef) {
+      fn = this.#action = pick(await importModule(this.#actionRef.url), this.#actionRef);
+    }
+    if (fn) await fn();
+  }
+
+  /** Waits for all parties; returns this arrival's index (0..parties-1). */
+  waitSync(options?: { timeout?: number } | number): number {
+    const w = this.w;
+    const { deadline } = this.#timeoutOf(options);
+    for (;;) {
+      const a = this.#arrive(w);
+      if (a.kind === 'busy') {
+        if (performance.now() >= deadline) throw new BrokenBarrierError('timed out waiting at the barrier');
+        waitSync(w, B_SEQ, a.seq, msLeft(deadline));
+        continue;
+      }
+      if (a.kind === 'last') {
+        try {
+          this.#runActionSync();
+        } catch (err) {
+          this.#breakCycle(w, a.gen);
+          throw err;
+        }
+        if (!this.#complete(w, a.gen)) throw new BrokenBarrierError();
+        return a.index;
+      }
+      for (;;) {
+        const c = this.#check(w, a.gen, a.index);
+        if (typeof c === 'number') return c;
+        if (performance.now() >= deadline) {
+          this.#breakCycle(w, a.gen);
+          const again = this.#check(w, a.gen, a.index);
+          if (typeof again === 'number') return again;
+          throw new BrokenBarrierError('timed out waiting at the barrier');
+        }
+        checkResult(waitSync(w, B_SEQ, c.seq, msLeft(deadline)), 'Barrier');
+      }
+    }
+  }
+
+  async wait(options?: WaitOptions | number): Promise<number> {
+    const w = this.w;
+    const { deadline, signal } = this.#timeoutOf(options);
+    if (signal?.aborted) throw abortError(signal);
+    for (;;) {
+      const a = this.#arrive(w);
+      if (a.kind === 'busy') {
+        if (performance.now() >= deadline) throw new BrokenBarrierError('timed out waiting at the barrier');
+        const r = await waitAsync(w, B_SEQ, a.seq, msLeft(deadline), signal);
+        if (r === 'aborted') throw abortError(signal!);
+        continue;
+      }
+      if (a.kind === 'last') {
+        try {
+          await this.#runAction();
+        } catch (err) {
+          this.#breakCycle(w, a.gen);
+          throw err;
+        }
+        if (!this.#complete(w, a.gen)) throw new BrokenBarrierError();
+        return a.index;
+      }
+      for (;;) {
+        const c = this.#check(w, a.gen, a.index);
+        if (typeof c === 'number') return c;
+        if (performance.now() >= deadline) {
+          this.#breakCycle(w, a.gen);
+          const again = this.#check(w, a.gen, a.index);
+          if (typeof again === 'number') return again;
+          throw new BrokenBarrierError('timed out waiting at the barrier');
+        }
+        const r = await waitAsync(w, B_SEQ, c.seq, msLeft(deadline), signal);
+        if (r === 'aborted') {
+          // Python has no cancellation; leaving a barrier half-filled would
+          // deadlock the others, so an abort breaks it, as a timeout does.
+          this.#breakCycle(w, a.gen);
+          throw abortError(signal!);
+        }
+        checkResult(r, 'Barrier');
+      }
+    }
+  }
+
+  /** Puts the barrier back in its initial state; current waiters get BrokenBarrierError. */
+  reset(): void {
+    const w = this.w;
+    const b = w.base;
+    this.#lock(w);
+    if (Atomics.load(w.i32, b + B_ARRIVED) > 0) {
+      const gen = Atomics.load(w.i32, b + B_GEN);
+      Atomics.and(w.i32, b + B_OUTCOME, ~(1 << (gen & 31)));
+      Atomics.store(w.i32, b + B_GEN, (gen + 1) | 0);
+    }
+    Atomics.store(w.i32, b + B_ARRIVED, 0);
+    Atomics.store(w.i32, b + B_BROKEN, 0);
+    this.#bump(w);
+  }
+
+  /** Breaks the barrier: current and future waits reject with BrokenBarrierError until reset(). */
+  abort(): void {
+    const w = this.w;
+    this.#lock(w);
+    Atomics.store(w.i32, w.base + B_BROKEN, 1);
+    this.#bump(w);
+  }
+
+  /** @internal what travels with the barrier: its action by reference. */
+  actionRef(): TargetRef | undefined {
+    if (this.#actionRef) return this.#actionRef;
+    if (this.#action) this.#actionRef = locate(this.#action, 'barrier action');
+    return this.#actionRef;
+  }
+
+  /** @internal */
+  setActionRef(ref: TargetRef | undefined): void {
+    this.#actionRef = ref;
+  }
+}
+
+function pick(ns: any, ref: TargetRef): () => unknown {
+  const fn = ns?.[ref.exportName] ?? (ref.exportName === 'default' ? ns : undefined);
+  if (typeof fn !== 'function') {
+    throw stateError(`barrier action ${ref.exportName} is not exported by ${ref.url}`, 'ERR_MP_TARGET_NOT_IMPORTABLE');
+  }
+  return fn;
+}
+
+// ---- travelling to other processes --------------------------------------------------------
+
+function revive<T>(data: BlockRef, make: () => T): T {
+  return adopt(attachWords(data), make);
+}
+
+registerTransferable('pmp.Lock', Lock, { encode: (o) => o.ref(), decode: (d) => revive(d, () => new Lock()) });
+registerTransferable('pmp.RLock', RLock, { encode: (o) => o.ref(), decode: (d) => revive(d, () => new RLock()) });
+// BoundedSemaphore first: the codec takes the first registration that matches.
+registerTransferable('pmp.BoundedSemaphore', BoundedSemaphore, {
+  encode: (o) => o.ref(),
+  decode: (d) => revive(d, () => new BoundedSemaphore()),
+});
+registerTransferable('pmp.Semaphore', Semaphore, {
+  encode: (o) => o.ref(),
+  decode: (d) => revive(d, () => new Semaphore()),
+});
+registerTransferable('pmp.Event', Event, { encode: (o) => o.ref(), decode: (d) => revive(d, () => new Event()) });
+registerTransferable('pmp.Condition', Condition, {
+  encode: (o) => ({ ref: o.ref(), lock: o.lock }),
+  decode: (d) => revive(d.ref, () => new Condition(d.lock)),
+});
+registerTransferable('pmp.Barrier', Barrier, {
+  encode: (o) => ({ ref: o.ref(), parties: o.parties, action: o.actionRef() ?? null }),
+  decode: (d) => {
+    const b = revive(d.ref, () => new Barrier(d.parties));
+    b.setActionRef(d.action ?? undefined);
+    return b;
+  },
+});
