@@ -11,7 +11,7 @@ import { closedError, QueueEmptyError, QueueFullError, stateError } from './erro
 import { GET_SEQ, GET_WAITERS, PUT_SEQ, PUT_WAITERS, Ring, type RingRef, UNFINISHED } from './ring';
 import { decode, encode, registerTransferable } from './serialize';
 import { validateBoolean, validateInteger, validateObject, validateSignal, validateTimeout } from './validate';
-import { type WaitResult, type WaitWord, waitAsync, waitSync, wakeAll } from './wait-word';
+import { type WaitResult, type WaitWord, waitAsync, waitSync, wakeAll, wakeOne } from './wait-word';
 
 export interface QueueWaitOptions {
   /** Wait when the queue is full (put) or empty (get); default true. */
@@ -166,6 +166,11 @@ abstract class QueueBase<T> {
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
       return await Promise.race([promise, interrupted]);
+    } catch (err) {
+      // Wakes are handed to one waiter at a time: one that went to this
+      // abandoned wait is passed on.
+      wakeOne(word);
+      throw err;
     } finally {
       this.#pending.delete(entry);
       signal?.removeEventListener('abort', onAbort);

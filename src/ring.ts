@@ -17,7 +17,7 @@ import * as fs from 'node:fs';
 
 import { heap } from './heap';
 import { binding, type Mapping } from './native';
-import { type WaitWord, wakeAll } from './wait-word';
+import { type WaitWord, waitSync, wakeAll, wakeOne } from './wait-word';
 
 // Header words (Int32 indices).
 const LOCK = 0;
@@ -32,6 +32,7 @@ export const UNFINISHED = 8; // JoinableQueue's unfinished tasks; join() sleeps 
 const MAXSIZE = 9;
 const CAPACITY = 10;
 const MAGIC = 11;
+const LOCK_WAITERS = 12; // processes sleeping on the lock word
 const HEADER_BYTES = 64;
 const MAGIC_VALUE = 0x706d7121; // 'pmq!'
 
@@ -59,7 +60,6 @@ function alive(pid: number): boolean {
   }
 }
 
-const sleeper = new Int32Array(new SharedArrayBuffer(4));
 
 let spillCounter = 0;
 const spillsCreated = new Set<string>();
@@ -184,22 +184,26 @@ export class Ring {
         if (Atomics.compareExchange(i32, LOCK, 0, this.#me) === 0) return;
         continue;
       }
-      if (spin % 64 === 0) {
-        // The holder only copies memory: if it has not let go by now it was
-        // preempted (sleep a little) or it died (take over).
-        if (owner !== this.#me && !alive(owner)) {
-          if (Atomics.compareExchange(i32, LOCK, owner, this.#me) === owner) {
-            this.#recover();
-            return;
-          }
+      if (spin < 32) continue;
+      // The holder only copies memory: if it has not let go by now it was
+      // preempted (sleep until it unlocks) or it died (take over). The sleep
+      // is bounded so that a holder's death is noticed.
+      if (owner !== this.#me && spin % 16 === 0 && !alive(owner)) {
+        if (Atomics.compareExchange(i32, LOCK, owner, this.#me) === owner) {
+          this.#recover();
+          return;
         }
-        Atomics.wait(sleeper, 0, 0, spin < 1024 ? 0.02 : 1);
+        continue;
       }
+      Atomics.add(i32, LOCK_WAITERS, 1);
+      waitSync(this.word(LOCK), owner, 2);
+      Atomics.sub(i32, LOCK_WAITERS, 1);
     }
   }
 
   #unlock(): void {
     Atomics.store(this.i32, LOCK, 0);
+    if (Atomics.load(this.i32, LOCK_WAITERS) > 0) wakeOne(this.word(LOCK));
   }
 
   // The previous holder died inside the lock: head and tail are consistent (each
@@ -256,7 +260,9 @@ export class Ring {
     this.#unlock();
     if (spill) spillsCreated.delete(spill); // the queue owns it now
     Atomics.add(i32, PUT_SEQ, 1);
-    if (Atomics.load(i32, GET_WAITERS) > 0) wakeAll(this.word(PUT_SEQ));
+    // One new item needs one consumer: waking one avoids a thundering herd.
+    // Every woken waiter retries before it sleeps again, so none is lost.
+    if (Atomics.load(i32, GET_WAITERS) > 0) wakeOne(this.word(PUT_SEQ));
     return true;
   }
 
@@ -280,7 +286,7 @@ export class Ring {
     Atomics.sub(i32, ITEMS, 1);
     this.#unlock();
     Atomics.add(i32, GET_SEQ, 1);
-    if (Atomics.load(i32, PUT_WAITERS) > 0) wakeAll(this.word(GET_SEQ));
+    if (Atomics.load(i32, PUT_WAITERS) > 0) wakeOne(this.word(GET_SEQ));
     return flags & FLAG_SPILL ? readSpill(out.toString()) : out;
   }
 

@@ -92,3 +92,8 @@ export function waitAsync(
 export function wakeAll(word: WaitWord): void {
   if (hasFutex) futex.futexWake!(word.i32.buffer as ArrayBuffer, word.i32.byteOffset + word.index * 4, 0x7fffffff);
 }
+
+/** Wakes one process sleeping on the word. */
+export function wakeOne(word: WaitWord): void {
+  if (hasFutex) futex.futexWake!(word.i32.buffer as ArrayBuffer, word.i32.byteOffset + word.index * 4, 1);
+}
