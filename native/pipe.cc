@@ -10,7 +10,7 @@
 // exception, so the async paths can fall back to the event loop and the sync
 // paths to poll().
 //
-//   setNonblocking(fd)
+//   setNonblocking(fd); dup(fd) -> close-on-exec copy
 //   read(fd, buf, off, len) -> n | 0 (EOF) | -1 (would block)
 //   recvmsg(fd, buf, off, len, fdsOut[]) -> same; fds received (SCM_RIGHTS) are pushed on fdsOut
 //   write(fd, buf, off, len) -> n | -1 (would block)
@@ -109,6 +109,15 @@ Napi::Value SetNonblocking(const Napi::CallbackInfo& info) {
   int flags = fcntl(fd, F_GETFL);
   if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) ThrowSystemError(info.Env(), errno, "fcntl");
   return info.Env().Undefined();
+}
+
+// A close-on-exec duplicate: an fd queued for sending must stay valid even if
+// its Connection is closed before the kernel takes the message.
+Napi::Value Dup(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (copy < 0) ThrowSystemError(info.Env(), errno, "fcntl");
+  return Napi::Number::New(info.Env(), copy);
 }
 
 Napi::Value Read(const Napi::CallbackInfo& info) {
@@ -379,6 +388,7 @@ void InitPipe(Napi::Env env, Napi::Object exports, AddonData* data) {
   exports.Set("pipe", Napi::Function::New<Pipe>(env, "pipe"));
   exports.Set("socketpair", Napi::Function::New<SocketPair>(env, "socketpair"));
   exports.Set("setNonblocking", Napi::Function::New<SetNonblocking>(env, "setNonblocking"));
+  exports.Set("dup", Napi::Function::New<Dup>(env, "dup"));
   exports.Set("read", Napi::Function::New<Read>(env, "read"));
   exports.Set("recvmsg", Napi::Function::New<RecvMsg>(env, "recvmsg"));
   exports.Set("write", Napi::Function::New<Write>(env, "write"));

@@ -66,6 +66,16 @@ function eofError(): EOFError {
   return new EOFError('the other end of the connection is closed');
 }
 
+function closeFds(fds: number[]): void {
+  for (const fd of fds) {
+    try {
+      fs.closeSync(fd);
+    } catch {
+      // already closed
+    }
+  }
+}
+
 const pendingAtExit = new Set<Connection>();
 let exitHookInstalled = false;
 
@@ -155,7 +165,9 @@ export class Connection {
       body.copy(tagged, 2);
       body = tagged;
     }
-    this.#sendFrame(body, ctx.fds, true);
+    // Duplicates travel, so closing a sent Connection right after send() is
+    // safe even when the message waits in our queue; they are closed once sent.
+    this.#sendFrame(body, ctx.fds.map((fd) => binding.dup(fd)), true);
   }
 
   /** Sends bytes as one message; offset and size select a part of buf. */
@@ -214,6 +226,7 @@ export class Connection {
             ? binding.sendmsg(this.#fd, chunk.buf, 0, chunk.buf.length, chunk.fds)
             : binding.write(this.#fd, chunk.buf, this.#outOffset, left);
         if (n < 0) break;
+        if (chunk.fds.length > 0) closeFds(chunk.fds.splice(0)); // the kernel holds its own references now
         this.#outOffset += n;
         if (this.#outOffset === chunk.buf.length) {
           this.#out.shift();
@@ -221,6 +234,7 @@ export class Connection {
         }
       }
     } catch (err) {
+      for (const chunk of this.#out) closeFds(chunk.fds);
       this.#out = [];
       this.#outOffset = 0;
       if (fromSend) {
@@ -580,13 +594,8 @@ export class Connection {
     this.#reffed = false;
     pendingAtExit.delete(this);
     finalizer.unregister(this);
-    for (const fd of this.#inFds.splice(0)) {
-      try {
-        fs.closeSync(fd);
-      } catch {
-        // not ours to worry about
-      }
-    }
+    closeFds(this.#inFds.splice(0));
+    for (const chunk of this.#out.splice(0)) closeFds(chunk.fds);
     if (this.#fd >= 0) {
       try {
         fs.closeSync(this.#fd);

@@ -45,6 +45,8 @@ export interface Binding {
   pipe(): [number, number];
   socketpair(): [number, number];
   setNonblocking(fd: number): void;
+  /** A close-on-exec duplicate of fd. */
+  dup(fd: number): number;
   /** Bytes read, 0 at end of stream, -1 when it would block. */
   read(fd: number, buf: Uint8Array, offset: number, length: number): number;
   /** As read(); fds that came along (SCM_RIGHTS) are pushed on fdsOut. */

@@ -135,6 +135,18 @@ describe('Pipe / Connection in one process', () => {
     expect(conn).toBeInstanceOf(Connection);
     conn.send('through the passed end');
     expect(await c2.recv()).toBe('through the passed end');
+    // Queued behind a large message, then closed here at once: the queued
+    // message holds a duplicate, so the fd that arrives is still the right one.
+    const [d1, d2] = Pipe();
+    a.sendBytes(Buffer.alloc(4 * 1024 * 1024));
+    a.send({ conn: d1 });
+    d1.close();
+    expect((await b.recvBytes()).length).toBe(4 * 1024 * 1024);
+    const later = ((await b.recv()) as { conn: Connection }).conn;
+    later.send('still d1');
+    expect(await d2.recv()).toBe('still d1');
+    later.close();
+    d2.close();
     const [r] = Pipe(false);
     const [, w] = Pipe(false);
     expect(() => w.send(r)).toThrow(TypeError); // fds only travel over sockets
