@@ -9,7 +9,7 @@
 // attempt and the sleep makes the sleep return at once: no lost wake-ups.
 import { closedError, QueueEmptyError, QueueFullError, stateError } from './errors';
 import { GET_SEQ, GET_WAITERS, PUT_SEQ, PUT_WAITERS, Ring, type RingRef, UNFINISHED } from './ring';
-import { decode, encode, registerTransferable } from './serialize';
+import { decode, encode, encodeJsonText, registerTransferable } from './serialize';
 import { validateBoolean, validateInteger, validateObject, validateSignal, validateTimeout } from './validate';
 import { type WaitResult, type WaitWord, waitAsync, waitSync, wakeAll, wakeOne } from './wait-word';
 
@@ -28,6 +28,14 @@ interface Wait {
   signal?: AbortSignal;
 }
 
+function decodeMessage(m: Encoded): unknown {
+  return typeof m === 'string' ? JSON.parse(m) : decode(m);
+}
+
+function tryPut(ring: Ring, m: Encoded, joinable: boolean): boolean {
+  return typeof m === 'string' ? ring.tryPutJson(m, joinable) : ring.tryPut(m, joinable);
+}
+
 function waitOptions(options: unknown, async: boolean): Wait {
   const o = validateObject(options, 'options');
   const block = o.block === undefined ? true : validateBoolean(o.block, 'options.block');
@@ -37,7 +45,12 @@ function waitOptions(options: unknown, async: boolean): Wait {
   return { block, deadline: timeout === undefined ? Infinity : performance.now() + timeout * 1000, signal };
 }
 
-function encodeMessage(obj: unknown): Buffer {
+/** A message ready for the ring: JSON text (the fast path) or codec bytes. */
+type Encoded = string | Uint8Array;
+
+function encodeMessage(obj: unknown): Encoded {
+  const text = encodeJsonText(obj);
+  if (text !== undefined) return text;
   const ctx = { fds: [] as number[] };
   const bytes = encode(obj, ctx);
   if (ctx.fds.length > 0) {
@@ -100,11 +113,11 @@ abstract class QueueBase<T> {
     this.close();
   }
 
-  protected putBytesSync(bytes: Uint8Array, wait: Wait): void {
+  protected putBytesSync(bytes: Encoded, wait: Wait): void {
     const ring = this.ring;
     for (;;) {
       const seq = Atomics.load(ring.i32, GET_SEQ);
-      if (ring.tryPut(bytes, this.#joinable)) return;
+      if (tryPut(ring, bytes, this.#joinable)) return;
       if (!wait.block) throw new QueueFullError();
       const left = wait.deadline - performance.now();
       if (left <= 0) throw new QueueFullError();
@@ -113,11 +126,11 @@ abstract class QueueBase<T> {
     }
   }
 
-  protected async putBytes(bytes: Uint8Array, wait: Wait): Promise<void> {
+  protected async putBytes(bytes: Encoded, wait: Wait): Promise<void> {
     for (;;) {
       const ring = this.ring;
       const seq = Atomics.load(ring.i32, GET_SEQ);
-      if (ring.tryPut(bytes, this.#joinable)) return;
+      if (tryPut(ring, bytes, this.#joinable)) return;
       if (!wait.block) throw new QueueFullError();
       const left = wait.deadline - performance.now();
       if (left <= 0) throw new QueueFullError();
@@ -125,7 +138,7 @@ abstract class QueueBase<T> {
     }
   }
 
-  protected getBytesSync(wait: Wait): Uint8Array {
+  protected getBytesSync(wait: Wait): Encoded {
     const ring = this.ring;
     for (;;) {
       const seq = Atomics.load(ring.i32, PUT_SEQ);
@@ -139,7 +152,7 @@ abstract class QueueBase<T> {
     }
   }
 
-  protected async getBytes(wait: Wait): Promise<Uint8Array> {
+  protected async getBytes(wait: Wait): Promise<Encoded> {
     for (;;) {
       const ring = this.ring;
       const seq = Atomics.load(ring.i32, PUT_SEQ);
@@ -234,17 +247,17 @@ export class Queue<T = unknown> extends QueueBase<T> {
    *  rejects with QueueEmptyError when there is none. */
   async get(options?: QueueWaitOptions): Promise<T> {
     const wait = waitOptions(options, true);
-    return decode(await this.getBytes(wait)) as T;
+    return decodeMessage(await this.getBytes(wait)) as T;
   }
 
   getSync(options?: Omit<QueueWaitOptions, 'signal'>): T {
     const wait = waitOptions(options, false);
-    return decode(this.getBytesSync(wait)) as T;
+    return decodeMessage(this.getBytesSync(wait)) as T;
   }
 
   /** The oldest item, or QueueEmptyError at once. */
   getNowait(): T {
-    return decode(this.getBytesSync({ block: false, deadline: 0 })) as T;
+    return decodeMessage(this.getBytesSync({ block: false, deadline: 0 })) as T;
   }
 
   /** The number of items (exact at the moment it is read; other processes may change it). */
@@ -326,11 +339,11 @@ export class SimpleQueue<T = unknown> extends QueueBase<T> {
   }
 
   async get(): Promise<T> {
-    return decode(await this.getBytes({ block: true, deadline: Infinity })) as T;
+    return decodeMessage(await this.getBytes({ block: true, deadline: Infinity })) as T;
   }
 
   getSync(): T {
-    return decode(this.getBytesSync({ block: true, deadline: Infinity })) as T;
+    return decodeMessage(this.getBytesSync({ block: true, deadline: Infinity })) as T;
   }
 
   empty(): boolean {

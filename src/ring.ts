@@ -16,6 +16,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 
 import { heap } from './heap';
+import { JSON_TAG_BYTE } from './serialize';
 import { binding, type Mapping } from './native';
 import { type WaitWord, waitSync, wakeAll, wakeOne } from './wait-word';
 
@@ -84,7 +85,7 @@ export class Ring {
   /** Keeps the mapping alive as long as a handle uses it. */
   readonly #mapping: Mapping;
   readonly i32: Int32Array;
-  readonly #bytes: Uint8Array;
+  readonly #bytes: Buffer;
   readonly #view: DataView;
   readonly #mask: number;
   readonly #capacity: number;
@@ -97,7 +98,7 @@ export class Ring {
     this.i32 = new Int32Array(buffer, 0, HEADER_BYTES / 4);
     this.#capacity = this.i32[CAPACITY];
     this.#mask = this.#capacity - 1;
-    this.#bytes = new Uint8Array(buffer, HEADER_BYTES, this.#capacity);
+    this.#bytes = Buffer.from(buffer, HEADER_BYTES, this.#capacity);
     this.#view = new DataView(buffer, HEADER_BYTES, this.#capacity);
   }
 
@@ -228,7 +229,7 @@ export class Ring {
 
   // ---- put / get ----------------------------------------------------------------
 
-  /** Appends one message; false when the queue is full (maxsize items, or no room in the ring). */
+  /** Appends one encoded message; false when the queue is full (maxsize items, or no room in the ring). */
   tryPut(data: Uint8Array, joinable: boolean): boolean {
     let payload = data;
     let flags = 0;
@@ -238,7 +239,40 @@ export class Ring {
       payload = Buffer.from(spill);
       flags = FLAG_SPILL;
     }
-    const size = RECORD_HEADER + pad8(payload.length);
+    const ok = this.#append(payload.length, flags, joinable, (at) => this.#copyIn(payload, at));
+    if (spill) {
+      if (ok) spillsCreated.delete(spill); // the queue owns it now
+      else unlinkSpill(spill);
+    }
+    return ok;
+  }
+
+  /** The JSON fast path: tag byte and text written straight into the ring. */
+  tryPutJson(text: string, joinable: boolean): boolean {
+    const length = 1 + Buffer.byteLength(text);
+    if (RECORD_HEADER + pad8(length) > this.#capacity / 2) {
+      const bytes = Buffer.allocUnsafe(length);
+      bytes[0] = JSON_TAG_BYTE;
+      bytes.write(text, 1);
+      return this.tryPut(bytes, joinable);
+    }
+    return this.#append(length, 0, joinable, (at) => {
+      if (at + length <= this.#capacity) {
+        this.#bytes[at] = JSON_TAG_BYTE;
+        this.#bytes.write(text, at + 1, length - 1);
+      } else {
+        const bytes = Buffer.allocUnsafe(length);
+        bytes[0] = JSON_TAG_BYTE;
+        bytes.write(text, 1);
+        this.#copyIn(bytes, at);
+      }
+    });
+  }
+
+  // Reserves a record of `length` bytes under the lock, lets `fill` write the
+  // data at its ring offset, then commits it with the store of tail.
+  #append(length: number, flags: number, joinable: boolean, fill: (at: number) => void): boolean {
+    const size = RECORD_HEADER + pad8(length);
     const i32 = this.i32;
     const maxsize = i32[MAXSIZE];
     this.#lock();
@@ -247,18 +281,16 @@ export class Ring {
     const used = (tail - head) >>> 0;
     if ((maxsize > 0 && Atomics.load(i32, ITEMS) >= maxsize) || this.#capacity - used < size) {
       this.#unlock();
-      if (spill) unlinkSpill(spill);
       return false;
     }
     const at = tail & this.#mask;
-    this.#view.setUint32(at, payload.length, true);
+    this.#view.setUint32(at, length, true);
     this.#view.setUint32(at + 4, flags, true);
-    this.#copyIn(payload, (at + RECORD_HEADER) & this.#mask);
+    fill((at + RECORD_HEADER) & this.#mask);
     if (joinable) Atomics.add(i32, UNFINISHED, 1);
     Atomics.store(i32, TAIL, (tail + size) | 0); // commit
     Atomics.add(i32, ITEMS, 1);
     this.#unlock();
-    if (spill) spillsCreated.delete(spill); // the queue owns it now
     Atomics.add(i32, PUT_SEQ, 1);
     // One new item needs one consumer: waking one avoids a thundering herd.
     // Every woken waiter retries before it sleeps again, so none is lost.
@@ -266,8 +298,9 @@ export class Ring {
     return true;
   }
 
-  /** Takes the oldest message's bytes; null when the queue is empty. */
-  tryGet(): Uint8Array | null {
+  /** Takes the oldest message: its encoded bytes, or (JSON fast path) the JSON
+   *  text after the tag byte; null when the queue is empty. */
+  tryGet(): Uint8Array | string | null {
     const i32 = this.i32;
     if (Atomics.load(i32, ITEMS) === 0 && Atomics.load(i32, HEAD) === Atomics.load(i32, TAIL)) return null;
     this.#lock();
@@ -280,13 +313,20 @@ export class Ring {
     const at = head & this.#mask;
     const len = this.#view.getUint32(at, true);
     const flags = this.#view.getUint32(at + 4, true);
-    const out = Buffer.allocUnsafe(len);
-    this.#copyOut(out, (at + RECORD_HEADER) & this.#mask);
+    const start = (at + RECORD_HEADER) & this.#mask;
+    let out: Buffer | string;
+    if (flags === 0 && len > 0 && this.#bytes[start] === JSON_TAG_BYTE && start + len <= this.#capacity) {
+      out = this.#bytes.toString('utf8', start + 1, start + len);
+    } else {
+      out = Buffer.allocUnsafe(len);
+      this.#copyOut(out, start);
+    }
     Atomics.store(i32, HEAD, (head + RECORD_HEADER + pad8(len)) | 0); // commit
     Atomics.sub(i32, ITEMS, 1);
     this.#unlock();
     Atomics.add(i32, GET_SEQ, 1);
     if (Atomics.load(i32, PUT_WAITERS) > 0) wakeOne(this.word(GET_SEQ));
+    if (typeof out === 'string') return out;
     return flags & FLAG_SPILL ? readSpill(out.toString()) : out;
   }
 

@@ -72,6 +72,25 @@ describe('Queue in one process', () => {
     q.close();
   });
 
+  it('records wrap around the ring intact (JSON text, multi-byte characters, bytes)', () => {
+    const q = new Queue();
+    for (let i = 0; i < 15_000; i++) {
+      const size = 200 + ((i * 7919) % 1500); // odd sizes land on every offset
+      const v = i % 3 === 0 ? { i, s: 'é€😀'.repeat(size / 8) } : i % 3 === 1 ? 'x'.repeat(size) : Buffer.alloc(size, i & 0xff);
+      q.putSync(v);
+      if (i >= 10) {
+        const j = i - 10;
+        const got = q.getSync();
+        const want = 200 + ((j * 7919) % 1500);
+        if (j % 3 === 0) expect(got).toEqual({ i: j, s: 'é€😀'.repeat(want / 8) });
+        else if (j % 3 === 1) expect(got).toBe('x'.repeat(want));
+        else expect(Buffer.isBuffer(got) && (got as Buffer).equals(Buffer.alloc(want, j & 0xff))).toBe(true);
+      }
+    }
+    expect(q.qsize()).toBe(10);
+    q.close();
+  });
+
   it('validates arguments; close() ends the handle; pending waits reject; AbortSignal aborts', async () => {
     expect(() => new Queue('3' as any)).toThrow(TypeError);
     expect(() => new Queue(1.5)).toThrow(TypeError);
