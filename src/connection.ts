@@ -346,7 +346,9 @@ export class Connection {
   // blocking, and watches the fd for the rest.
   #service(): void {
     this.#deliver();
-    if (this.#waiters.length > 0 && !this.#eof && this.#readError === null) {
+    // With the read watch still registered, the loop reports input anyway:
+    // reading now would mostly cost an EAGAIN per message.
+    if (this.#waiters.length > 0 && !this.#eof && this.#readError === null && !(this.#watching & READABLE)) {
       this.#fill();
       this.#deliver();
     }
