@@ -188,11 +188,6 @@ export class Connection {
   }
 
   #sendFrame(body: Uint8Array, fds: number[], bodyIsOurs: boolean): void {
-    if (this.#writeError) {
-      const err = this.#writeError;
-      this.#writeError = null;
-      throw err;
-    }
     const header = frameHeader(body.length);
     if (body.length < COALESCE) {
       const frame = Buffer.allocUnsafe(header.length + body.length);
@@ -620,6 +615,12 @@ export class Connection {
   #checkWritable(): void {
     this.#checkOpen();
     if (!this.#writable) throw stateError('this end of the pipe is read-only', 'ERR_MP_NOT_WRITABLE');
+    // A write that failed after send() returned (the peer went away) is reported here.
+    if (this.#writeError) {
+      const err = this.#writeError;
+      this.#writeError = null;
+      throw err;
+    }
   }
 
   static {

@@ -287,9 +287,11 @@ export class Ring {
     this.#view.setUint32(at, length, true);
     this.#view.setUint32(at + 4, flags, true);
     fill((at + RECORD_HEADER) & this.#mask);
-    if (joinable) Atomics.add(i32, UNFINISHED, 1);
     Atomics.store(i32, TAIL, (tail + size) | 0); // commit
     Atomics.add(i32, ITEMS, 1);
+    // Still under the lock, so no consumer can take the item and call
+    // taskDone() before it is counted.
+    if (joinable) Atomics.add(i32, UNFINISHED, 1);
     this.#unlock();
     Atomics.add(i32, PUT_SEQ, 1);
     // One new item needs one consumer: waking one avoids a thundering herd.
