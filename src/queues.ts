@@ -69,11 +69,37 @@ function spinUntilChanged(i32: Int32Array, index: number, seq: number): boolean 
   return false;
 }
 
+/** Runs async operations one after another, in call order. */
+class Line {
+  #tail: Promise<unknown> | null = null;
+  #waiting = 0;
+
+  get busy(): boolean {
+    return this.#waiting > 0;
+  }
+
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    this.#waiting++;
+    const prev = this.#tail;
+    const start = prev ? prev.then(noop, noop) : Promise.resolve();
+    const p: Promise<T> = start.then(fn).finally(() => {
+      this.#waiting--;
+      if (this.#tail === p) this.#tail = null;
+    });
+    this.#tail = p;
+    return p;
+  }
+}
+
+const noop = () => {};
+
 /** The machinery shared by the three queue classes. */
 abstract class QueueBase<T> {
   #ring: Ring | null;
   readonly #joinable: boolean;
   readonly #pending = new Set<{ cancel(): void; reject(err: unknown): void }>();
+  readonly #putLine = new Line();
+  readonly #getLine = new Line();
 
   protected constructor(ring: Ring, joinable: boolean) {
     this.#ring = ring;
@@ -126,7 +152,19 @@ abstract class QueueBase<T> {
     }
   }
 
-  protected async putBytes(bytes: Encoded, wait: Wait): Promise<void> {
+  // Async puts (and gets) of one handle wait in line, so that puts issued
+  // without awaiting each other still enter the queue in call order.
+  protected putBytes(bytes: Encoded, wait: Wait): Promise<void> {
+    if (!this.#putLine.busy) {
+      if (tryPut(this.ring, bytes, this.#joinable)) return Promise.resolve();
+      if (!wait.block) return Promise.reject(new QueueFullError());
+    } else if (!wait.block) {
+      return Promise.reject(new QueueFullError());
+    }
+    return this.#putLine.run(() => this.#putLoop(bytes, wait));
+  }
+
+  async #putLoop(bytes: Encoded, wait: Wait): Promise<void> {
     for (;;) {
       const ring = this.ring;
       const seq = Atomics.load(ring.i32, GET_SEQ);
@@ -152,7 +190,18 @@ abstract class QueueBase<T> {
     }
   }
 
-  protected async getBytes(wait: Wait): Promise<Encoded> {
+  protected getBytes(wait: Wait): Promise<Encoded> {
+    if (!this.#getLine.busy) {
+      const got = this.ring.tryGet();
+      if (got !== null) return Promise.resolve(got);
+      if (!wait.block) return Promise.reject(new QueueEmptyError());
+    } else if (!wait.block) {
+      return Promise.reject(new QueueEmptyError());
+    }
+    return this.#getLine.run(() => this.#getLoop(wait));
+  }
+
+  async #getLoop(wait: Wait): Promise<Encoded> {
     for (;;) {
       const ring = this.ring;
       const seq = Atomics.load(ring.i32, PUT_SEQ);

@@ -59,6 +59,21 @@ describe('Queue in one process', () => {
     q.close();
   });
 
+  it('puts and gets issued without awaiting keep call order', async () => {
+    const q = new Queue(1);
+    q.putNowait(0);
+    const puts = [1, 2, 3].map((v) => q.put(v));
+    await expect(q.put(9, { block: false })).rejects.toBeInstanceOf(QueueFullError);
+    const got = [];
+    for (let i = 0; i < 4; i++) got.push(await q.get({ timeout: 10 }));
+    await Promise.all(puts);
+    expect(got).toEqual([0, 1, 2, 3]);
+    const gets = [q.get(), q.get(), q.get()];
+    for (const v of ['a', 'b', 'c']) await q.put(v);
+    expect(await Promise.all(gets)).toEqual(['a', 'b', 'c']);
+    q.close();
+  });
+
   it('keeps structured-clone values and messages larger than the ring', async () => {
     const q = new Queue();
     const big = Buffer.alloc(6 * 1024 * 1024, 7); // spills to a segment of its own
