@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 
 import { binding, type FdWatcher } from './native';
 import { closedError, EOFError, stateError } from './errors';
-import { decode, encode, registerTransferable, type CodecContext } from './serialize';
+import { decode, encode, encodeJsonText, JSON_TAG_BYTE, registerTransferable, type CodecContext } from './serialize';
 import { invalidType, outOfRange, validateTimeout } from './validate';
 
 const READABLE = 1;
@@ -152,6 +152,20 @@ export class Connection {
   /** Sends a value (structured clone; shared objects travel as handles). Never blocks. */
   send(obj: unknown): void {
     this.#checkWritable();
+    const text = encodeJsonText(obj);
+    if (text !== undefined) {
+      // The JSON fast path: header, tag and text in one buffer, one copy.
+      const length = 1 + Buffer.byteLength(text);
+      if (length < COALESCE) {
+        const frame = Buffer.allocUnsafe(4 + length);
+        frame.writeInt32BE(length, 0);
+        frame[4] = JSON_TAG_BYTE;
+        frame.write(text, 5);
+        this.#out.push({ buf: frame, fds: [] });
+        this.#flush(true);
+        return;
+      }
+    }
     const ctx: CodecContext = { fds: [] };
     let body = encode(obj, ctx);
     if (ctx.fds.length > 0) {
