@@ -59,16 +59,6 @@ function encodeMessage(obj: unknown): Encoded {
   return bytes;
 }
 
-// A sync waiter spins briefly before it parks: in a stream of messages the next
-// one is usually microseconds away, and a futex sleep costs both sides a
-// syscall (the waker's wake and the sleeper's return) for every message. The
-// async forms do not spin: they must not hold the event loop.
-const SPIN = 2000;
-function spinUntilChanged(i32: Int32Array, index: number, seq: number): boolean {
-  for (let i = 0; i < SPIN; i++) if (Atomics.load(i32, index) !== seq) return true;
-  return false;
-}
-
 /** Runs async operations one after another, in call order. */
 class Line {
   #tail: Promise<unknown> | null = null;
@@ -147,7 +137,6 @@ abstract class QueueBase<T> {
       if (!wait.block) throw new QueueFullError();
       const left = wait.deadline - performance.now();
       if (left <= 0) throw new QueueFullError();
-      if (spinUntilChanged(ring.i32, GET_SEQ, seq)) continue;
       this.#sleepSync(ring.word(GET_SEQ), PUT_WAITERS, seq, left);
     }
   }
@@ -185,7 +174,6 @@ abstract class QueueBase<T> {
       if (!wait.block) throw new QueueEmptyError();
       const left = wait.deadline - performance.now();
       if (left <= 0) throw new QueueEmptyError();
-      if (spinUntilChanged(ring.i32, PUT_SEQ, seq)) continue;
       this.#sleepSync(ring.word(PUT_SEQ), GET_WAITERS, seq, left);
     }
   }
