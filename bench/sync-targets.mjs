@@ -26,3 +26,11 @@ export async function pong(ping, pongSem, n) {
     pongSem.release();
   }
 }
+
+/** The same with acquireSync(): the thread sleeps in the kernel. */
+export function pongSync(ping, pongSem, n) {
+  for (let i = 0; i < n; i++) {
+    ping.acquireSync();
+    pongSem.release();
+  }
+}

@@ -14,7 +14,8 @@ const scenarios = [
   { scenario: 'uncontended acquireSync()+release() pair', key: 'pair', unit: 'ns/pair', n: 2_000_000, py: 1_000_000, better: 'lower' },
   { scenario: 'tryAcquire (acquireSync({blocking:false}))+release() pair', key: 'try', unit: 'ns/pair', n: 2_000_000, py: 1_000_000, better: 'lower' },
   { scenario: '2 processes x 200,000 locked increments', key: 'increments', unit: 'ms', n: 200_000, py: 200_000, better: 'lower' },
-  { scenario: 'acquire() handoff latency between two processes (Semaphore ping-pong, one way)', key: 'handoff', unit: 'us', n: 2_000, py: 2_000, better: 'lower' },
+  { scenario: 'async acquire() handoff latency between two processes (Semaphore ping-pong, one way)', key: 'handoff', unit: 'us', n: 2_000, py: 2_000, better: 'lower' },
+  { scenario: 'acquireSync() handoff latency between two processes (Semaphore ping-pong, one way)', key: 'handoff-sync', unit: 'us', n: 2_000, py: 2_000, pyKey: 'handoff', better: 'lower' },
 ];
 
 // ---- one trial (in a fresh process) ------------------------------------------
@@ -42,14 +43,16 @@ async function trial(key, n) {
     if (c[0] !== 2 * n) throw new Error(`counter ${c[0]} != ${2 * n}`);
     return Math.max(c[1], c[2]) / 1000;
   }
-  if (key === 'handoff') {
+  if (key === 'handoff' || key === 'handoff-sync') {
+    const sync = key === 'handoff-sync';
     const ping = new Semaphore(0);
     const pong = new Semaphore(0);
-    const p = new Process({ target: targets.pong, args: [ping, pong, n] });
+    const p = new Process({ target: sync ? targets.pongSync : targets.pong, args: [ping, pong, n] });
     p.start();
-    for (let i = 0; i < 20; i++) { ping.release(); await pong.acquire(); }
+    for (let i = 0; i < 20; i++) { ping.release(); if (sync) pong.acquireSync(); else await pong.acquire(); }
     const t0 = performance.now();
-    for (let i = 0; i < n - 20; i++) { ping.release(); await pong.acquire(); }
+    if (sync) for (let i = 0; i < n - 20; i++) { ping.release(); pong.acquireSync(); }
+    else for (let i = 0; i < n - 20; i++) { ping.release(); await pong.acquire(); }
     const dt = performance.now() - t0;
     await p.join();
     return (dt * 1000) / (n - 20) / 2;
@@ -66,7 +69,7 @@ async function main() {
     const py = [];
     for (let t = 0; t < TRIALS; t++) {
       ours.push(JSON.parse(execFileSync(process.execPath, [self, '--trial', s.key, String(s.n)], { encoding: 'utf8' })).value);
-      py.push(JSON.parse(execFileSync('python3', [path.join(here, 'sync_py.py'), s.key, String(s.py)], { encoding: 'utf8' })).value);
+      py.push(JSON.parse(execFileSync('python3', [path.join(here, 'sync_py.py'), s.pyKey ?? s.key, String(s.py)], { encoding: 'utf8' })).value);
     }
     const o = median(ours);
     const p = median(py);

@@ -13,7 +13,7 @@ struct FutexState;
 struct AddonData {
   Napi::FunctionReference exit_watcher_ctor;
   Napi::FunctionReference futex_wait_handle_ctor;
-  FutexState* futex = nullptr;  // owned by futex.cc (freed by its cleanup hook)
+  FutexState* futex = nullptr;  // futex.cc; never freed: waiter threads may outlive the environment
 };
 
 void InitProcess(Napi::Env env, Napi::Object exports, AddonData* data);

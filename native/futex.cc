@@ -12,6 +12,7 @@
 // Linux: futex(2) without FUTEX_PRIVATE_FLAG, because the word is shared between
 // processes. macOS: __ulock_wait/__ulock_wake with the UL_COMPARE_AND_WAIT_SHARED
 // operation (private API, stable since 10.12, used by libc++ and Rust's std).
+#include <dlfcn.h>
 #include <napi.h>
 
 #include <atomic>
@@ -23,6 +24,7 @@
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <unordered_set>
 
 #if defined(__linux__)
 #include <linux/futex.h>
@@ -79,13 +81,16 @@ WaitResult WaitOnce(int32_t* addr, int32_t expected, int64_t timeout_ms) {
   // __ulock_wait takes microseconds in 32 bits and 0 means "no limit": clamp, so
   // a finite timeout never becomes an infinite wait.
   uint32_t us = 0;
+  bool clamped = false;
   if (timeout_ms >= 0) {
     int64_t v = timeout_ms * 1000;
-    us = v <= 0 ? 1 : (v > static_cast<int64_t>(UINT32_MAX) ? UINT32_MAX : static_cast<uint32_t>(v));
+    clamped = v > static_cast<int64_t>(UINT32_MAX);
+    us = v <= 0 ? 1 : (clamped ? UINT32_MAX : static_cast<uint32_t>(v));
   }
   int r = __ulock_wait(PMP_UL_COMPARE_AND_WAIT_SHARED | PMP_ULF_NO_ERRNO, addr, static_cast<uint32_t>(expected), us);
   if (r >= 0) return WaitResult::kOk;
-  if (r == -ETIMEDOUT) return WaitResult::kTimedOut;
+  // A clamped slice ran out, not the caller's timeout: the caller's loop goes on.
+  if (r == -ETIMEDOUT) return clamped ? WaitResult::kOk : WaitResult::kTimedOut;
   if (r == -EINTR || r == -EFAULT) return r == -EINTR ? WaitResult::kOk : WaitResult::kFault;
   return WaitResult::kOk;
 #else
@@ -215,10 +220,18 @@ using Tsfn = Napi::TypedThreadSafeFunction<void, Job, CallJs>;
 // One thread-safe function per environment, created on first use: creating one
 // per wait (a uv_async handle each) cost more than the wait's own round trip.
 // It keeps the loop alive only while waits are pending, like a timer would.
+//
+// Teardown: Node deletes the thread-safe function with its environment, even
+// while other threads hold it, so waiter threads call it only under `mu` and
+// only while `alive`; the environment's cleanup hook (which runs before the
+// function's own, having been added after it) clears `alive` under `mu`.
 struct FutexState {
   Tsfn tsfn;
+  std::mutex mu;
+  bool alive = true;
   size_t pending = 0;
   bool closed = false;
+  std::unordered_set<Job*> jobs;  // pending jobs; touched on the JS thread only
 };
 
 namespace {
@@ -226,6 +239,7 @@ namespace {
 void CallJs(Napi::Env env, Napi::Function, void*, Job* job) {
   FutexState* st = job->state;
   if (env != nullptr && !st->closed) {
+    st->jobs.erase(job);
     if (--st->pending == 0) st->tsfn.Unref(env);
     Napi::FunctionReference cb = std::move(job->callback);
     job->buffer.Reset();
@@ -246,9 +260,9 @@ class WaiterPool {
     return *pool;
   }
 
-  void Submit(Job* job, Tsfn tsfn) {
+  void Submit(Job* job) {
     std::unique_lock<std::mutex> lock(mu_);
-    jobs_.push_back({job, tsfn});
+    jobs_.push_back(job);
     if (idle_ > static_cast<int>(jobs_.size()) - 1) {
       cv_.notify_one();
       return;
@@ -258,11 +272,6 @@ class WaiterPool {
   }
 
  private:
-  struct Entry {
-    Job* job;
-    Tsfn tsfn;
-  };
-
   void Run() {
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
@@ -272,22 +281,25 @@ class WaiterPool {
         --idle_;
         if (!got) return;
       }
-      Entry e = jobs_.front();
+      Job* job = jobs_.front();
       jobs_.pop_front();
       lock.unlock();
       // The 250 ms slice bounds how long a cancel can go unnoticed if it lands
       // between the flag check and the kernel wait.
-      e.job->result = Wait(e.job->addr, e.job->expected, e.job->timeout_ms, &e.job->cancelled, 250);
-      // napi_closing: the environment is gone; the job is leaked rather than
-      // touching its references off the JS thread.
-      e.tsfn.BlockingCall(e.job);
+      job->result = Wait(job->addr, job->expected, job->timeout_ms, &job->cancelled, 250);
+      {
+        std::lock_guard<std::mutex> guard(job->state->mu);
+        // When the environment is gone the job is leaked: its references
+        // cannot be released off the JS thread, nor after teardown.
+        if (job->state->alive) job->state->tsfn.NonBlockingCall(job);
+      }
       lock.lock();
     }
   }
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Entry> jobs_;
+  std::deque<Job*> jobs_;
   int idle_ = 0;
 };
 
@@ -316,9 +328,20 @@ class WaitHandle : public Napi::ObjectWrap<WaitHandle> {
 
 void CleanupFutex(void* arg) {
   auto* st = static_cast<FutexState*>(arg);
+  {
+    std::lock_guard<std::mutex> guard(st->mu);
+    st->alive = false;
+  }
   st->closed = true;
-  // The thread-safe function is aborted with the environment; FutexState
-  // itself is leaked on purpose: waiter threads may still hold jobs naming it.
+  // A worker ending with waits pending: end them, so their threads go back to
+  // the pool instead of waiting for a wake-up that may never come.
+  for (Job* job : st->jobs) {
+    job->cancelled.store(true);
+    Wake(job->addr, INT_MAX);
+  }
+  st->jobs.clear();
+  // FutexState itself is leaked on purpose: waiter threads may still hold
+  // jobs naming it.
 }
 
 Napi::Value FutexWaitAsync(const Napi::CallbackInfo& info) {
@@ -345,14 +368,29 @@ Napi::Value FutexWaitAsync(const Napi::CallbackInfo& info) {
   job->callback = Napi::Persistent(info[4].As<Napi::Function>());
   job->buffer = Napi::Persistent(info[0].As<Napi::ArrayBuffer>());
   WaitHandle::Unwrap(handle)->Attach(job);
+  st->jobs.insert(job);
   if (st->pending++ == 0) st->tsfn.Ref(env);
-  WaiterPool::Get().Submit(job, st->tsfn);
+  WaiterPool::Get().Submit(job);
   return handle;
 }
 
 }  // namespace
 
+// Waiter threads outlive the environment that started them, and Node unloads
+// an addon when the last worker that loaded it exits: keep this library mapped
+// for the life of the process, or those threads would return into unmapped code.
+static void PinLibrary() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    Dl_info info;
+    if (dladdr(reinterpret_cast<void*>(&PinLibrary), &info) != 0 && info.dli_fname != nullptr) {
+      dlopen(info.dli_fname, RTLD_LAZY | RTLD_NODELETE | RTLD_NOLOAD);
+    }
+  });
+}
+
 void InitFutex(Napi::Env env, Napi::Object exports, AddonData* data) {
+  PinLibrary();
   exports.Set("futexWait", Napi::Function::New<FutexWait>(env, "futexWait"));
   exports.Set("futexWake", Napi::Function::New<FutexWake>(env, "futexWake"));
   exports.Set("futexWaitAsync", Napi::Function::New<FutexWaitAsync>(env, "futexWaitAsync"));

@@ -181,12 +181,33 @@ const enum Got {
   OwnerDied = 2,
 }
 
+// When each pid was last seen alive: a failing try-acquire checks the holder
+// at most once per SLICE_MS instead of paying a syscall every time.
+const seenAlive = new Map<number, number>();
+
+function holderDead(pid: number): boolean {
+  const now = performance.now();
+  if (now - (seenAlive.get(pid) ?? -Infinity) < SLICE_MS) return false;
+  if (isDead(pid)) {
+    seenAlive.delete(pid);
+    return true;
+  }
+  if (seenAlive.size > 64) seenAlive.clear();
+  seenAlive.set(pid, now);
+  return false;
+}
+
 function lockAcquireSync(w: Words, at: number, deadline: number, blocking = true): Got {
   const i32 = w.i32;
   const i = w.base + at;
-  if (blocking && deadline > performance.now() && spinLock(i32, i)) return Got.Yes;
+  if (!blocking) {
+    const v = Atomics.load(i32, i);
+    if (v === 0) return Atomics.compareExchange(i32, i, 0, PID) === 0 ? Got.Yes : Got.No;
+    if (v !== PID && holderDead(v) && Atomics.compareExchange(i32, i, v, PID) === v) return Got.OwnerDied;
+    return Got.No;
+  }
+  if (deadline > performance.now() && spinLock(i32, i)) return Got.Yes;
   Atomics.add(i32, i + 1, 1);
-  let lastCheck = -Infinity;
   try {
     for (;;) {
       const v = Atomics.load(i32, i);
@@ -194,15 +215,12 @@ function lockAcquireSync(w: Words, at: number, deadline: number, blocking = true
         if (Atomics.compareExchange(i32, i, 0, PID) === 0) return Got.Yes;
         continue;
       }
-      const now = performance.now();
-      if (v !== PID && now - lastCheck >= SLICE_MS) {
-        lastCheck = now;
-        if (isDead(v)) {
-          if (Atomics.compareExchange(i32, i, v, PID) === v) return Got.OwnerDied;
-          continue;
-        }
+      if (v !== PID && holderDead(v)) {
+        if (Atomics.compareExchange(i32, i, v, PID) === v) return Got.OwnerDied;
+        continue;
       }
-      if (!blocking || now >= deadline) return Got.No;
+      const now = performance.now();
+      if (now >= deadline) return Got.No;
       let ms = msLeft(deadline);
       if (v !== PID && (ms < 0 || ms > SLICE_MS)) ms = SLICE_MS;
       checkResult(waitSync(w, at, v, ms), 'lock');
@@ -217,7 +235,6 @@ async function lockAcquireAsync(w: Words, at: number, deadline: number, signal?:
   const i = w.base + at;
   if (deadline > performance.now() && spinLock(i32, i)) return Got.Yes;
   Atomics.add(i32, i + 1, 1);
-  let lastCheck = -Infinity;
   try {
     for (;;) {
       const v = Atomics.load(i32, i);
@@ -225,14 +242,11 @@ async function lockAcquireAsync(w: Words, at: number, deadline: number, signal?:
         if (Atomics.compareExchange(i32, i, 0, PID) === 0) return Got.Yes;
         continue;
       }
-      const now = performance.now();
-      if (v !== PID && now - lastCheck >= SLICE_MS) {
-        lastCheck = now;
-        if (isDead(v)) {
-          if (Atomics.compareExchange(i32, i, v, PID) === v) return Got.OwnerDied;
-          continue;
-        }
+      if (v !== PID && holderDead(v)) {
+        if (Atomics.compareExchange(i32, i, v, PID) === v) return Got.OwnerDied;
+        continue;
       }
+      const now = performance.now();
       if (now >= deadline) return Got.No;
       let ms = msLeft(deadline);
       if (v !== PID && (ms < 0 || ms > SLICE_MS)) ms = SLICE_MS;
@@ -333,11 +347,13 @@ export class Lock extends LockBase {
 
   release(): void {
     const w = this.w;
-    if (Atomics.load(w.i32, w.base) === 0) {
+    // One exchange both releases and tells whether the lock was held (storing
+    // 0 over 0 changes nothing).
+    if (Atomics.exchange(w.i32, w.base, 0) === 0) {
       throw stateError('release() called on an unlocked Lock', 'ERR_MP_LOCK_NOT_HELD');
     }
-    this._ownerDied = false;
-    lockRelease(w, 0);
+    if (this._ownerDied) this._ownerDied = false;
+    if (Atomics.load(w.i32, w.base + 1) > 0) wake(w, 0, 1);
   }
 
   [kOwned](): boolean {
@@ -454,7 +470,7 @@ function validateSemValue(value: unknown): number {
 export class Semaphore extends SyncObject {
   constructor(value: number = 1, options?: NamedOptions) {
     const v = validateSemValue(value);
-    const bounded = new.target === BoundedSemaphore;
+    const bounded = new.target === BoundedSemaphore || new.target.prototype instanceof BoundedSemaphore;
     super(bounded ? 'BoundedSemaphore' : 'Semaphore', options, (w) => {
       w.i32[w.base] = v;
       w.i32[w.base + S_MAX] = bounded ? v : -1;

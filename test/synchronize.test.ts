@@ -472,6 +472,33 @@ describe('named objects', () => {
   }, 20_000);
 });
 
+describe('AbortSignal', () => {
+  it('aborts waiting Semaphore, Event, Condition and Barrier waits; a Condition gets its lock back first', async () => {
+    const abortSoon = () => {
+      const ac = new AbortController();
+      setTimeout(() => ac.abort(new Error('stop')), 50);
+      return ac.signal;
+    };
+    const s = new Semaphore(0);
+    await expect(s.acquire({ signal: abortSoon() })).rejects.toMatchObject({ name: 'AbortError', code: 'ABORT_ERR' });
+    s.release();
+    expect(await s.acquire({ timeout: 1 })).toBe(true);
+
+    const e = new Event();
+    await expect(e.wait({ signal: abortSoon() })).rejects.toMatchObject({ name: 'AbortError' });
+
+    const cond = new Condition(new Lock());
+    await cond.acquire();
+    await expect(cond.wait({ signal: abortSoon() })).rejects.toMatchObject({ name: 'AbortError' });
+    expect(cond.locked()).toBe(true);
+    cond.release();
+
+    const b = new Barrier(2);
+    await expect(b.wait({ signal: abortSoon() })).rejects.toMatchObject({ name: 'AbortError' });
+    expect(b.broken).toBe(true);
+  });
+});
+
 describe('event loop', () => {
   it('stays responsive while 10 acquire() calls wait', async () => {
     const lock = new Lock();
@@ -577,4 +604,39 @@ describe('unrelated processes', () => {
       Event.unlink(ename);
     }
   }, 20_000);
+});
+
+describe('teardown', () => {
+  it('terminating worker threads with async waits pending does not crash the process', async () => {
+    const { execFile } = await import('node:child_process');
+    const entry = path.resolve('dist/cjs/index.js');
+    const worker = `
+      const { Event, Semaphore } = require(${JSON.stringify(entry)});
+      // Named: a terminated worker's own heap segments are not unlinked (the
+      // heap's exit hook does not run on terminate()), which is not under test here.
+      const e = new Event({ name: ${JSON.stringify(`t-${process.pid}-tde`)} }); e.wait(); e.wait({ timeout: 0.1 });
+      const s = new Semaphore(0, { name: ${JSON.stringify(`t-${process.pid}-tds`)} }); s.acquire(); s.acquire({ timeout: 0.1 });
+      require('node:worker_threads').parentPort.postMessage('waiting');
+    `;
+    const main = `
+      const { Worker } = require('node:worker_threads');
+      (async () => {
+        for (let i = 0; i < 4; i++) {
+          const w = new Worker(${JSON.stringify(worker)}, { eval: true });
+          await new Promise((r) => w.once('message', r));
+          await w.terminate();
+        }
+        console.log('done');
+      })();
+    `;
+    const result = await new Promise<{ code: number | null; stdout: string }>((resolve) => {
+      const child = execFile(process.execPath, ['-e', main], (err, stdout) =>
+        resolve({ code: err ? ((err as any).code ?? -1) : 0, stdout }),
+      );
+      void child;
+    });
+    Event.unlink(`t-${process.pid}-tde`);
+    Semaphore.unlink(`t-${process.pid}-tds`);
+    expect(result).toEqual({ code: 0, stdout: 'done\n' });
+  }, 30_000);
 });
