@@ -288,15 +288,17 @@ export class Ring {
     this.#view.setUint32(at + 4, flags, true);
     fill((at + RECORD_HEADER) & this.#mask);
     Atomics.store(i32, TAIL, (tail + size) | 0); // commit
-    Atomics.add(i32, ITEMS, 1);
+    const before = Atomics.add(i32, ITEMS, 1);
     // Still under the lock, so no consumer can take the item and call
     // taskDone() before it is counted.
     if (joinable) Atomics.add(i32, UNFINISHED, 1);
     this.#unlock();
     Atomics.add(i32, PUT_SEQ, 1);
-    // One new item needs one consumer: waking one avoids a thundering herd.
-    // Every woken waiter retries before it sleeps again, so none is lost.
-    if (Atomics.load(i32, GET_WAITERS) > 0) wakeOne(this.word(PUT_SEQ));
+    // Consumers sleep only after seeing the queue empty, so only the put that
+    // makes it non-empty wakes one; that consumer passes the baton on (see
+    // tryGet) while items and sleepers remain. A stream of puts thus costs one
+    // wake per empty->non-empty edge, not one per message.
+    if (before === 0 && Atomics.load(i32, GET_WAITERS) > 0) wakeOne(this.word(PUT_SEQ));
     return true;
   }
 
@@ -324,10 +326,12 @@ export class Ring {
       this.#copyOut(out, start);
     }
     Atomics.store(i32, HEAD, (head + RECORD_HEADER + pad8(len)) | 0); // commit
-    Atomics.sub(i32, ITEMS, 1);
+    const left = Atomics.sub(i32, ITEMS, 1) - 1;
     this.#unlock();
     Atomics.add(i32, GET_SEQ, 1);
     if (Atomics.load(i32, PUT_WAITERS) > 0) wakeOne(this.word(GET_SEQ));
+    // The baton: items remain and consumers sleep, so wake the next one.
+    if (left > 0 && Atomics.load(i32, GET_WAITERS) > 0) wakeOne(this.word(PUT_SEQ));
     if (typeof out === 'string') return out;
     return flags & FLAG_SPILL ? readSpill(out.toString()) : out;
   }

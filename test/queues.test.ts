@@ -286,6 +286,32 @@ describe('Queue across processes', () => {
     reports.close();
   }, 40_000);
 
+  it('a burst of puts reaches every sleeping consumer (one wake per edge, then the baton)', async () => {
+    const q = new Queue();
+    const results = new Queue();
+    const consumers = [true, false, true, false].map((sync) => new Process({ target: fx.getOne, args: [q, results, sync] }));
+    for (const c of consumers) c.start();
+    // Wait until all four sleep on the queue (the ring header's consumer-waiter count).
+    const file = `/dev/shm${(q as any)._ref.segment}`;
+    const header = Buffer.alloc(64);
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      const fd = fs.openSync(file, 'r');
+      fs.readSync(fd, header, 0, 64, 0);
+      fs.closeSync(fd);
+      if (header.readInt32LE(6 * 4) === 4 || Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(header.readInt32LE(6 * 4)).toBe(4);
+    for (let i = 0; i < 4; i++) q.putSync(i);
+    for (const c of consumers) expect(await c.join(15)).toBe(0);
+    const got = [];
+    for (let i = 0; i < 4; i++) got.push(results.getNowait());
+    expect(got.sort()).toEqual([0, 1, 2, 3]);
+    q.close();
+    results.close();
+  }, 30_000);
+
   it('queues travel inside messages and arrive as the same queue', async () => {
     const q = new Queue();
     const reply = new Queue();
