@@ -4,10 +4,31 @@
 //
 //   pipe() -> [readFd, writeFd]
 //   socketpair() -> [fd, fd]            AF_UNIX, SOCK_STREAM
+//
+// And the I/O a Connection needs, syscall-shaped (framing is TypeScript's).
+// Connection fds are non-blocking: "would block" is a value (-1), never an
+// exception, so the async paths can fall back to the event loop and the sync
+// paths to poll().
+//
+//   setNonblocking(fd); dup(fd) -> close-on-exec copy
+//   read(fd, buf, off, len) -> n | 0 (EOF) | -1 (would block)
+//   recvmsg(fd, buf, off, len, fdsOut[]) -> same; fds received (SCM_RIGHTS) are pushed on fdsOut
+//   write(fd, buf, off, len) -> n | -1 (would block)
+//   sendmsg(fd, buf, off, len, fds[]) -> n | -1; the fds ride with the first byte
+//   poll(fd, events, timeoutMs) -> revents   (1 readable, 2 writable, 4 hang-up/error)
+//   new FdWatcher(fd, onEvents(events))  .start(events) .stop() .ref() .unref() .close()
+//        uv_poll on the fd: readiness comes from the event loop, not the threadpool.
 #include <fcntl.h>
 #include <napi.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
+#include <uv.h>
+
+#include <cstring>
+#include <vector>
 
 #include "addon.h"
 #include "errors.h"
@@ -53,11 +74,327 @@ Napi::Value SocketPair(const Napi::CallbackInfo& info) {
   return PairToArray(info.Env(), fds);
 }
 
+int FdArg(const Napi::CallbackInfo& info, size_t i) {
+  if (info.Length() <= i || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), "fd must be a number");
+  int fd = info[i].As<Napi::Number>().Int32Value();
+  if (fd < 0) throw Napi::RangeError::New(info.Env(), "fd must be >= 0");
+  return fd;
+}
+
+// (buf, off, len) at info[i..i+2], checked against the view's bounds.
+struct Span {
+  uint8_t* data;
+  size_t length;
+};
+
+Span SpanArg(const Napi::CallbackInfo& info, size_t i) {
+  Napi::Env env = info.Env();
+  if (info.Length() <= i + 2 || !info[i].IsTypedArray() || !info[i + 1].IsNumber() || !info[i + 2].IsNumber()) {
+    throw Napi::TypeError::New(env, "expected (Uint8Array, offset, length)");
+  }
+  Napi::TypedArray view = info[i].As<Napi::TypedArray>();
+  if (view.TypedArrayType() != napi_uint8_array) throw Napi::TypeError::New(env, "buffer must be a Uint8Array");
+  double off = info[i + 1].As<Napi::Number>().DoubleValue();
+  double len = info[i + 2].As<Napi::Number>().DoubleValue();
+  double size = static_cast<double>(view.ByteLength());
+  if (!(off >= 0) || !(len >= 0) || off + len > size) throw Napi::RangeError::New(env, "offset/length out of range");
+  auto* base = static_cast<uint8_t*>(view.ArrayBuffer().Data()) + view.ByteOffset();
+  return {base + static_cast<size_t>(off), static_cast<size_t>(len)};
+}
+
+bool WouldBlock(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
+
+Napi::Value SetNonblocking(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) ThrowSystemError(info.Env(), errno, "fcntl");
+  return info.Env().Undefined();
+}
+
+// A close-on-exec duplicate: an fd queued for sending must stay valid even if
+// its Connection is closed before the kernel takes the message.
+Napi::Value Dup(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (copy < 0) ThrowSystemError(info.Env(), errno, "fcntl");
+  return Napi::Number::New(info.Env(), copy);
+}
+
+Napi::Value Read(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  Span span = SpanArg(info, 1);
+  ssize_t n = RetryEintr([&] { return read(fd, span.data, span.length); });
+  if (n < 0) {
+    if (WouldBlock(errno)) return Napi::Number::New(info.Env(), -1);
+    // A reset peer is an end of stream for the reader, as for a pipe.
+    if (errno == ECONNRESET) return Napi::Number::New(info.Env(), 0);
+    ThrowSystemError(info.Env(), errno, "read");
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(n));
+}
+
+// Reads with recvmsg so that fds sent along (SCM_RIGHTS) are received rather
+// than silently closed by the kernel, as read() would do.
+Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  Span span = SpanArg(info, 1);
+  if (info.Length() < 5 || !info[4].IsArray()) throw Napi::TypeError::New(env, "fdsOut must be an array");
+  Napi::Array out = info[4].As<Napi::Array>();
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * 64)];
+  struct iovec iov = {span.data, span.length};
+  struct msghdr msg;
+  memset(&msg, 0, sizeof(msg));
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  int flags = 0;
+#if defined(__linux__)
+  flags |= MSG_CMSG_CLOEXEC;
+#endif
+  ssize_t n = RetryEintr([&] { return recvmsg(fd, &msg, flags); });
+  if (n < 0) {
+    if (WouldBlock(errno)) return Napi::Number::New(env, -1);
+    if (errno == ECONNRESET) return Napi::Number::New(env, 0);
+    ThrowSystemError(env, errno, "recvmsg");
+  }
+  for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    const auto* fds = reinterpret_cast<const int*>(CMSG_DATA(c));
+    for (size_t k = 0; k < count; k++) {
+      int received;
+      memcpy(&received, fds + k, sizeof(int));
+#if !defined(__linux__)
+      fcntl(received, F_SETFD, FD_CLOEXEC);
+#endif
+      out.Set(out.Length(), Napi::Number::New(env, received));
+    }
+  }
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+Napi::Value Write(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  Span span = SpanArg(info, 1);
+  ssize_t n = RetryEintr([&] { return write(fd, span.data, span.length); });
+  if (n < 0) {
+    if (WouldBlock(errno)) return Napi::Number::New(info.Env(), -1);
+    ThrowSystemError(info.Env(), errno, "write");
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(n));
+}
+
+Napi::Value SendMsg(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  Span span = SpanArg(info, 1);
+  if (info.Length() < 5 || !info[4].IsArray()) throw Napi::TypeError::New(env, "fds must be an array");
+  Napi::Array list = info[4].As<Napi::Array>();
+  std::vector<int> fds;
+  for (uint32_t k = 0; k < list.Length(); k++) {
+    Napi::Value v = list.Get(k);
+    if (!v.IsNumber() || v.As<Napi::Number>().Int32Value() < 0) throw Napi::TypeError::New(env, "fds must hold fds");
+    fds.push_back(v.As<Napi::Number>().Int32Value());
+  }
+  if (fds.size() > 64) throw Napi::RangeError::New(env, "at most 64 fds per message");
+  if (span.length == 0) throw Napi::RangeError::New(env, "fds need at least one byte to travel with");
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * 64)];
+  struct iovec iov = {span.data, span.length};
+  struct msghdr msg;
+  memset(&msg, 0, sizeof(msg));
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (!fds.empty()) {
+    memset(control, 0, sizeof(control));
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  }
+  int flags = 0;
+#if defined(MSG_NOSIGNAL)
+  flags |= MSG_NOSIGNAL;
+#endif
+  ssize_t n = RetryEintr([&] { return sendmsg(fd, &msg, flags); });
+  if (n < 0) {
+    if (WouldBlock(errno)) return Napi::Number::New(env, -1);
+    ThrowSystemError(env, errno, "sendmsg");
+  }
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+int64_t NowMs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+// Blocks the calling thread up to timeoutMs (negative: no limit) until the fd
+// is ready; 0 on timeout. Used by the Sync methods only.
+Napi::Value Poll(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  int want = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 1;
+  double timeout = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().DoubleValue() : -1;
+  const int64_t deadline = timeout < 0 ? -1 : NowMs() + static_cast<int64_t>(timeout);
+  struct pollfd p = {fd, static_cast<short>(((want & 1) ? POLLIN : 0) | ((want & 2) ? POLLOUT : 0)), 0};
+  for (;;) {
+    int64_t left = deadline < 0 ? -1 : deadline - NowMs();
+    if (deadline >= 0 && left < 0) left = 0;
+    int t = left < 0 ? -1 : (left > 2000000000 ? 2000000000 : static_cast<int>(left));
+    int r = poll(&p, 1, t);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) ThrowSystemError(env, errno, "poll");
+    int out = 0;
+    if (p.revents & POLLIN) out |= 1;
+    if (p.revents & POLLOUT) out |= 2;
+    if (p.revents & (POLLHUP | POLLERR | POLLNVAL)) out |= 4;
+    return Napi::Number::New(env, out);
+  }
+}
+
+// Watches an fd from the event loop. The callback runs through MakeCallback so
+// promise reactions queued in it run before the loop moves on.
+class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "FdWatcher",
+                       {InstanceMethod<&FdWatcher::Start>("start"), InstanceMethod<&FdWatcher::Stop>("stop"),
+                        InstanceMethod<&FdWatcher::RefLoop>("ref"), InstanceMethod<&FdWatcher::UnrefLoop>("unref"),
+                        InstanceMethod<&FdWatcher::Close>("close")});
+  }
+
+  explicit FdWatcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FdWatcher>(info) {
+    Napi::Env env = info.Env();
+    int fd = FdArg(info, 0);
+    if (info.Length() < 2 || !info[1].IsFunction()) throw Napi::TypeError::New(env, "new FdWatcher(fd, onEvents)");
+    callback_ = Napi::Persistent(info[1].As<Napi::Function>());
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok) throw Napi::Error::New(env, "no event loop");
+    poll_ = new uv_poll_t;
+    int err = uv_poll_init(loop, poll_, fd);
+    if (err != 0) {
+      delete poll_;
+      poll_ = nullptr;
+      ThrowSystemError(env, -err, "uv_poll_init");
+    }
+    poll_->data = this;
+    napi_add_env_cleanup_hook(env, CleanupHook, this);
+    hook_added_ = true;
+  }
+
+  ~FdWatcher() override {
+    CloseHandle();
+    if (hook_added_) napi_remove_env_cleanup_hook(Env(), CleanupHook, this);
+  }
+
+ private:
+  static void OnEvents(uv_poll_t* handle, int status, int events) {
+    auto* self = static_cast<FdWatcher*>(handle->data);
+    if (self == nullptr) return;
+    Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+    int out = 0;
+    if (status < 0) out |= 4;
+    if (events & UV_READABLE) out |= 1;
+    if (events & UV_WRITABLE) out |= 2;
+    if (events & UV_DISCONNECT) out |= 4;
+    try {
+      self->callback_.MakeCallback(env.Global(), {Napi::Number::New(env, out)});
+    } catch (const Napi::Error& e) {
+      // An exception in the handler must surface like any uncaught exception.
+      napi_fatal_exception(env, e.Value());
+    }
+  }
+
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    if (poll_ == nullptr) throw Napi::Error::New(info.Env(), "FdWatcher is closed");
+    int want = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : 1;
+    int events = ((want & 1) ? UV_READABLE : 0) | ((want & 2) ? UV_WRITABLE : 0);
+    int err = uv_poll_start(poll_, events, OnEvents);
+    if (err != 0) ThrowSystemError(info.Env(), -err, "uv_poll_start");
+    if (!active_) {
+      active_ = true;
+      Ref();  // the callback must find the wrapper alive while watching
+    }
+    return info.Env().Undefined();
+  }
+
+  // Whether the watch keeps the event loop alive. An idle watch stays
+  // registered but unref'd: stopping and restarting it would cost two
+  // epoll_ctl calls per message.
+  Napi::Value RefLoop(const Napi::CallbackInfo& info) {
+    if (poll_ != nullptr) uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value UnrefLoop(const Napi::CallbackInfo& info) {
+    if (poll_ != nullptr) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    if (poll_ != nullptr) uv_poll_stop(poll_);
+    Deactivate();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    CloseHandle();
+    Deactivate();
+    if (hook_added_) {
+      napi_remove_env_cleanup_hook(info.Env(), CleanupHook, this);
+      hook_added_ = false;
+    }
+    return info.Env().Undefined();
+  }
+
+  void Deactivate() {
+    if (active_) {
+      active_ = false;
+      Unref();
+    }
+  }
+
+  // The fd stays open: it belongs to the Connection, which closes it after this.
+  void CloseHandle() {
+    if (poll_ == nullptr) return;
+    uv_poll_stop(poll_);
+    poll_->data = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+    poll_ = nullptr;
+  }
+
+  static void CleanupHook(void* arg) {
+    auto* self = static_cast<FdWatcher*>(arg);
+    self->hook_added_ = false;
+    self->CloseHandle();
+  }
+
+  Napi::FunctionReference callback_;
+  uv_poll_t* poll_ = nullptr;
+  bool active_ = false;
+  bool hook_added_ = false;
+};
+
 }  // namespace
 
 void InitPipe(Napi::Env env, Napi::Object exports, AddonData* data) {
   exports.Set("pipe", Napi::Function::New<Pipe>(env, "pipe"));
   exports.Set("socketpair", Napi::Function::New<SocketPair>(env, "socketpair"));
+  exports.Set("setNonblocking", Napi::Function::New<SetNonblocking>(env, "setNonblocking"));
+  exports.Set("dup", Napi::Function::New<Dup>(env, "dup"));
+  exports.Set("read", Napi::Function::New<Read>(env, "read"));
+  exports.Set("recvmsg", Napi::Function::New<RecvMsg>(env, "recvmsg"));
+  exports.Set("write", Napi::Function::New<Write>(env, "write"));
+  exports.Set("sendmsg", Napi::Function::New<SendMsg>(env, "sendmsg"));
+  exports.Set("poll", Napi::Function::New<Poll>(env, "poll"));
+  exports.Set("FdWatcher", FdWatcher::Define(env));
 }
 
 }  // namespace pmp

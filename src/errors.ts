@@ -30,6 +30,13 @@ export class QueueFullError extends MultiprocessingError {
   }
 }
 
+/** recv() on a connection whose other end is closed (Python's EOFError). */
+export class EOFError extends MultiprocessingError {
+  constructor(message = 'end of stream') {
+    super(message, 'ERR_MP_EOF');
+  }
+}
+
 export class WorkerCrashedError extends MultiprocessingError {
   readonly exitCode: number | null;
   readonly signal: NodeJS.Signals | null;

@@ -20,6 +20,7 @@ export {
   BrokenBarrierError,
   QueueEmptyError,
   QueueFullError,
+  EOFError,
   WorkerCrashedError,
   OwnerDiedError,
   TimeoutError,
@@ -33,3 +34,6 @@ export { SharedMemory } from './shared-memory';
 export type { SharedMemoryOptions } from './shared-memory';
 export { Value, RawValue, SharedArray, RawArray } from './sharedctypes';
 export type { TypeCode, TypeName, LockLike } from './sharedctypes';
+export { Pipe, Connection } from './connection';
+export { Queue, SimpleQueue, JoinableQueue } from './queues';
+export type { QueueWaitOptions } from './queues';

@@ -22,6 +22,17 @@ export interface Mapping {
   unmap(): void;
 }
 
+export interface FdWatcher {
+  /** Watch for events: 1 readable, 2 writable (bits); replaces what was watched. */
+  start(events: number): void;
+  stop(): void;
+  /** Whether the watch keeps the event loop alive. */
+  ref(): void;
+  unref(): void;
+  /** Stop for good (the fd itself is not closed). */
+  close(): void;
+}
+
 export interface FutexWaitHandle {
   /** Ends the wait early: the callback receives 'cancelled' (waiters on the word are woken). */
   cancel(): void;
@@ -33,6 +44,19 @@ export interface Binding {
   ExitWatcher: new (pid: number, onExit: (exitCode: number) => void) => ExitWatcher;
   pipe(): [number, number];
   socketpair(): [number, number];
+  setNonblocking(fd: number): void;
+  /** A close-on-exec duplicate of fd. */
+  dup(fd: number): number;
+  /** Bytes read, 0 at end of stream, -1 when it would block. */
+  read(fd: number, buf: Uint8Array, offset: number, length: number): number;
+  /** As read(); fds that came along (SCM_RIGHTS) are pushed on fdsOut. */
+  recvmsg(fd: number, buf: Uint8Array, offset: number, length: number, fdsOut: number[]): number;
+  /** Bytes written, -1 when it would block. */
+  write(fd: number, buf: Uint8Array, offset: number, length: number): number;
+  sendmsg(fd: number, buf: Uint8Array, offset: number, length: number, fds: number[]): number;
+  /** Blocks up to timeoutMs (negative: no limit); revents bits: 1 readable, 2 writable, 4 hang-up/error. */
+  poll(fd: number, events: number, timeoutMs: number): number;
+  FdWatcher: new (fd: number, onEvents: (events: number) => void) => FdWatcher;
   shmOpen(name: string, create: boolean, exclusive: boolean, mode: number): number;
   shmUnlink(name: string): void;
   ftruncate(fd: number, size: number): void;

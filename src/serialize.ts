@@ -283,3 +283,13 @@ export function decode(bytes: Uint8Array, ctx: CodecContext = { fds: [] }): unkn
   }
   throw cloneError(`cannot decode a message with tag 0x${buf[0].toString(16)}`);
 }
+
+/** The JSON text that encode() would store after its tag byte, when the value
+ *  takes the JSON fast path; undefined otherwise. Lets a transport write the
+ *  text straight into its own memory (the queues' ring) without a Buffer between. */
+export function encodeJsonText(value: unknown): string | undefined {
+  return isJsonSafe(value, 0) ? JSON.stringify(value) : undefined;
+}
+
+/** The first byte of a JSON-coded message. */
+export const JSON_TAG_BYTE = JSON_TAG;

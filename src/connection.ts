@@ -1,0 +1,667 @@
+// Pipe() and Connection: message passing over a socketpair (duplex) or a pipe
+// (one-way). Each message is a frame: a 4-byte big-endian length (or -1 and an
+// 8-byte length beyond 2 GiB, as CPython does) and the body, so messages are
+// never merged or split whatever the kernel does with the stream.
+//
+// The fds are non-blocking. Async reads wait on the event loop (a uv_poll on the
+// fd), sync reads in poll(); both feed one input buffer and one frame parser,
+// and async receivers are served first, so mixing them keeps order and framing.
+// send() never blocks: what the kernel does not take now is queued and written
+// when the fd is writable (and, at process exit, synchronously, so a child that
+// sends and returns does not lose its last message).
+import * as fs from 'node:fs';
+
+import { binding, type FdWatcher } from './native';
+import { closedError, EOFError, stateError } from './errors';
+import { decode, encode, encodeJsonText, JSON_TAG_BYTE, registerTransferable, type CodecContext } from './serialize';
+import { invalidType, outOfRange, validateTimeout } from './validate';
+
+const READABLE = 1;
+const WRITABLE = 2;
+const HANGUP = 4;
+
+/** Body tag of a send() message that carries fds: [FD_TAG, count, ...codec bytes]. */
+const FD_TAG = 0x46;
+const MIN_READ = 64 * 1024;
+/** Below this, header and body are copied into one buffer (one syscall). */
+const COALESCE = 64 * 1024;
+
+interface Waiter {
+  bytes: boolean;
+  resolve(value: unknown): void;
+  reject(err: unknown): void;
+}
+
+interface Poller {
+  resolve(ready: boolean): void;
+  reject(err: unknown): void;
+  timer?: NodeJS.Timeout;
+}
+
+interface Chunk {
+  buf: Uint8Array;
+  fds: number[];
+}
+
+interface Frame {
+  /** A view into the input buffer, valid until the next read. */
+  body: Buffer;
+  /** True when body is a fresh buffer nobody else refers to. */
+  owned: boolean;
+}
+
+function frameHeader(length: number): Buffer {
+  if (length <= 0x7fffffff) {
+    const h = Buffer.allocUnsafe(4);
+    h.writeInt32BE(length, 0);
+    return h;
+  }
+  const h = Buffer.allocUnsafe(12);
+  h.writeInt32BE(-1, 0);
+  h.writeBigUInt64BE(BigInt(length), 4);
+  return h;
+}
+
+function eofError(): EOFError {
+  return new EOFError('the other end of the connection is closed');
+}
+
+function closeFds(fds: number[]): void {
+  for (const fd of fds) {
+    try {
+      fs.closeSync(fd);
+    } catch {
+      // already closed
+    }
+  }
+}
+
+const pendingAtExit = new Set<Connection>();
+let exitHookInstalled = false;
+
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.on('exit', () => {
+    for (const conn of pendingAtExit) conn._flushAtExit();
+  });
+}
+
+// A connection dropped without close() still gives its fd back.
+const finalizer = new FinalizationRegistry<number>((fd) => {
+  try {
+    fs.closeSync(fd);
+  } catch {
+    // already closed
+  }
+});
+
+export class Connection {
+  #fd: number;
+  readonly #readable: boolean;
+  readonly #writable: boolean;
+  readonly #socket: boolean;
+  #closed = false;
+  #watcher: FdWatcher | null = null;
+  #watching = 0;
+  #reffed = false;
+
+  #in: Buffer = Buffer.allocUnsafe(MIN_READ);
+  #start = 0;
+  #end = 0;
+  #inFds: number[] = [];
+  #eof = false;
+  #readError: unknown = null;
+  #waiters: Waiter[] = [];
+  #pollers: Poller[] = [];
+
+  #out: Chunk[] = [];
+  #outOffset = 0;
+  #writeError: unknown = null;
+  /** close() was called while output was still queued: close the fd once it drains. */
+  #closeWhenDrained = false;
+
+  /** @internal Use Pipe(); a Connection also arrives through Process args, a pipe or a queue. */
+  constructor(fd: number, readable: boolean, writable: boolean, socket: boolean) {
+    if (!Number.isInteger(fd) || fd < 0) throw invalidType('fd', 'a file descriptor', fd);
+    this.#fd = fd;
+    this.#readable = readable;
+    this.#writable = writable;
+    this.#socket = socket;
+    binding.setNonblocking(fd);
+    finalizer.register(this, fd, this);
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+  get readable(): boolean {
+    return this.#readable;
+  }
+  get writable(): boolean {
+    return this.#writable;
+  }
+  /** The underlying file descriptor (like Python's fileno()). */
+  fileno(): number {
+    this.#checkOpen();
+    return this.#fd;
+  }
+
+  // ---- sending ---------------------------------------------------------------
+
+  /** Sends a value (structured clone; shared objects travel as handles). Never blocks. */
+  send(obj: unknown): void {
+    this.#checkWritable();
+    const text = encodeJsonText(obj);
+    if (text !== undefined) {
+      // The JSON fast path: header, tag and text in one buffer, one copy.
+      const length = 1 + Buffer.byteLength(text);
+      if (length < COALESCE) {
+        const frame = Buffer.allocUnsafe(4 + length);
+        frame.writeInt32BE(length, 0);
+        frame[4] = JSON_TAG_BYTE;
+        frame.write(text, 5);
+        this.#out.push({ buf: frame, fds: [] });
+        this.#flush(true);
+        return;
+      }
+    }
+    const ctx: CodecContext = { fds: [] };
+    let body = encode(obj, ctx);
+    if (ctx.fds.length > 0) {
+      if (!this.#socket) {
+        throw new TypeError('a Connection or other fd-carrying object can only be sent over a duplex Pipe (a socket)');
+      }
+      if (ctx.fds.length > 64) throw new RangeError('at most 64 fd-carrying objects per message');
+      const tagged = Buffer.allocUnsafe(body.length + 2);
+      tagged[0] = FD_TAG;
+      tagged[1] = ctx.fds.length;
+      body.copy(tagged, 2);
+      body = tagged;
+    }
+    // Duplicates travel, so closing a sent Connection right after send() is
+    // safe even when the message waits in our queue; they are closed once sent.
+    this.#sendFrame(body, ctx.fds.map((fd) => binding.dup(fd)), true);
+  }
+
+  /** Sends bytes as one message; offset and size select a part of buf. */
+  sendBytes(buf: ArrayBufferView | ArrayBuffer, offset = 0, size?: number): void {
+    this.#checkWritable();
+    let view: Uint8Array;
+    if (buf instanceof ArrayBuffer) view = new Uint8Array(buf);
+    else if (ArrayBuffer.isView(buf)) view = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+    else throw invalidType('buf', 'a Buffer, TypedArray, DataView or ArrayBuffer', buf);
+    if (typeof offset !== 'number' || !Number.isInteger(offset)) throw invalidType('offset', 'an integer', offset);
+    if (offset < 0 || offset > view.length) throw outOfRange('offset', `between 0 and ${view.length}`, offset);
+    if (size === undefined) size = view.length - offset;
+    if (typeof size !== 'number' || !Number.isInteger(size)) throw invalidType('size', 'an integer', size);
+    if (size < 0 || offset + size > view.length) {
+      throw outOfRange('size', `between 0 and ${view.length - offset} (the bytes after offset)`, size);
+    }
+    this.#sendFrame(view.subarray(offset, offset + size), [], false);
+  }
+
+  #sendFrame(body: Uint8Array, fds: number[], bodyIsOurs: boolean): void {
+    const header = frameHeader(body.length);
+    if (body.length < COALESCE) {
+      const frame = Buffer.allocUnsafe(header.length + body.length);
+      header.copy(frame, 0);
+      frame.set(body, header.length);
+      this.#out.push({ buf: frame, fds });
+    } else {
+      this.#out.push({ buf: header, fds });
+      this.#out.push({ buf: body, fds: [] });
+    }
+    this.#flush(true);
+    // Bytes the caller may change later are copied if they have to wait.
+    if (!bodyIsOurs && body.length >= COALESCE) {
+      const i = this.#out.findIndex((c) => c.buf === body);
+      if (i >= 0) {
+        this.#out[i] = { buf: Buffer.from(body.subarray(i === 0 ? this.#outOffset : 0)), fds: [] };
+        if (i === 0) this.#outOffset = 0;
+      }
+    }
+  }
+
+  // Writes what the kernel takes now; arms the watcher for the rest. Errors
+  // surface from send() when it is the caller, else at the next send().
+  #flush(fromSend: boolean): void {
+    try {
+      while (this.#out.length > 0) {
+        const chunk = this.#out[0];
+        const left = chunk.buf.length - this.#outOffset;
+        const n =
+          chunk.fds.length > 0 && this.#outOffset === 0
+            ? binding.sendmsg(this.#fd, chunk.buf, 0, chunk.buf.length, chunk.fds)
+            : binding.write(this.#fd, chunk.buf, this.#outOffset, left);
+        if (n < 0) break;
+        if (chunk.fds.length > 0) closeFds(chunk.fds.splice(0)); // the kernel holds its own references now
+        this.#outOffset += n;
+        if (this.#outOffset === chunk.buf.length) {
+          this.#out.shift();
+          this.#outOffset = 0;
+        }
+      }
+    } catch (err) {
+      for (const chunk of this.#out) closeFds(chunk.fds);
+      this.#out = [];
+      this.#outOffset = 0;
+      if (fromSend) {
+        this.#afterDrain();
+        throw err;
+      }
+      this.#writeError = err;
+    }
+    this.#afterDrain();
+  }
+
+  #afterDrain(): void {
+    if (this.#out.length > 0) {
+      pendingAtExit.add(this);
+      installExitHook();
+    } else {
+      pendingAtExit.delete(this);
+      if (this.#closeWhenDrained) {
+        this.#closeWhenDrained = false;
+        this.#release();
+        return;
+      }
+    }
+    this.#arm();
+  }
+
+  /** @internal Blocks until queued output is written (process exit only). */
+  _flushAtExit(): void {
+    while (this.#out.length > 0 && this.#fd >= 0) {
+      try {
+        this.#flush(true);
+      } catch {
+        return;
+      }
+      if (this.#out.length > 0 && binding.poll(this.#fd, WRITABLE, -1) & HANGUP) {
+        if (!(binding.poll(this.#fd, WRITABLE, 0) & WRITABLE)) return;
+      }
+    }
+  }
+
+  // ---- receiving -------------------------------------------------------------
+
+  /** Resolves with the next message; rejects with ERR_MP_EOF once the other end is closed. */
+  recv(): Promise<unknown> {
+    return this.#enqueue(false);
+  }
+
+  /** Resolves with the next message's bytes. */
+  recvBytes(): Promise<Buffer> {
+    return this.#enqueue(true) as Promise<Buffer>;
+  }
+
+  recvSync(): unknown {
+    this.#checkReadable();
+    return this.#decodeFrame(this.#frameSync());
+  }
+
+  recvBytesSync(): Buffer {
+    this.#checkReadable();
+    return this.#bytesOf(this.#frameSync());
+  }
+
+  /** Whether there is something to read (or the end of stream), waiting up to timeout seconds
+   *  (null: no limit). */
+  poll(timeout: number | null = 0): Promise<boolean> {
+    this.#checkReadable();
+    const seconds = timeout === null ? undefined : validateTimeout(timeout);
+    if (this.#hasInput()) return Promise.resolve(true);
+    if (seconds === 0) return Promise.resolve(false);
+    return new Promise((resolve, reject) => {
+      const poller: Poller = { resolve, reject };
+      if (seconds !== undefined) {
+        poller.timer = setTimeout(() => {
+          this.#pollers.splice(this.#pollers.indexOf(poller), 1);
+          this.#arm();
+          resolve(false);
+        }, Math.min(seconds * 1000, 2 ** 31 - 1));
+      }
+      this.#pollers.push(poller);
+      this.#arm();
+    });
+  }
+
+  pollSync(timeout: number | null = 0): boolean {
+    this.#checkReadable();
+    const seconds = timeout === null ? undefined : validateTimeout(timeout);
+    const deadline = seconds === undefined ? Infinity : performance.now() + seconds * 1000;
+    for (;;) {
+      if (this.#hasInput()) return true;
+      const left = deadline - performance.now();
+      if (left <= 0) return false;
+      this.#blockOnce(left === Infinity ? -1 : Math.ceil(left));
+    }
+  }
+
+  #enqueue(bytes: boolean): Promise<unknown> {
+    try {
+      this.#checkReadable();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return new Promise((resolve, reject) => {
+      this.#waiters.push({ bytes, resolve, reject });
+      this.#service();
+    });
+  }
+
+  // Serves async waiters from buffered frames, reads what is there without
+  // blocking, and watches the fd for the rest.
+  #service(): void {
+    this.#deliver();
+    // With the read watch still registered, the loop reports input anyway:
+    // reading now would mostly cost an EAGAIN per message.
+    if (this.#waiters.length > 0 && !this.#eof && this.#readError === null && !(this.#watching & READABLE)) {
+      this.#fill();
+      this.#deliver();
+    }
+    this.#arm();
+  }
+
+  #deliver(): void {
+    while (this.#waiters.length > 0) {
+      const frame = this.#takeFrame();
+      if (frame === null) break;
+      const waiter = this.#waiters.shift()!;
+      try {
+        waiter.resolve(waiter.bytes ? this.#bytesOf(frame) : this.#decodeFrame(frame));
+      } catch (err) {
+        waiter.reject(err);
+      }
+    }
+    if (this.#waiters.length > 0 && (this.#eof || this.#readError !== null)) {
+      const err = this.#readError ?? eofError();
+      for (const w of this.#waiters.splice(0)) w.reject(err);
+    }
+    if (this.#pollers.length > 0 && this.#hasBuffered()) {
+      for (const p of this.#pollers.splice(0)) {
+        clearTimeout(p.timer);
+        p.resolve(true);
+      }
+    }
+  }
+
+  #frameSync(): Frame {
+    for (;;) {
+      this.#deliver(); // earlier async receivers come first
+      if (this.#waiters.length === 0) {
+        const frame = this.#takeFrame();
+        if (frame) {
+          this.#arm();
+          return frame;
+        }
+      }
+      if (this.#readError !== null) throw this.#readError;
+      if (this.#eof) throw eofError();
+      // Sleep first, then read: in a request/response loop the answer is
+      // rarely there yet, and poll() returns at once when it is.
+      this.#blockOnce(-1);
+      this.#fill();
+    }
+  }
+
+  // Sleeps in poll() until the fd is readable, also writing queued output when
+  // it is writable: a sync receive must not starve our own half-sent message,
+  // which the peer may need before it answers.
+  #blockOnce(timeoutMs: number): void {
+    const want = READABLE | (this.#out.length > 0 ? WRITABLE : 0);
+    const events = binding.poll(this.#fd, want, timeoutMs);
+    if (this.#out.length > 0 && events & (WRITABLE | HANGUP)) this.#flush(false);
+  }
+
+  #hasBuffered(): boolean {
+    return this.#end > this.#start || this.#eof || this.#readError !== null;
+  }
+
+  #hasInput(): boolean {
+    if (this.#hasBuffered()) return true;
+    this.#fill();
+    return this.#hasBuffered();
+  }
+
+  // Reads until the kernel has no more: >0 bytes read, 0 at end of stream, -1 nothing yet.
+  #fill(): number {
+    let total = 0;
+    for (;;) {
+      this.#makeRoom();
+      let n: number;
+      try {
+        n = this.#socket
+          ? binding.recvmsg(this.#fd, this.#in, this.#end, this.#in.length - this.#end, this.#inFds)
+          : binding.read(this.#fd, this.#in, this.#end, this.#in.length - this.#end);
+      } catch (err) {
+        this.#readError = err;
+        return total > 0 ? total : 0;
+      }
+      if (n === 0) {
+        this.#eof = true;
+        return total > 0 ? total : 0;
+      }
+      if (n < 0) return total > 0 ? total : -1;
+      const asked = this.#in.length - this.#end;
+      this.#end += n;
+      total += n;
+      // A short read means the kernel had no more: save the EAGAIN round trip.
+      if (n < asked) return total;
+    }
+  }
+
+  // Room for at least the rest of the frame being received (one allocation for
+  // a large message), or MIN_READ bytes.
+  #makeRoom(): void {
+    const have = this.#end - this.#start;
+    let want = MIN_READ;
+    const total = this.#frameTotal();
+    if (total > have) want = Math.max(total - have, 1);
+    if (this.#in.length - this.#end >= want) return;
+    if (have === 0) {
+      this.#start = this.#end = 0;
+      if (this.#in.length >= want && total <= this.#in.length) return;
+    }
+    const size = Math.max(MIN_READ, have + want, total);
+    if (size <= this.#in.length && this.#start > 0) {
+      this.#in.copy(this.#in, 0, this.#start, this.#end);
+    } else {
+      const next = Buffer.allocUnsafe(size);
+      this.#in.copy(next, 0, this.#start, this.#end);
+      this.#in = next;
+    }
+    this.#end = have;
+    this.#start = 0;
+  }
+
+  /** Bytes of the frame at the start of the buffer (header included), 0 if unknown yet. */
+  #frameTotal(): number {
+    const have = this.#end - this.#start;
+    if (have < 4) return 0;
+    const len = this.#in.readInt32BE(this.#start);
+    if (len >= 0) return 4 + len;
+    if (have < 12) return 0;
+    return 12 + Number(this.#in.readBigUInt64BE(this.#start + 4));
+  }
+
+  #takeFrame(): Frame | null {
+    const total = this.#frameTotal();
+    if (total === 0 || this.#end - this.#start < total) return null;
+    const headerLength = this.#in.readInt32BE(this.#start) >= 0 ? 4 : 12;
+    const from = this.#start + headerLength;
+    const to = this.#start + total;
+    // A frame that filled a buffer of its own is handed over without a copy.
+    if (this.#start === 0 && to === this.#end && total > MIN_READ) {
+      const body = this.#in.subarray(from, to);
+      this.#in = Buffer.allocUnsafe(MIN_READ);
+      this.#start = this.#end = 0;
+      return { body, owned: true };
+    }
+    this.#start = to;
+    if (this.#start === this.#end) this.#start = this.#end = 0;
+    return { body: this.#in.subarray(from, to), owned: false };
+  }
+
+  #bytesOf(frame: Frame): Buffer {
+    return frame.owned ? frame.body : Buffer.from(frame.body);
+  }
+
+  #decodeFrame(frame: Frame): unknown {
+    let body = frame.body;
+    const fds: number[] = [];
+    if (body.length > 0 && body[0] === FD_TAG) {
+      const count = body[1];
+      if (this.#inFds.length < count) throw stateError('a message arrived without the fds it refers to', 'ERR_MP_PROTOCOL');
+      fds.push(...this.#inFds.splice(0, count));
+      body = body.subarray(2);
+    }
+    return decode(body, { fds });
+  }
+
+  // ---- the event loop side -----------------------------------------------------
+
+  // Watches for what is needed: readable while someone waits for input,
+  // writable while output is queued. A read watch nobody needs any more is left
+  // registered but unref'd (it ends at the next event), which saves two
+  // epoll_ctl calls per message in a request/response loop.
+  #arm(): void {
+    if (this.#fd < 0) return;
+    let want = 0;
+    if ((this.#waiters.length > 0 || this.#pollers.length > 0) && !this.#eof && this.#readError === null) want |= READABLE;
+    if (this.#out.length > 0) want |= WRITABLE;
+    const needed = want !== 0;
+    if (want === 0 && this.#watching === READABLE) {
+      if (this.#reffed) {
+        this.#watcher!.unref();
+        this.#reffed = false;
+      }
+      return;
+    }
+    if (want !== this.#watching) {
+      if (want === 0) {
+        this.#watcher?.stop();
+      } else {
+        this.#watcher ??= new binding.FdWatcher(this.#fd, (events) => this.#onEvents(events));
+        this.#watcher.start(want);
+      }
+      this.#watching = want;
+    }
+    if (needed !== this.#reffed && this.#watcher) {
+      if (needed) this.#watcher.ref();
+      else this.#watcher.unref();
+      this.#reffed = needed;
+    }
+  }
+
+  #onEvents(events: number): void {
+    if (this.#fd < 0) return;
+    if (this.#out.length > 0 && events & (WRITABLE | HANGUP)) this.#flush(false);
+    if (this.#fd < 0) return;
+    if (events & (READABLE | HANGUP)) {
+      if (this.#waiters.length > 0 || this.#pollers.length > 0) {
+        this.#fill();
+        this.#deliver();
+      } else if (this.#watching & READABLE) {
+        // Input nobody asked for yet: stay out of the way until someone does.
+        const want = this.#out.length > 0 ? WRITABLE : 0;
+        if (want === 0) this.#watcher!.stop();
+        else this.#watcher!.start(want);
+        this.#watching = want;
+      }
+    }
+    this.#arm();
+  }
+
+  // ---- closing -----------------------------------------------------------------
+
+  /** Closes this end. Idempotent. Output still queued is written first. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const err = closedError('Connection');
+    for (const w of this.#waiters.splice(0)) w.reject(err);
+    for (const p of this.#pollers.splice(0)) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
+    if (this.#out.length > 0) {
+      this.#closeWhenDrained = true;
+      this.#arm();
+      return;
+    }
+    this.#release();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #release(): void {
+    this.#watcher?.close();
+    this.#watcher = null;
+    this.#watching = 0;
+    this.#reffed = false;
+    pendingAtExit.delete(this);
+    finalizer.unregister(this);
+    closeFds(this.#inFds.splice(0));
+    for (const chunk of this.#out.splice(0)) closeFds(chunk.fds);
+    if (this.#fd >= 0) {
+      try {
+        fs.closeSync(this.#fd);
+      } catch {
+        // already closed
+      }
+      this.#fd = -1;
+    }
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw closedError('Connection');
+  }
+
+  #checkReadable(): void {
+    this.#checkOpen();
+    if (!this.#readable) throw stateError('this end of the pipe is write-only', 'ERR_MP_NOT_READABLE');
+  }
+
+  #checkWritable(): void {
+    this.#checkOpen();
+    if (!this.#writable) throw stateError('this end of the pipe is read-only', 'ERR_MP_NOT_WRITABLE');
+    // A write that failed after send() returned (the peer went away) is reported here.
+    if (this.#writeError) {
+      const err = this.#writeError;
+      this.#writeError = null;
+      throw err;
+    }
+  }
+
+  static {
+    // A Connection travels as its fd (placed in a child, or passed with
+    // SCM_RIGHTS); the receiver owns its copy.
+    registerTransferable('Connection', Connection, {
+      encode(conn, ctx) {
+        if (conn.#closed) throw closedError('Connection');
+        ctx.fds.push(conn.#fd);
+        return { i: ctx.fds.length - 1, r: conn.#readable, w: conn.#writable, s: conn.#socket };
+      },
+      decode(data: { i: number; r: boolean; w: boolean; s: boolean }, ctx) {
+        const fd = ctx.fds[data.i];
+        if (fd === undefined) throw stateError('a Connection arrived without its fd', 'ERR_MP_PROTOCOL');
+        return new Connection(fd, data.r, data.w, data.s);
+      },
+    });
+  }
+}
+
+/** A pair of connected Connections: duplex (a socketpair), or [readable end, writable end]. */
+export function Pipe(duplex = true): [Connection, Connection] {
+  if (typeof duplex !== 'boolean') throw invalidType('duplex', 'a boolean', duplex);
+  if (duplex) {
+    const [a, b] = binding.socketpair();
+    return [new Connection(a, true, true, true), new Connection(b, true, true, true)];
+  }
+  const [r, w] = binding.pipe();
+  return [new Connection(r, true, false, false), new Connection(w, false, true, false)];
+}

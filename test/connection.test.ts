@@ -1,0 +1,237 @@
+import { describe, expect, it } from 'vitest';
+
+import { Connection, Pipe, Process } from 'posix-multiprocessing';
+import * as fx from './fixtures/pipes.mjs';
+
+describe('Pipe / Connection in one process', () => {
+  it('keeps message boundaries for values, bytes and empty messages, in order', async () => {
+    const [a, b] = Pipe();
+    a.send({ x: 1 });
+    a.sendBytes(Buffer.alloc(0));
+    a.send('two');
+    a.sendBytes(new Uint8Array([1, 2, 3, 4, 5]), 1, 3);
+    a.send(new Map([[1n, new Date(5)]]));
+    expect(await b.recv()).toEqual({ x: 1 });
+    expect((await b.recvBytes()).length).toBe(0);
+    expect(b.recvSync()).toBe('two');
+    expect([...b.recvBytesSync()]).toEqual([2, 3, 4]);
+    expect(await b.recv()).toEqual(new Map([[1n, new Date(5)]]));
+    a.close();
+    b.close();
+  });
+
+  it('serves mixed async and sync receivers in call order', async () => {
+    const [a, b] = Pipe();
+    const first = b.recv();
+    const second = b.recv();
+    a.send(1);
+    a.send(2);
+    a.send(3);
+    // The sync receive must wait behind the two pending async ones.
+    expect(b.recvSync()).toBe(3);
+    expect(await first).toBe(1);
+    expect(await second).toBe(2);
+    a.close();
+    b.close();
+  });
+
+  it('poll and pollSync report readiness and time out after about T', async () => {
+    const [a, b] = Pipe();
+    expect(await b.poll()).toBe(false);
+    expect(b.pollSync(0)).toBe(false);
+    let t = performance.now();
+    expect(await b.poll(0.2)).toBe(false);
+    expect(performance.now() - t).toBeGreaterThanOrEqual(180);
+    t = performance.now();
+    expect(b.pollSync(0.2)).toBe(false);
+    expect(performance.now() - t).toBeGreaterThanOrEqual(180);
+    const later = b.poll(5);
+    setTimeout(() => a.send('x'), 50);
+    expect(await later).toBe(true);
+    expect(b.pollSync()).toBe(true);
+    expect(await b.recv()).toBe('x');
+    a.close();
+    b.close();
+  });
+
+  it('one-way pipes: [readable, writable]; the wrong end throws', async () => {
+    const [r, w] = Pipe(false);
+    expect([r.readable, r.writable, w.readable, w.writable]).toEqual([true, false, false, true]);
+    expect(() => r.send(1)).toThrow(expect.objectContaining({ code: 'ERR_MP_NOT_WRITABLE' }));
+    expect(() => w.recvSync()).toThrow(expect.objectContaining({ code: 'ERR_MP_NOT_READABLE' }));
+    await expect(w.recv()).rejects.toMatchObject({ code: 'ERR_MP_NOT_READABLE' });
+    w.send([1, 2]);
+    expect(await r.recv()).toEqual([1, 2]);
+    r.close();
+    w.close();
+  });
+
+  it('recv after the peer closed rejects with ERR_MP_EOF; pending recv too', async () => {
+    const [a, b] = Pipe();
+    const pending = b.recv();
+    a.send('last');
+    a.close();
+    expect(await pending).toBe('last');
+    await expect(b.recv()).rejects.toMatchObject({ code: 'ERR_MP_EOF', name: 'EOFError' });
+    expect(() => b.recvSync()).toThrow(expect.objectContaining({ code: 'ERR_MP_EOF' }));
+    expect(await b.poll()).toBe(true); // like Python: readable at end of stream
+    b.close();
+  });
+
+  it('close is idempotent; use after close throws ERR_MP_CLOSED; pending recv rejects', async () => {
+    const [a, b] = Pipe();
+    const pending = b.recv();
+    b.close();
+    b.close();
+    expect(b.closed).toBe(true);
+    await expect(pending).rejects.toMatchObject({ code: 'ERR_MP_CLOSED' });
+    expect(() => b.send(1)).toThrow(expect.objectContaining({ code: 'ERR_MP_CLOSED' }));
+    expect(() => b.recvSync()).toThrow(expect.objectContaining({ code: 'ERR_MP_CLOSED' }));
+    await expect(b.recv()).rejects.toMatchObject({ code: 'ERR_MP_CLOSED' });
+    expect(() => b.pollSync()).toThrow(expect.objectContaining({ code: 'ERR_MP_CLOSED' }));
+    a.close();
+  });
+
+  it('sendBytes checks its bounds and argument types', () => {
+    const [a, b] = Pipe();
+    const buf = Buffer.alloc(8);
+    expect(() => a.sendBytes(buf, -1)).toThrow(RangeError);
+    expect(() => a.sendBytes(buf, 9)).toThrow(RangeError);
+    expect(() => a.sendBytes(buf, 4, 5)).toThrow(RangeError);
+    expect(() => a.sendBytes(buf, 0, -1)).toThrow(RangeError);
+    expect(() => a.sendBytes(buf, 1.5)).toThrow(TypeError);
+    expect(() => a.sendBytes('abc' as any)).toThrow(TypeError);
+    expect(() => Pipe('yes' as any)).toThrow(TypeError);
+    a.sendBytes(buf, 8, 0); // empty tail is fine
+    expect(b.recvBytesSync().length).toBe(0);
+    expect(() => a.send(() => 1)).toThrow(TypeError);
+    a.close();
+    b.close();
+  });
+
+  it('a large send does not block the event loop while the reader is slow', async () => {
+    const [a, b] = Pipe();
+    const big = Buffer.alloc(8 * 1024 * 1024, 9);
+    a.sendBytes(big); // far more than the socket buffer holds
+    big.fill(0); // the queued rest was copied
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 5);
+    await new Promise((r) => setTimeout(r, 60));
+    const got = await b.recvBytes();
+    clearInterval(timer);
+    expect(ticks).toBeGreaterThan(3);
+    expect(got.length).toBe(big.length);
+    expect(got.every((x) => x === 9)).toBe(true);
+    a.close();
+    b.close();
+  });
+
+  it('a Connection sent over a Connection arrives working (SCM_RIGHTS)', async () => {
+    const [a, b] = Pipe();
+    const [c1, c2] = Pipe();
+    a.send({ conn: c1, tag: 'x' });
+    const { conn, tag } = (await b.recv()) as { conn: Connection; tag: string };
+    expect(tag).toBe('x');
+    expect(conn).toBeInstanceOf(Connection);
+    conn.send('through the passed end');
+    expect(await c2.recv()).toBe('through the passed end');
+    // Queued behind a large message, then closed here at once: the queued
+    // message holds a duplicate, so the fd that arrives is still the right one.
+    const [d1, d2] = Pipe();
+    a.sendBytes(Buffer.alloc(4 * 1024 * 1024));
+    a.send({ conn: d1 });
+    d1.close();
+    expect((await b.recvBytes()).length).toBe(4 * 1024 * 1024);
+    const later = ((await b.recv()) as { conn: Connection }).conn;
+    later.send('still d1');
+    expect(await d2.recv()).toBe('still d1');
+    later.close();
+    d2.close();
+    const [r] = Pipe(false);
+    const [, w] = Pipe(false);
+    expect(() => w.send(r)).toThrow(TypeError); // fds only travel over sockets
+    for (const c of [a, b, c1, c2, conn, r, w]) c.close();
+  });
+});
+
+describe('Pipe / Connection across processes', () => {
+  it('scenario 16: the child and the parent each receive the other\'s message', async () => {
+    const [parentEnd, childEnd] = Pipe();
+    const p = new Process({ target: fx.greet, args: [childEnd] });
+    p.start();
+    childEnd.close();
+    parentEnd.send('Hello from parent');
+    expect(await parentEnd.recv()).toBe('Hello from child');
+    expect(await parentEnd.recv()).toEqual({ childGot: 'Hello from parent' });
+    expect(await p.join()).toBe(0);
+    await expect(parentEnd.recv()).rejects.toMatchObject({ code: 'ERR_MP_EOF' });
+    parentEnd.close();
+  }, 20_000);
+
+  it('message boundaries hold for 0 B, 1 B, 64 KiB, 1 MiB and 32 MiB through a child', async () => {
+    const sizes = [0, 1, 64 * 1024, 1024 * 1024, 32 * 1024 * 1024, 3];
+    const [parentEnd, childEnd] = Pipe();
+    const p = new Process({ target: fx.echoBytes, args: [childEnd, sizes.length] });
+    p.start();
+    childEnd.close();
+    for (const [k, size] of sizes.entries()) {
+      const buf = Buffer.alloc(size);
+      for (let i = 0; i < size; i += 4096) buf[i] = (i / 4096 + k) & 0xff;
+      parentEnd.sendBytes(buf);
+      const back = k % 2 === 0 ? await parentEnd.recvBytes() : parentEnd.recvBytesSync();
+      expect(back.length).toBe(size);
+      expect(back.equals(buf)).toBe(true);
+    }
+    expect(await p.join()).toBe(0);
+    parentEnd.close();
+  }, 30_000);
+
+  it('a child that sends and returns at once loses nothing (queued output flushed at exit)', async () => {
+    const [r, w] = Pipe(false);
+    const p = new Process({ target: fx.writeThenExit, args: [w, 20, 100_000] });
+    p.start();
+    w.close();
+    const got: number[] = [];
+    for (;;) {
+      try {
+        got.push(((await r.recv()) as { i: number }).i);
+      } catch (err) {
+        expect((err as { code: string }).code).toBe('ERR_MP_EOF');
+        break;
+      }
+    }
+    expect(got).toEqual([...Array(20).keys()]);
+    expect(await p.join()).toBe(0);
+    r.close();
+  }, 20_000);
+
+  it('sync receive in the child, values of many types', async () => {
+    const [parentEnd, childEnd] = Pipe();
+    const p = new Process({ target: fx.echoValuesSync, args: [childEnd] });
+    p.start();
+    childEnd.close();
+    const values = [1, 'two', { three: [3] }, new Set([4]), new Error('five'), undefined, 2n ** 70n, null];
+    for (const v of values) parentEnd.send(v);
+    for (const v of values) {
+      const got = await parentEnd.recv();
+      if (v instanceof Error) expect([(got as Error).name, (got as Error).message]).toEqual([v.name, v.message]);
+      else expect(got).toEqual(v);
+    }
+    expect(await p.join()).toBe(0);
+    parentEnd.close();
+  }, 20_000);
+
+  it('a Connection sent to a running child over a pipe works there', async () => {
+    const [carrier, childCarrier] = Pipe();
+    const [mine, theirs] = Pipe();
+    const p = new Process({ target: fx.useReceivedConnection, args: [childCarrier] });
+    p.start();
+    childCarrier.close();
+    carrier.send({ conn: theirs });
+    theirs.close();
+    expect(await mine.recv()).toBe(`pid ${p.pid} on a passed connection`);
+    expect(await p.join()).toBe(0);
+    carrier.close();
+    mine.close();
+  }, 20_000);
+});
