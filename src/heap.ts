@@ -38,20 +38,12 @@ interface Segment {
   owned: boolean; // created by this process
 }
 
-export interface HeapHooks {
-  /** Called with each segment name this process creates (the resource tracker). */
-  created?(name: string): void;
-  /** Called when this process unlinks a segment it created. */
-  unlinked?(name: string): void;
-}
-
 class SharedHeap {
   readonly #segments = new Map<string, Segment>();
   readonly #free = new Map<number, BlockRef[]>(); // size -> freed blocks (owned segments)
   #owned: Segment[] = [];
   #counter = 0;
   #exitHook = false;
-  hooks: HeapHooks = {};
 
   allocate(size: number, align = 8): Block {
     if (!Number.isInteger(size) || size <= 0 || size > MAX_MAPPING) {
@@ -125,7 +117,6 @@ class SharedHeap {
     // Registered with the tracker, so a crash of this process does not leave it
     // behind: it goes when this process is gone, as at a normal exit.
     track(name, 'shm', { lifetime: 'process' });
-    this.hooks.created?.(name);
     this.#segments.set(name, seg);
     this.#owned.push(seg);
     this.#installExitHook();
@@ -150,9 +141,8 @@ class SharedHeap {
         // already gone
       }
       untrack(seg.name, 'shm');
-      this.hooks.unlinked?.(seg.name);
     }
-    this.#owned = this.#owned.filter(() => false);
+    this.#owned = [];
   }
 }
 

@@ -15,7 +15,7 @@
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 
-import { heap } from './heap';
+import { track, untrack } from './resource-tracker';
 import { JSON_TAG_BYTE } from './serialize';
 import { binding, type Mapping } from './native';
 import { type WaitWord, waitSync, wakeAll, wakeOne } from './wait-word';
@@ -116,7 +116,7 @@ export class Ring {
     } finally {
       fs.closeSync(fd);
     }
-    heap().hooks.created?.(name);
+    track(name, 'shm', { lifetime: 'process' });
     const i32 = new Int32Array(mapping.buffer, 0, HEADER_BYTES / 4);
     i32[MAXSIZE] = maxsize;
     i32[CAPACITY] = capacity;
@@ -159,7 +159,7 @@ export class Ring {
     } catch {
       // already gone
     }
-    heap().hooks.unlinked?.(this.ref.segment);
+    untrack(this.ref.segment, 'shm');
   }
 
   get maxsize(): number {
@@ -395,7 +395,7 @@ export class Ring {
         } catch {
           // already gone
         }
-        heap().hooks.unlinked?.(name);
+        untrack(name, 'shm');
       }
       Ring.#owned.clear();
     });
@@ -406,6 +406,9 @@ function writeSpill(data: Uint8Array): string {
   const name = `/pmp-q-${process.pid}-${++spillCounter}-${randomBytes(4).toString('hex')}`;
   const fd = binding.shmOpen(name, true, true, 0o600);
   spillsCreated.add(name);
+  // Another process takes (and unlinks) it; if nobody does, the tracker
+  // removes it when the program tree is gone.
+  track(name, 'shm');
   try {
     binding.ftruncate(fd, data.length);
     if (data.length > 0) {
@@ -446,4 +449,5 @@ function unlinkSpill(name: string): void {
   } catch {
     // already taken
   }
+  untrack(name, 'shm');
 }
