@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { AsyncResult, Pool, TimeoutError, WorkerCrashedError } from 'posix-multiprocessing';
+import { AsyncResult, Pool, Queue, TimeoutError, WorkerCrashedError } from 'posix-multiprocessing';
 import * as tasks from './fixtures/pool.mjs';
 import { chaos } from './support/chaos';
 
@@ -44,6 +44,16 @@ describe('Pool', () => {
     pool.close();
     await pool.join();
   }, 30_000);
+
+  it('scenario 20: a writer task puts the letters of "itcast" on a queue; a later reader task gets all six', async () => {
+    await withPool({ processes: 2 }, async (pool) => {
+      const queue = new Queue();
+      expect(await pool.apply(tasks.writeLetters, [queue, 'itcast'])).toBe(6);
+      expect(await pool.apply(tasks.readLetters, [queue, 6])).toBe('itcast');
+      expect(queue.empty()).toBe(true);
+      queue.close();
+    });
+  });
 
   it('map equals Array.prototype.map for 0, 1, 7 and 10,000 items and several chunk sizes', async () => {
     await withPool({ processes: 2 }, async (pool) => {
