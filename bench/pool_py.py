@@ -18,9 +18,11 @@ def main():
     pool.apply(identity, (1,))
     startup = time.perf_counter() - t
     pool.map(identity, range(1000))
-    t = time.perf_counter()
-    pool.map(identity, range(n_map))
-    map_s = time.perf_counter() - t
+    map_s = float('inf')
+    for _ in range(3):  # best of three, as for ours
+        t = time.perf_counter()
+        pool.map(identity, range(n_map))
+        map_s = min(map_s, time.perf_counter() - t)
     t = time.perf_counter()
     results = [pool.apply_async(identity, (i,)) for i in range(n_apply)]
     for r in results:

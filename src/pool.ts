@@ -490,10 +490,7 @@ export class Pool {
     const jobs: Promise<unknown[]>[] = [];
     for (let i = 0; i < items.length; i += size) jobs.push(this.#submit(fn, items.slice(i, i + size), undefined, single));
     const parts = await Promise.all(jobs);
-    const out = new Array(items.length);
-    let k = 0;
-    for (const part of parts) for (let i = 0; i < part.length; i++) out[k++] = part[i];
-    return out;
+    return ([] as unknown[]).concat(...parts);
   }
 
   /** fn applied to every item, in input order (Python's Pool.map). */
