@@ -37,6 +37,14 @@ export interface Binding {
 
 function load(): Binding {
   const root = path.resolve(__dirname, '..', '..');
+  // A local build is what node-gyp-build would pick first anyway; requiring it
+  // directly skips its directory scans, which every child pays at startup.
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    return require(path.join(root, 'build', 'Release', 'posix_multiprocessing.node')) as Binding;
+  } catch {
+    // not built locally: a prebuilt binary, or an error listing what was tried
+  }
   try {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     return require('node-gyp-build')(root) as Binding;
