@@ -25,6 +25,8 @@ export interface Mapping {
 export interface Binding {
   spawn(file: string, argv: string[], envp: string[], keepFds: number[], deathSignal: number): number;
   watchParent(ppid: number, signal: number): boolean;
+  /** close(2) of an fd the addon handed out (no fs bookkeeping, so no warning in workers). */
+  closeFd(fd: number): void;
   ExitWatcher: new (pid: number, onExit: (exitCode: number) => void) => ExitWatcher;
   pipe(): [number, number];
   socketpair(): [number, number];

@@ -238,10 +238,10 @@ export class Process implements ChildRecord {
     try {
       pid = binding.spawn(process.execPath, argv, environment(this.#env), [readEnd, ...fds], header.deathSignal);
     } catch (err) {
-      fs.closeSync(writeEnd);
+      binding.closeFd(writeEnd);
       throw err;
     } finally {
-      fs.closeSync(readEnd);
+      binding.closeFd(readEnd);
     }
     sendPayload(writeEnd, payload);
 
@@ -395,7 +395,7 @@ function sendPayload(fd: number, payload: Buffer): void {
     } catch {
       // EPIPE: the child died before reading; its exit is reported as usual.
     } finally {
-      fs.closeSync(fd);
+      binding.closeFd(fd);
     }
     return;
   }

@@ -12,6 +12,7 @@ import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { Process, activeChildren } from 'posix-multiprocessing';
+import { binding } from '../dist/cjs/native.js';
 import * as targets from './fixtures/targets.mjs';
 import { childPids, isRunning } from './support/proc';
 
@@ -216,6 +217,19 @@ describe('child startup', () => {
     expect(JSON.parse(stdout).exitCode).toBe(42);
     expect(stderr).toBe('');
   }, 30_000);
+
+  it('the addon loads in a worker thread, which can start and join children', async () => {
+    const { stdout } = await run(process.execPath, [program('worker-thread.cjs')], { timeout: 30_000 });
+    expect(JSON.parse(stdout)).toEqual({ main: 3, worker: 4, cpus: true });
+  }, 40_000);
+
+  it('an exec that fails is a system error with a code, and leaves no child', () => {
+    const before = childPids().length;
+    expect(() => binding.spawn('/nonexistent/node', ['/nonexistent/node'], [], [], 15)).toThrow(
+      expect.objectContaining({ code: 'ENOENT', syscall: 'execve' }),
+    );
+    expect(childPids().length).toBeLessThanOrEqual(before);
+  });
 
   it('the package works from CommonJS require()', async () => {
     const file = out('cjs.json');
