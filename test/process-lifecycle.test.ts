@@ -93,6 +93,11 @@ describe('daemons and parent death (SCENARIO 7)', () => {
     expect(fs.existsSync(path.join(dir, 'daemon'))).toBe(false);
   }, 30_000);
 
+  it('a pending join() on a daemon child keeps the parent alive until it ends', async () => {
+    const { stdout } = await run(process.execPath, [program('daemon-join.mjs')], { timeout: 20_000 });
+    expect(JSON.parse(stdout)).toEqual({ exitCode: 0 });
+  }, 30_000);
+
   it('a parent killed with SIGKILL leaves no child behind (daemon and non-daemon)', async () => {
     const parent = spawn(process.execPath, [program('orphans.mjs')], { stdio: ['ignore', 'pipe', 'inherit'] });
     let text = '';
