@@ -42,11 +42,17 @@ function readInstructions(): { header: ChildHeader; body: Buffer } {
 // only import).
 const importOnly = new Set(['ERR_REQUIRE_ASYNC_MODULE', 'ERR_REQUIRE_ESM', 'ERR_UNKNOWN_FILE_EXTENSION', 'ERR_REQUIRE_CYCLE_MODULE']);
 
+// Loaders given with --import/--loader may hook only import() (module.register
+// hooks do not see require), and would then transform what require() reads raw.
+const loaderFlag = /(^|\s)--(import|loader|experimental-loader)\b/;
+const hasLoaders = process.execArgv.some((a) => loaderFlag.test(a)) || loaderFlag.test(process.env.NODE_OPTIONS ?? '');
+
 // require() first: it loads CommonJS and (Node >= 20.19) synchronous ES modules
 // without starting the asynchronous ESM loader, which is a good part of a
-// child's startup. Everything else goes through import().
+// child's startup. Everything else, and everything under loaders, goes through
+// import().
 async function loadModule(url: string): Promise<any> {
-  if (url.startsWith('file:')) {
+  if (url.startsWith('file:') && !hasLoaders) {
     try {
       return require(fileURLToPath(url));
     } catch (err) {
