@@ -526,8 +526,21 @@ Napi::Value WatchParent(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
+// Closes an fd the addon handed out (a pipe end). fs.closeSync would do, but in
+// a worker thread Node warns about closing an fd that fs did not open there.
+// No retry on EINTR: on Linux the fd is released even when close is interrupted.
+Napi::Value CloseFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "closeFd(fd)");
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  if (fd < 0) throw Napi::RangeError::New(env, "fd must be a non-negative integer");
+  if (close(fd) != 0 && errno != EINTR) ThrowSystemError(env, errno, "close");
+  return env.Undefined();
+}
+
 void InitProcess(Napi::Env env, Napi::Object exports, AddonData* data) {
   exports.Set("spawn", Napi::Function::New<Spawn>(env, "spawn"));
+  exports.Set("closeFd", Napi::Function::New<CloseFd>(env, "closeFd"));
   exports.Set("watchParent", Napi::Function::New<WatchParent>(env, "watchParent"));
   Napi::Function watcher = ExitWatcher::Define(env);
   data->exit_watcher_ctor = Napi::Persistent(watcher);

@@ -11,7 +11,6 @@
 // top-level await cannot be required; for those the module's source is checked
 // for an export of that name, and the child verifies the export when it imports.
 import * as fs from 'node:fs';
-import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
@@ -106,7 +105,9 @@ function findExport(exports: unknown, fn: Function): string | undefined {
   // holds and its source text may differ: an export of the same name from the
   // same file is what the child will import.
   const candidate = fn.name ? ns[fn.name] : undefined;
-  if (typeof candidate === 'function' && typeof candidate === typeof fn) return fn.name;
+  if (typeof candidate === 'function') return fn.name;
+  const fallback = ns.default;
+  if (typeof fallback === 'function' && fn.name && fallback.name === fn.name) return 'default';
   return undefined;
 }
 
@@ -174,15 +175,19 @@ function lookIn(filename: string, fn: Function, what: string): TargetRef | undef
     return name ? { url, exportName: name } : undefined;
   }
   try {
+    // node:module loads lazily: children load this file but never locate.
+    const { createRequire } = require('node:module') as typeof import('node:module');
     const ns = createRequire(filename)(filename);
     const name = findExport(ns, fn);
     return name ? { url, exportName: name } : undefined;
   } catch (err) {
     const code = (err as { code?: string }).code;
     if (code !== 'ERR_REQUIRE_CYCLE_MODULE' && code !== 'ERR_REQUIRE_ASYNC_MODULE' && code !== 'ERR_REQUIRE_ESM') {
-      // Node itself cannot load this file (a test runner or bundler compiled it
-      // in memory), so neither could a child.
-      throw notImportable(what, fn, `Node cannot import ${filename} (${(err as Error).message})`);
+      // Node itself cannot load the file (TypeScript without a loader, a file
+      // some tool transformed in memory): neither could the child.
+      const e = notImportable(what, fn, `${filename} cannot be loaded by Node here (${(err as Error).name}: ${(err as Error).message})`);
+      (e as { cause?: unknown }).cause = err;
+      throw e;
     }
   }
   if (!fn.name) throw notImportable(what, fn, 'anonymous functions have no export name');

@@ -41,6 +41,8 @@ export interface FutexWaitHandle {
 export interface Binding {
   spawn(file: string, argv: string[], envp: string[], keepFds: number[], deathSignal: number): number;
   watchParent(ppid: number, signal: number): boolean;
+  /** close(2) of an fd the addon handed out (no fs bookkeeping, so no warning in workers). */
+  closeFd(fd: number): void;
   ExitWatcher: new (pid: number, onExit: (exitCode: number) => void) => ExitWatcher;
   pipe(): [number, number];
   socketpair(): [number, number];
@@ -77,6 +79,14 @@ export interface Binding {
 
 function load(): Binding {
   const root = path.resolve(__dirname, '..', '..');
+  // A local build is what node-gyp-build would pick first anyway; requiring it
+  // directly skips its directory scans, which every child pays at startup.
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    return require(path.join(root, 'build', 'Release', 'posix_multiprocessing.node')) as Binding;
+  } catch {
+    // not built locally: a prebuilt binary, or an error listing what was tried
+  }
   try {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     return require('node-gyp-build')(root) as Binding;

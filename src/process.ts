@@ -3,7 +3,6 @@
 // the protocol: the child reads one message on fd 3 (see child/bootstrap.ts),
 // then runs; everything else (exit watching, parent-death signals) is the OS's.
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
@@ -223,7 +222,10 @@ export class Process implements ChildRecord {
       target: this.#resolveTarget(),
     };
     const fds: number[] = [];
-    const body = encode({ args: this.#args, props: header.target?.kind === 'class' ? { ...this } : undefined }, { fds });
+    // No `props: undefined` key: plain JSON takes the codec's fast path, and the
+    // child then skips loading the serializer and the package index.
+    const message = header.target?.kind === 'class' ? { args: this.#args, props: { ...this } } : { args: this.#args };
+    const body = encode(message, { fds });
     header.fds = fds.length;
     const head = Buffer.from(JSON.stringify(header));
     const payload = Buffer.allocUnsafe(4 + head.length + body.length);
@@ -241,10 +243,10 @@ export class Process implements ChildRecord {
       shareWithChild(keepFds, envp);
       pid = binding.spawn(process.execPath, argv, envp, keepFds, header.deathSignal);
     } catch (err) {
-      fs.closeSync(writeEnd);
+      binding.closeFd(writeEnd);
       throw err;
     } finally {
-      fs.closeSync(readEnd);
+      binding.closeFd(readEnd);
     }
     sendPayload(writeEnd, payload);
 
@@ -398,10 +400,12 @@ function sendPayload(fd: number, payload: Buffer): void {
     } catch {
       // EPIPE: the child died before reading; its exit is reported as usual.
     } finally {
-      fs.closeSync(fd);
+      binding.closeFd(fd);
     }
     return;
   }
+  // Loaded here, not at the top: every child loads this file, few send this much.
+  const net: typeof import('node:net') = require('node:net');
   const socket = new net.Socket({ fd, readable: false, writable: true });
   socket.on('error', () => socket.destroy());
   socket.unref();

@@ -11,7 +11,12 @@
 // are plain JSON data, so a quick walk decides: JSON when it round-trips exactly,
 // v8's serializer (after a walk that rewrites registered classes and Errors into
 // tagged plain objects) otherwise. The first byte says which.
-import * as v8 from 'node:v8';
+import type * as V8 from 'node:v8';
+
+// node:v8 costs a few ms to load (it pulls in streams); a child whose
+// arguments are plain JSON never needs it, so it loads on first use.
+let v8Module: typeof V8 | undefined;
+const v8 = (): typeof V8 => (v8Module ??= require('node:v8') as typeof V8);
 
 /** Context for transferables that carry fds (a Connection): the encoder lists
  *  the fds to pass alongside the bytes; the decoder receives them in order. */
@@ -265,11 +270,16 @@ export function encode(value: unknown, ctx: CodecContext = { fds: [] }): Buffer 
     return out;
   }
   if (value === undefined) return Buffer.from([V8_TAG]);
-  const body = v8.serialize(prepare(value, ctx, new Map()));
+  const body = v8().serialize(prepare(value, ctx, new Map()));
   const out = Buffer.allocUnsafe(1 + body.length);
   out[0] = V8_TAG;
   body.copy(out, 1);
   return out;
+}
+
+/** True when encode() took the JSON path: decoding needs no registered classes. */
+export function isPlainJson(bytes: Uint8Array): boolean {
+  return bytes.length > 0 && bytes[0] === JSON_TAG;
 }
 
 /** Decodes what encode() produced; ctx.fds are the fds that came with it. */
@@ -279,7 +289,7 @@ export function decode(bytes: Uint8Array, ctx: CodecContext = { fds: [] }): unkn
   if (buf[0] === JSON_TAG) return JSON.parse(buf.toString('utf8', 1));
   if (buf[0] === V8_TAG) {
     if (buf.length === 1) return undefined;
-    return revive(v8.deserialize(buf.subarray(1)), ctx, new Map());
+    return revive(v8().deserialize(buf.subarray(1)), ctx, new Map());
   }
   throw cloneError(`cannot decode a message with tag 0x${buf[0].toString(16)}`);
 }

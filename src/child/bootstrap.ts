@@ -5,13 +5,13 @@
 // not keep a child alive). Exit codes: 0 on return, 1 on a throw (printed on
 // stderr under the process name, like Python's traceback), n on process.exit(n).
 import * as fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { inspect } from 'node:util';
 
-import '../index'; // registers every transferable class before arguments are decoded
 import { context, type ProcessInfo } from '../context';
 import { binding } from '../native';
 import { Process, reviveCurrent, type ChildHeader } from '../process';
-import { decode } from '../serialize';
+import { decode, isPlainJson } from '../serialize';
 
 // tsc turns import() into require() in CommonJS output; a target may be an ES
 // module, so keep a real dynamic import.
@@ -37,8 +37,33 @@ function readInstructions(): { header: ChildHeader; body: Buffer } {
   return { header: head, body: payload.subarray(4 + headLength) };
 }
 
+// Codes that require() reports before it evaluates anything: the module is
+// fine, but only import() can load it (top-level await, or a loader that hooks
+// only import).
+const importOnly = new Set(['ERR_REQUIRE_ASYNC_MODULE', 'ERR_REQUIRE_ESM', 'ERR_UNKNOWN_FILE_EXTENSION', 'ERR_REQUIRE_CYCLE_MODULE']);
+
+// Loaders given with --import/--loader may hook only import() (module.register
+// hooks do not see require), and would then transform what require() reads raw.
+const loaderFlag = /(^|\s)--(import|loader|experimental-loader)\b/;
+const hasLoaders = process.execArgv.some((a) => loaderFlag.test(a)) || loaderFlag.test(process.env.NODE_OPTIONS ?? '');
+
+// require() first: it loads CommonJS and (Node >= 20.19) synchronous ES modules
+// without starting the asynchronous ESM loader, which is a good part of a
+// child's startup. Everything else, and everything under loaders, goes through
+// import().
+async function loadModule(url: string): Promise<any> {
+  if (url.startsWith('file:') && !hasLoaders) {
+    try {
+      return require(fileURLToPath(url));
+    } catch (err) {
+      if (!importOnly.has((err as { code?: string }).code ?? '')) throw err;
+    }
+  }
+  return importModule(url);
+}
+
 async function loadExport(ref: NonNullable<ChildHeader['target']>): Promise<any> {
-  const ns = await importModule(ref.url);
+  const ns = await loadModule(ref.url);
   let value = ns[ref.exportName];
   if (value === undefined && ns.default && typeof ns.default === 'object') value = ns.default[ref.exportName];
   if (typeof value !== 'function') {
@@ -65,6 +90,10 @@ async function main(): Promise<void> {
   const exported = target ? await loadExport(target) : undefined;
   ctx.bootstrapping = false;
   const fds = Array.from({ length: header.fds }, (_, i) => 4 + i);
+  // Arguments that are plain JSON need no codec registrations; anything else may
+  // hold transferables, whose classes register themselves when the package
+  // index loads. Loading it only then keeps the common child's startup short.
+  if (!isPlainJson(instructions.body)) require('../index');
   const { args, props } = decode(instructions.body, { fds }) as { args: unknown[]; props?: Record<string, unknown> };
 
   let result: unknown;

@@ -1,11 +1,49 @@
 // Runs around every test file: after the file, this process must have no zombie
 // children, no fds beyond those it had before, and /dev/shm no new entries.
+import * as fs from 'node:fs';
 import { afterAll, beforeAll, expect } from 'vitest';
 
-import { fdTable, isRunning, shmEntries, zombieChildren } from './proc';
+import { childPids, fdTable, shmEntries, zombieChildren } from './proc';
 
 let fdsBefore: Map<string, string>;
 let shmBefore: Set<string>;
+
+// /dev/shm is shared by every program on the machine, including test files
+// running beside this one. Our names carry the creating pid (pmp-<pid>-...,
+// pmp-q-<pid>-..., SharedMemory's pmp_<pid>_...), so an entry counts against
+// this file when that pid is this process or one it started; the tree is
+// sampled while the file runs. Names without a pid are always counted. This
+// process's own heap segments (pmp-<pid>-...) live as long as it does and are
+// unlinked at its exit (test/resource-tracker.test.ts checks that), so they
+// are not a leak.
+const ourPids = new Set<number>([process.pid]);
+function sampleTree(): void {
+  // Every thread of this process; only the main thread of descendants (Node
+  // spawns from the thread that asks, almost always the main one), to keep
+  // each sample cheap while a hundred children run.
+  const queue = childPids(process.pid);
+  while (queue.length) {
+    const pid = queue.pop()!;
+    ourPids.add(pid);
+    queue.push(...mainThreadChildren(pid));
+  }
+}
+function mainThreadChildren(pid: number): number[] {
+  try {
+    const text = fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim();
+    return text ? text.split(/\s+/).map(Number) : [];
+  } catch {
+    return []; // gone
+  }
+}
+const sampler = setInterval(sampleTree, 50);
+sampler.unref();
+
+function isOurs(entry: string): boolean {
+  if (entry.startsWith(`pmp-${process.pid}-`)) return false;
+  const m = /(?:^|[.\-_])pmp[-_](?:[a-z]+-)*(\d+)[-_]/.exec(entry);
+  return m === null || ourPids.has(Number(m[1]));
+}
 
 beforeAll(() => {
   fdsBefore = fdTable();
@@ -22,33 +60,15 @@ afterAll(async () => {
   await settle(() => zombieChildren().length === 0, 3000);
   expect(zombieChildren(), 'zombie children left behind').toEqual([]);
 
-  await settle(() => newShmEntries().length === 0, 3000);
-  const newShm = newShmEntries();
-  expect(newShm, '/dev/shm entries left behind').toEqual([]);
+  sampleTree();
+  clearInterval(sampler);
+  const newShm = () => [...shmEntries()].filter((e) => !shmBefore.has(e) && isOurs(e));
+  await settle(() => newShm().length === 0, 3000);
+  expect(newShm(), '/dev/shm entries left behind').toEqual([]);
 
   await settle(() => leakedFds().length === 0, 2000);
   expect(leakedFds(), 'fds left open').toEqual([]);
 });
-
-// Test files run in parallel and /dev/shm is shared, so an entry is judged by
-// the pid its name carries (heap segments /pmp-<pid>-..., random SharedMemory
-// names /pmp_<pid>_...): entries of another process that is still running are
-// that process's business. This process's heap segments live as long as it does
-// and are unlinked at its exit (or by the resource tracker after a crash;
-// test/resource-tracker.test.ts checks both), so they are not a leak either.
-function newShmEntries(): string[] {
-  return [...shmEntries()].filter((e) => {
-    if (shmBefore.has(e)) return false;
-    // This process's heap segments (pmp-<pid>-...) are process-lifetime.
-    if (e.startsWith(`pmp-${process.pid}-`)) return false;
-    // The first all-digit component of a name is taken as its creator's pid
-    // (pmp_<pid>_..., pmp-<pid>-..., and the package's other objects, pmp-<kind>-<pid>-...).
-    const m = /(?:^|[-_])(\d+)(?=[-_]|$)/.exec(e);
-    if (!m) return true;
-    const pid = Number(m[1]);
-    return pid === process.pid || !isRunning(pid);
-  });
-}
 
 // The resource tracker's pipe stays open for the life of the process (its EOF
 // is what tells the tracker the program ended); its fd is published on

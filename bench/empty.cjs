@@ -1,0 +1,1 @@
+// An empty CommonJS module: what child_process.fork starts in the comparison.

@@ -1,0 +1,2 @@
+// The CommonJS twin of targets.mjs.
+exports.noop = function noop() {};

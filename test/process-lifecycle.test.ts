@@ -1,0 +1,262 @@
+// Process lifecycle across many children and across process deaths: reaping at
+// scale, side by side with child_process, daemons (SCENARIO 7), parent-death
+// signals, the fork-bomb guard, fd hygiene, and loading the package from
+// CommonJS, ESM and TypeScript (tsx) programs.
+import { execFile, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
+import { afterAll, describe, expect, it } from 'vitest';
+
+import { Process, activeChildren } from 'posix-multiprocessing';
+import { binding } from '../dist/cjs/native.js';
+import * as targets from './fixtures/targets.mjs';
+import { childPids, isRunning } from './support/proc';
+
+const run = promisify(execFile);
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pmp-lifecycle-'));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+const out = (name: string) => path.join(tmp, name);
+const programs = path.join(__dirname, 'fixtures', 'programs');
+const program = (name: string) => path.join(programs, name);
+const seconds = (since: number) => (performance.now() - since) / 1000;
+
+async function waitFor<T>(probe: () => T | undefined, ms: number, what: string): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+const readFileIfAny = (file: string) => (fs.existsSync(file) && fs.statSync(file).size > 0 ? fs.readFileSync(file, 'utf8') : undefined);
+
+describe('many children', () => {
+  it('100 children started and joined all exit 0, and none is left', async () => {
+    const ps = Array.from({ length: 100 }, () => new Process({ target: targets.noop }));
+    for (const p of ps) p.start();
+    const codes = await Promise.all(ps.map((p) => p.join(60)));
+    expect(codes).toEqual(Array(100).fill(0));
+    const pids = new Set(ps.map((p) => p.pid));
+    expect(pids.size).toBe(100);
+    expect(childPids().filter((pid) => pids.has(pid))).toEqual([]);
+  }, 90_000);
+
+  it('100 children terminated all exit -15', async () => {
+    // Each is terminated as soon as start() returns (after its exec): a hundred
+    // Nodes booting at once would only measure how loaded the machine is.
+    const ps = Array.from({ length: 100 }, () => new Process({ target: targets.sleepFor, args: [60] }));
+    for (const p of ps) {
+      p.start();
+      p.terminate();
+    }
+    const codes = await Promise.all(ps.map((p) => p.join(30)));
+    expect(codes).toEqual(Array(100).fill(-15));
+    expect(activeChildren()).toEqual([]);
+  }, 60_000);
+
+  it('child_process.spawn keeps reporting its own exits while our children run (50 + 50)', async () => {
+    const ours = Array.from({ length: 50 }, (_, i) => new Process({ target: targets.exitWith, args: [i % 5] }));
+    const theirs: Promise<number | null>[] = [];
+    for (let i = 0; i < 50; i++) {
+      ours[i].start();
+      const child = spawn('/bin/sh', ['-c', `exit ${10 + (i % 7)}`], { stdio: 'ignore' });
+      theirs.push(new Promise((resolve, reject) => {
+        child.on('error', reject);
+        child.on('exit', (code) => resolve(code));
+      }));
+    }
+    const [ourCodes, theirCodes] = await Promise.all([Promise.all(ours.map((p) => p.join(60))), Promise.all(theirs)]);
+    expect(ourCodes).toEqual(ours.map((_, i) => i % 5));
+    expect(theirCodes).toEqual(theirs.map((_, i) => 10 + (i % 7)));
+  }, 90_000);
+});
+
+describe('daemons and parent death (SCENARIO 7)', () => {
+  it('7. a daemon child is killed when the parent ends; the non-daemon sibling completes', async () => {
+    const dir = fs.mkdtempSync(out('daemon-'));
+    const t0 = performance.now();
+    const { stdout } = await run(process.execPath, [program('daemon-end.mjs'), dir], { timeout: 20_000 });
+    const took = seconds(t0);
+    const pids = JSON.parse(stdout);
+    // The parent stayed alive for its non-daemon child (1 s); the daemon (2 s)
+    // never finished, whatever the startup delays were.
+    expect(took).toBeGreaterThan(1);
+    expect(fs.readFileSync(path.join(dir, 'worker'), 'utf8')).toBe(String(pids.worker));
+    await waitFor(() => (isRunning(pids.daemon) ? undefined : true), 2000, 'the daemon to end');
+    await sleep(1500); // past the daemon's 2 s: it must not have finished its work
+    expect(fs.existsSync(path.join(dir, 'daemon'))).toBe(false);
+  }, 30_000);
+
+  it('a pending join() on a daemon child keeps the parent alive until it ends', async () => {
+    const { stdout } = await run(process.execPath, [program('daemon-join.mjs')], { timeout: 20_000 });
+    expect(JSON.parse(stdout)).toEqual({ exitCode: 0 });
+  }, 30_000);
+
+  it('a parent killed with SIGKILL leaves no child behind (daemon and non-daemon)', async () => {
+    const parent = spawn(process.execPath, [program('orphans.mjs')], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let text = '';
+    parent.stdout.on('data', (d) => (text += d));
+    const exited = new Promise((resolve) => parent.on('exit', (code, signal) => resolve(signal)));
+    const pids = await waitFor(() => (text.includes('\n') ? JSON.parse(text) : undefined), 15_000, 'the pids');
+    expect(isRunning(pids.daemon)).toBe(true);
+    expect(isRunning(pids.worker)).toBe(true);
+    parent.kill('SIGKILL');
+    expect(await exited).toBe('SIGKILL');
+    await sleep(1000);
+    expect(isRunning(pids.daemon)).toBe(false);
+    expect(isRunning(pids.worker)).toBe(false);
+  }, 30_000);
+
+  for (const daemon of [false, true]) {
+    it(`a child killed with SIGKILL takes its ${daemon ? 'daemon' : 'non-daemon'} grandchild with it`, async () => {
+      const file = out(`grandchild-${daemon}`);
+      // A daemon process may not have children, so the middle process is not one.
+      const p = new Process({ target: targets.startGrandchild, args: [file, daemon] });
+      p.start();
+      const grandchild = Number(await waitFor(() => readFileIfAny(file), 15_000, 'the grandchild pid'));
+      expect(isRunning(grandchild)).toBe(true);
+      p.kill();
+      expect(await p.join(10)).toBe(-9);
+      await sleep(1000);
+      expect(isRunning(grandchild)).toBe(false);
+    }, 30_000);
+  }
+
+  it('a daemon process may not start children (ERR_MP_DAEMONIC)', async () => {
+    const file = out('daemonic.json');
+    const p = new Process({ target: targets.tryStartChild, args: [file], daemon: true });
+    p.start();
+    expect(await p.join(20)).toBe(0);
+    expect(JSON.parse(fs.readFileSync(file, 'utf8'))).toMatchObject({ code: 'ERR_MP_DAEMONIC' });
+  });
+
+  it('a non-daemon child may start children of its own', async () => {
+    const file = out('nondaemonic');
+    const p = new Process({ target: targets.tryStartChild, args: [file] });
+    p.start();
+    expect(await p.join(20)).toBe(0);
+    expect(fs.readFileSync(file, 'utf8')).toBe('started');
+  });
+});
+
+describe('child startup', () => {
+  it('the child sees no fds of the parent beyond stdio', async () => {
+    const opened: number[] = [];
+    opened.push(fs.openSync(out('fd-probe-a'), 'w'));
+    opened.push(fs.openSync(out('fd-probe-b'), 'w'));
+    const server = net.createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const parentTargets = new Set<string>();
+      for (const fd of fs.readdirSync('/proc/self/fd')) {
+        if (Number(fd) <= 2) continue;
+        try {
+          const link = fs.readlinkSync(`/proc/self/fd/${fd}`);
+          // Paths and pipe/socket inodes name one open file; anon inodes do not.
+          if (/^(\/|pipe:|socket:)/.test(link)) parentTargets.add(link);
+        } catch {
+          // the readdir fd
+        }
+      }
+      const file = out('fds.json');
+      const p = new Process({ target: targets.report, args: [file, null] });
+      p.start();
+      expect(await p.join(20)).toBe(0);
+      const seen = JSON.parse(fs.readFileSync(file, 'utf8'));
+      const childTargets = Object.entries(seen.fdTargets as Record<string, string>)
+        .filter(([fd]) => Number(fd) > 2)
+        .map(([, link]) => link);
+      expect(childTargets.filter((link) => parentTargets.has(link))).toEqual([]);
+      expect(childTargets.filter((link) => link.includes(tmp))).toEqual([]);
+      expect(seen.stdinIsDevNull).toBe(true);
+    } finally {
+      for (const fd of opened) fs.closeSync(fd);
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
+  it('env and execArgv carry over; options.env replaces the environment', async () => {
+    const a = out('env-a.json');
+    const b = out('env-b.json');
+    process.env.PMP_TEST_VAR = 'inherited';
+    try {
+      const p = new Process({ target: targets.report, args: [a, null] });
+      const q = new Process({ target: targets.report, args: [b, null], env: { PMP_TEST_VAR: 'given', PATH: process.env.PATH ?? '' } });
+      p.start();
+      q.start();
+      expect(await p.join(20)).toBe(0);
+      expect(await q.join(20)).toBe(0);
+    } finally {
+      delete process.env.PMP_TEST_VAR;
+    }
+    const seenA = JSON.parse(fs.readFileSync(a, 'utf8'));
+    expect(seenA.env).toBe('inherited');
+    expect(seenA.execArgv).toEqual(process.execArgv.filter((f) => !/^--(inspect|eval|print|test|watch)/.test(f)));
+    expect(JSON.parse(fs.readFileSync(b, 'utf8')).env).toBe('given');
+  });
+
+  it('fork-bomb guard: starting a process at top level of the target module fails in the child', async () => {
+    const { stdout, stderr } = await run(process.execPath, [program('bomb.mjs')], { timeout: 20_000 });
+    const result = JSON.parse(stdout);
+    expect(result.exitCode).toBe(1);
+    expect(stderr).toContain('ERR_MP_BOOTSTRAPPING');
+    expect(stderr).toContain('isMainProcess()');
+    expect(stderr).toMatch(/^Process Process-1:/m);
+  }, 30_000);
+
+  it('a throwing target prints its error on the child stderr prefixed with the process name', async () => {
+    const { stdout, stderr } = await run(process.execPath, [program('run.mjs'), 'throwError', '["kaboom"]', 'Worker-7'], { timeout: 20_000 });
+    expect(JSON.parse(stdout).exitCode).toBe(1);
+    expect(stderr).toMatch(/^Process Worker-7:\nTypeError: kaboom\n\s+at throwError/m);
+    expect(stderr).toContain("code: 'E_FIXTURE'");
+  }, 30_000);
+
+  it('process.exit(n) in the child is its exit code, with nothing on stderr', async () => {
+    const { stdout, stderr } = await run(process.execPath, [program('run.mjs'), 'exitWith', '[42]'], { timeout: 20_000 });
+    expect(JSON.parse(stdout).exitCode).toBe(42);
+    expect(stderr).toBe('');
+  }, 30_000);
+
+  it('the addon loads in a worker thread, which can start and join children', async () => {
+    const { stdout } = await run(process.execPath, [program('worker-thread.cjs')], { timeout: 30_000 });
+    expect(JSON.parse(stdout)).toEqual({ main: 3, worker: 4, cpus: true });
+  }, 40_000);
+
+  it('an exec that fails is a system error with a code, and leaves no child', () => {
+    const before = childPids().length;
+    expect(() => binding.spawn('/nonexistent/node', ['/nonexistent/node'], [], [], 15)).toThrow(
+      expect.objectContaining({ code: 'ENOENT', syscall: 'execve' }),
+    );
+    expect(childPids().length).toBeLessThanOrEqual(before);
+  });
+
+  it('the package works from CommonJS require()', async () => {
+    const file = out('cjs.json');
+    const { stdout } = await run(process.execPath, [program('cjs-parent.cjs'), file], { timeout: 20_000 });
+    expect(JSON.parse(stdout)).toEqual({ exitCode: 0 });
+    expect(JSON.parse(fs.readFileSync(file, 'utf8'))).toEqual({ isMain: false, name: 'Process-1' });
+  }, 30_000);
+
+  it('the package works from an ES module import', async () => {
+    const file = out('esm.json');
+    const { stdout } = await run(process.execPath, [program('esm-parent.mjs'), file], { timeout: 20_000 });
+    expect(JSON.parse(stdout)).toEqual({ exitCode: 0 });
+    expect(JSON.parse(fs.readFileSync(file, 'utf8'))).toEqual({ isMain: false, name: 'Process-1' });
+  }, 30_000);
+
+  it('a TypeScript target works when the parent runs under tsx', async () => {
+    const file = out('ts.json');
+    const { stdout } = await run(process.execPath, ['--import', 'tsx', program('ts-parent.ts'), file], {
+      timeout: 30_000,
+      cwd: path.join(__dirname, '..'),
+    });
+    expect(JSON.parse(stdout)).toEqual({ exitCode: 0 });
+    expect(JSON.parse(fs.readFileSync(file, 'utf8'))).toEqual({ isMain: false, name: 'Process-1', execArgv: ['--import', 'tsx'] });
+  }, 40_000);
+});
