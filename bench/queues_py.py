@@ -1,4 +1,4 @@
-# CPython's side of bench/queues.mjs: the same scenarios with multiprocessing.
+# CPython's side of bench/queues.bench.mjs: the same scenarios with multiprocessing.
 # Prints one JSON object: {"scenario": ..., "value": ...}.
 import json
 import multiprocessing as mp

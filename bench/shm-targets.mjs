@@ -1,4 +1,4 @@
-// Child targets for bench/shm.mjs (a child imports its target by reference).
+// Child targets for bench/shm.bench.mjs (a child imports its target by reference).
 export function incrementLocked(v, times) {
   const lock = v.getLock();
   for (let i = 0; i < times; i++) {

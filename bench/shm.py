@@ -1,4 +1,4 @@
-# The CPython side of bench/shm.mjs. Usage: python3 shm.py cycle N | increments PROCS TIMES
+# The CPython side of bench/shm.bench.mjs. Usage: python3 shm.py cycle N | increments PROCS TIMES
 # Prints one number: microseconds per cycle, or seconds for the whole run.
 import sys
 import time

@@ -1,4 +1,4 @@
-// Child targets for bench/sync.mjs (a child imports its target from a file).
+// Child targets for bench/sync.bench.mjs (a child imports its target from a file).
 import { heap } from '../dist/cjs/heap.js';
 
 function ints(ref) {

@@ -1,4 +1,4 @@
-# The CPython side of bench/sync.mjs: prints one JSON object for the scenario
+# The CPython side of bench/sync.bench.mjs: prints one JSON object for the scenario
 # named in argv[1], using multiprocessing's Lock / Value / Semaphore / Barrier.
 import json, multiprocessing as mp, sys, time
 

@@ -1,5 +1,5 @@
 // Synchronisation benchmark: ours vs CPython multiprocessing, side by side.
-//   node bench/sync.mjs [--json]
+//   node bench/sync.bench.mjs [--json]
 // Every trial runs in a fresh process (this file with --trial, or python3
 // bench/sync_py.py); each figure is the median of the trials.
 import { execFileSync } from 'node:child_process';

@@ -3,7 +3,7 @@
 //   cycle       create + attach + close + unlink of a 4 KiB segment vs CPython's shared_memory (target <= 1/3)
 //   increments  10 processes x 100,000 locked Value increments vs CPython (needs RLock from synchronize.ts)
 // Each trial runs in a fresh process. `--json`: one JSON line per scenario.
-// Usage: node bench/shm.mjs [--json] [--quick]
+// Usage: node bench/shm.bench.mjs [--json] [--quick]
 import { execFileSync } from 'node:child_process';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -15,7 +15,7 @@ const args = process.argv.slice(2);
 const json = args.includes('--json');
 const quick = args.includes('--quick');
 
-// ---- trials (run in a child: node bench/shm.mjs --trial <name> ...) --------
+// ---- trials (run in a child: node bench/shm.bench.mjs --trial <name> ...) --------
 
 async function trial(name, rest) {
   const pmp = await import('posix-multiprocessing');
