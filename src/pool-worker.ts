@@ -2,10 +2,8 @@
 // announced, run task chunks in order, send results back. It ends when the pool
 // closes the channel (or dies: EOF), or after maxTasks chunks, which is how
 // maxTasksPerChild recycles a worker.
+import { importTarget } from './import-target';
 import { Channel, type InheritedFd } from './pool-channel';
-
-// tsc turns import() into require() in CommonJS output; targets may be ES modules.
-const importModule = new Function('specifier', 'return import(specifier)') as (s: string) => Promise<any>;
 
 export interface FunctionRef {
   url: string;
@@ -30,17 +28,7 @@ export type FromWorker =
   | ['e', number, unknown, number] // a job failed with this error; milliseconds it ran
   | ['i', unknown]; // the initializer failed: the pool is broken
 
-async function loadFunction(ref: FunctionRef): Promise<(...args: unknown[]) => unknown> {
-  const ns = await importModule(ref.url);
-  let fn = ns[ref.exportName];
-  if (fn === undefined && ns.default && typeof ns.default === 'object') fn = ns.default[ref.exportName];
-  if (typeof fn !== 'function') {
-    throw Object.assign(new Error(`${ref.url} has no exported function named '${ref.exportName}' in the worker`), {
-      code: 'ERR_MP_TARGET_NOT_IMPORTABLE',
-    });
-  }
-  return fn;
-}
+const loadFunction = (ref: FunctionRef) => importTarget(ref, 'pool task');
 
 const isThenable = (v: unknown): v is PromiseLike<unknown> =>
   v !== null && (typeof v === 'object' || typeof v === 'function') && typeof (v as any).then === 'function';

@@ -52,6 +52,10 @@ class JobQueue {
     this.#items.push(job);
   }
 
+  peek(): Job | undefined {
+    return this.#items[this.#head];
+  }
+
   shift(): Job | undefined {
     if (this.#head >= this.#items.length) return undefined;
     const job = this.#items[this.#head];
@@ -199,7 +203,9 @@ export class Pool {
   #state: 'running' | 'closed' | 'terminated' = 'running';
   #broken: Error | null = null;
   #nextJob = 1;
-  #jobMs = Infinity; // moving average of recent per-task run times in the workers
+  // Per function: a moving average of its per-task run time in the workers
+  // (undefined until its first result: an unknown function is treated as slow).
+  readonly #fnMs: number[] = [];
   #idle: Array<() => void> = [];
 
   constructor(options?: PoolOptions) {
@@ -295,7 +301,8 @@ export class Pool {
     if (!job) return;
     worker.inflight.delete(msg[1]);
     const ms = msg[3] / Math.max(1, job.items.length);
-    this.#jobMs = this.#jobMs === Infinity ? ms : this.#jobMs * 0.8 + ms * 0.2;
+    const avg = this.#fnMs[job.fnId];
+    this.#fnMs[job.fnId] = avg === undefined ? ms : avg * 0.8 + ms * 0.2;
     this.#settle(job, msg[0] === 'r', msg[2]);
     this.#dispatch();
   }
@@ -389,19 +396,24 @@ export class Pool {
 
   #dispatch(): void {
     if (this.#queue.length === 0 || this.#state === 'terminated' || this.#broken) return;
-    const depth = this.#jobMs < FAST_JOB_MS ? QUEUE_DEPTH : 1;
     const max = this.#init.maxTasks;
     let progress = true;
     while (this.#queue.length > 0 && progress) {
       progress = false;
+      // One job per worker per pass: idle workers are served first, then
+      // queues fill round-robin.
       for (const w of this.#workers) {
-        if (this.#queue.length === 0) break;
+        const next = this.#queue.peek();
+        if (next === undefined) break;
         // A booting worker is given one job, so that a worker killed while
         // it boots still settles something: under a storm of kills the pool
         // keeps making progress instead of waiting for workers that never live.
-        if (w.exited || w.channelClosed || w.inflight.size >= (w.ready ? depth : 1)) continue;
+        // Fast functions may queue up at a worker; slow or unknown ones never
+        // wait behind each other.
+        const fast = (this.#fnMs[next.fnId] ?? Infinity) < FAST_JOB_MS;
+        const depth = w.ready && fast ? QUEUE_DEPTH : 1;
+        if (w.exited || w.channelClosed || w.inflight.size >= depth) continue;
         if (max > 0 && w.assigned >= max) continue;
-        // Idle workers first; with a queue depth > 1, fill round-robin.
         const job = this.#queue.shift()!;
         if (!w.knownFns.has(job.fnId)) {
           const ref = this.#fnRefs[job.fnId];

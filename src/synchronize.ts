@@ -5,10 +5,9 @@
 // paths are plain Atomics on those words, with no native call; only a waiter
 // enters the kernel (futex), and a releaser wakes it only when the waiter count
 // says someone sleeps. Async waits sleep on addon threads, never the event loop.
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
 
 import { BrokenBarrierError, closedError, stateError } from './errors';
+import { importTarget, pickExport, requireModule } from './import-target';
 import { locate, type TargetRef } from './locate';
 import { registerTransferable } from './serialize';
 import {
@@ -880,8 +879,6 @@ const B_PARTIES = 7;
 
 type Arrival = { kind: 'busy'; seq: number } | { kind: 'last' | 'wait'; index: number; gen: number };
 
-const importModule = new Function('specifier', 'return import(specifier)') as (s: string) => Promise<any>;
-
 export interface BarrierOptions extends NamedOptions {
   /** Runs once per cycle, in the last process to arrive; travels by reference like a Process target. */
   action?: () => unknown;
@@ -1008,15 +1005,13 @@ export class Barrier extends SyncObject {
   #loadActionSync(): (() => unknown) | undefined {
     const ref = this.#actionRef;
     if (!ref) return undefined;
-    const req = createRequire(__filename);
-    const ns = req(ref.url.startsWith('file:') ? fileURLToPath(ref.url) : ref.url);
-    return (this.#action = pick(ns, ref));
+    return (this.#action = pickExport(requireModule(ref.url), ref, 'barrier action') as () => unknown);
   }
 
   async #runAction(): Promise<void> {
     let fn = this.#action;
     if (!fn && this.#actionRef) {
-      fn = this.#action = pick(await importModule(this.#actionRef.url), this.#actionRef);
+      fn = this.#action = (await importTarget(this.#actionRef, 'barrier action')) as () => unknown;
     }
     if (fn) await fn();
   }
@@ -1133,14 +1128,6 @@ export class Barrier extends SyncObject {
   setActionRef(ref: TargetRef | undefined): void {
     this.#actionRef = ref;
   }
-}
-
-function pick(ns: any, ref: TargetRef): () => unknown {
-  const fn = ns?.[ref.exportName] ?? (ref.exportName === 'default' ? ns : undefined);
-  if (typeof fn !== 'function') {
-    throw stateError(`barrier action ${ref.exportName} is not exported by ${ref.url}`, 'ERR_MP_TARGET_NOT_IMPORTABLE');
-  }
-  return fn;
 }
 
 // ---- travelling to other processes --------------------------------------------------------

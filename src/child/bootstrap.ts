@@ -5,17 +5,13 @@
 // not keep a child alive). Exit codes: 0 on return, 1 on a throw (printed on
 // stderr under the process name, like Python's traceback), n on process.exit(n).
 import * as fs from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { inspect } from 'node:util';
 
 import { context, type ProcessInfo } from '../context';
+import { importTarget } from '../import-target';
 import { binding } from '../native';
 import { Process, reviveCurrent, type ChildHeader } from '../process';
 import { decode, isPlainJson } from '../serialize';
-
-// tsc turns import() into require() in CommonJS output; a target may be an ES
-// module, so keep a real dynamic import.
-const importModule = new Function('specifier', 'return import(specifier)') as (s: string) => Promise<any>;
 
 let header: ChildHeader | undefined;
 
@@ -37,44 +33,6 @@ function readInstructions(): { header: ChildHeader; body: Buffer } {
   return { header: head, body: payload.subarray(4 + headLength) };
 }
 
-// Codes that require() reports before it evaluates anything: the module is
-// fine, but only import() can load it (top-level await, or a loader that hooks
-// only import).
-const importOnly = new Set(['ERR_REQUIRE_ASYNC_MODULE', 'ERR_REQUIRE_ESM', 'ERR_UNKNOWN_FILE_EXTENSION', 'ERR_REQUIRE_CYCLE_MODULE']);
-
-// Loaders given with --import/--loader may hook only import() (module.register
-// hooks do not see require), and would then transform what require() reads raw.
-const loaderFlag = /(^|\s)--(import|loader|experimental-loader)\b/;
-const hasLoaders = process.execArgv.some((a) => loaderFlag.test(a)) || loaderFlag.test(process.env.NODE_OPTIONS ?? '');
-
-// require() first: it loads CommonJS and (Node >= 20.19) synchronous ES modules
-// without starting the asynchronous ESM loader, which is a good part of a
-// child's startup. Everything else, and everything under loaders, goes through
-// import().
-async function loadModule(url: string): Promise<any> {
-  if (url.startsWith('file:') && !hasLoaders) {
-    try {
-      return require(fileURLToPath(url));
-    } catch (err) {
-      if (!importOnly.has((err as { code?: string }).code ?? '')) throw err;
-    }
-  }
-  return importModule(url);
-}
-
-async function loadExport(ref: NonNullable<ChildHeader['target']>): Promise<any> {
-  const ns = await loadModule(ref.url);
-  let value = ns[ref.exportName];
-  if (value === undefined && ns.default && typeof ns.default === 'object') value = ns.default[ref.exportName];
-  if (typeof value !== 'function') {
-    throw Object.assign(
-      new Error(`${ref.url} has no exported function named '${ref.exportName}' in the child process`),
-      { code: 'ERR_MP_TARGET_NOT_IMPORTABLE' },
-    );
-  }
-  return value;
-}
-
 async function main(): Promise<void> {
   const instructions = readInstructions();
   header = instructions.header;
@@ -87,7 +45,7 @@ async function main(): Promise<void> {
 
   const target = header.target;
   ctx.bootstrapping = true;
-  const exported = target ? await loadExport(target) : undefined;
+  const exported = target ? await importTarget(target, `process ${header.name}`) : undefined;
   ctx.bootstrapping = false;
   const fds = Array.from({ length: header.fds }, (_, i) => 4 + i);
   // Arguments that are plain JSON need no codec registrations; anything else may
@@ -98,10 +56,11 @@ async function main(): Promise<void> {
 
   let result: unknown;
   if (target?.kind === 'class') {
-    if (!(exported.prototype instanceof Process)) {
+    const Class = exported as unknown as typeof Process;
+    if (!(Class.prototype instanceof Process)) {
       throw new TypeError(`${target.url} export '${target.exportName}' is not a subclass of Process`);
     }
-    const self = reviveCurrent(exported, header);
+    const self = reviveCurrent(Class, header);
     Object.assign(self, props);
     ctx.current = self as ProcessInfo;
     result = self.run();
