@@ -1,6 +1,6 @@
 // Pool throughput and startup, side by side in one run: ours vs CPython's
 // multiprocessing.Pool, piscina (worker threads) and workerpool (processes).
-//   100k trivial tasks via map with default chunking (best of three runs each)
+//   100k trivial tasks via map with default chunking (best of ten runs each: steady state)
 //   100k trivial tasks submitted one by one (apply / submit, chunksize 1)
 //   pool startup to first result
 // Usage: node bench/pool.bench.mjs [--json] [--quick]
@@ -38,8 +38,8 @@ async function ours() {
   await pool.map(identity, Array.from({ length: 1000 }, (_, i) => i));
   const input = Array.from({ length: N_MAP }, (_, i) => i);
   let best = Infinity;
-  for (let k = 0; k < 3; k++) {
-    // best of three, as for CPython: the first runs also pay for JIT warm-up
+  for (let k = 0; k < 10; k++) {
+    // best of ten, as for CPython: the first runs also pay for JIT warm-up
     t = performance.now();
     await pool.map(identity, input);
     best = Math.min(best, performance.now() - t);

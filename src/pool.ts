@@ -397,44 +397,43 @@ export class Pool {
   #dispatch(): void {
     if (this.#queue.length === 0 || this.#state === 'terminated' || this.#broken) return;
     const max = this.#init.maxTasks;
-    let progress = true;
-    while (this.#queue.length > 0 && progress) {
-      progress = false;
-      // One job per worker per pass: idle workers are served first, then
-      // queues fill round-robin.
-      for (const w of this.#workers) {
-        const next = this.#queue.peek();
-        if (next === undefined) break;
-        // A booting worker is given one job, so that a worker killed while
-        // it boots still settles something: under a storm of kills the pool
-        // keeps making progress instead of waiting for workers that never live.
-        // Fast functions may queue up at a worker; slow or unknown ones never
-        // wait behind each other.
-        const fast = (this.#fnMs[next.fnId] ?? Infinity) < FAST_JOB_MS;
-        const depth = w.ready && fast ? QUEUE_DEPTH : 1;
-        if (w.exited || w.channelClosed || w.inflight.size >= depth) continue;
-        if (max > 0 && w.assigned >= max) continue;
-        const job = this.#queue.shift()!;
-        if (!w.knownFns.has(job.fnId)) {
-          const ref = this.#fnRefs[job.fnId];
-          w.channel.send(['f', job.fnId, ref.url, ref.exportName] satisfies ToWorker);
-          w.knownFns.add(job.fnId);
-        }
-        w.inflight.set(job.id, job);
-        w.assigned++;
-        try {
-          w.channel.send(
-            job.single
-              ? (['m', job.id, job.fnId, job.items] satisfies ToWorker)
-              : (['t', job.id, job.fnId, job.items as unknown[][]] satisfies ToWorker),
-          );
-        } catch (err) {
-          // The arguments cannot be cloned: fail this job alone.
-          w.inflight.delete(job.id);
-          w.assigned--;
-          this.#settle(job, false, err);
-        }
-        progress = true;
+    for (;;) {
+      const next = this.#queue.peek();
+      if (next === undefined) break;
+      // The least-loaded worker that may take the job: idle workers first,
+      // then queues fill evenly. A booting worker is given one job, so that a
+      // worker killed while it boots still settles something: under a storm
+      // of kills the pool keeps making progress instead of waiting for
+      // workers that never live. Fast functions may queue up at a worker;
+      // slow or unknown ones never wait behind each other.
+      const fast = (this.#fnMs[next.fnId] ?? Infinity) < FAST_JOB_MS;
+      let w: Worker | undefined;
+      for (const candidate of this.#workers) {
+        const depth = candidate.ready && fast ? QUEUE_DEPTH : 1;
+        if (candidate.exited || candidate.channelClosed || candidate.inflight.size >= depth) continue;
+        if (max > 0 && candidate.assigned >= max) continue;
+        if (w === undefined || candidate.inflight.size < w.inflight.size) w = candidate;
+      }
+      if (w === undefined) break;
+      const job = this.#queue.shift()!;
+      if (!w.knownFns.has(job.fnId)) {
+        const ref = this.#fnRefs[job.fnId];
+        w.channel.send(['f', job.fnId, ref.url, ref.exportName] satisfies ToWorker);
+        w.knownFns.add(job.fnId);
+      }
+      w.inflight.set(job.id, job);
+      w.assigned++;
+      try {
+        w.channel.send(
+          job.single
+            ? (['m', job.id, job.fnId, job.items] satisfies ToWorker)
+            : (['t', job.id, job.fnId, job.items as unknown[][]] satisfies ToWorker),
+        );
+      } catch (err) {
+        // The arguments cannot be cloned: fail this job alone.
+        w.inflight.delete(job.id);
+        w.assigned--;
+        this.#settle(job, false, err);
       }
     }
     if (max > 0) {
