@@ -1,6 +1,7 @@
 // The one place that loads and types the native binding. node-gyp-build picks a
 // prebuilt binary from prebuilds/ when there is one, else build/Release.
 import * as path from 'node:path';
+import { packageRoot } from './paths';
 
 export interface ExitWatcher {
   /** Keep the event loop alive while the child runs. */
@@ -78,7 +79,7 @@ export interface Binding {
 }
 
 function load(): Binding {
-  const root = path.resolve(__dirname, '..', '..');
+  const root = packageRoot;
   // A local build is what node-gyp-build would pick first anyway; requiring it
   // directly skips its directory scans, which every child pays at startup.
   try {

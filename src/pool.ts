@@ -19,10 +19,11 @@ import { Channel, InheritedFd } from './pool-channel';
 import type { FromWorker, FunctionRef, ToWorker, WorkerInit } from './pool-worker';
 import { Process, cpuCount } from './process';
 import { invalidType, validateInteger, validateObject, validateSignal, validateTimeout } from './validate';
+import { distDir } from './paths';
 
 type Fn = (...args: any[]) => unknown;
 
-const WORKER_MODULE = path.join(__dirname, 'pool-worker.js');
+const WORKER_MODULE = path.join(distDir, 'pool-worker.js');
 const FAST_JOB_MS = 1; // tasks faster than this (run time in the worker) may queue up at a worker
 const QUEUE_DEPTH = 64;
 

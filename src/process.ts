@@ -13,6 +13,7 @@ import { binding, type ExitWatcher } from './native';
 import { shareWithChild } from './resource-tracker';
 import { encode } from './serialize';
 import { invalidType, outOfRange, validateBoolean, validateObject, validateString, validateTimeout } from './validate';
+import { distDir } from './paths';
 
 export type StartMethod = 'spawn';
 
@@ -50,7 +51,7 @@ const SIGTERM = os.constants.signals.SIGTERM;
 // Writes up to this size fit in an empty pipe on every platform we support.
 const SYNC_WRITE_LIMIT = 16 * 1024;
 
-export const bootstrapPath = path.join(__dirname, 'child', 'bootstrap.js');
+export const bootstrapPath = path.join(distDir, 'child', 'bootstrap.js');
 
 // Flags that must not be copied into a child: each names a one-off action of
 // this process (an inspector port, code to evaluate, a test runner).

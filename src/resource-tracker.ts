@@ -14,6 +14,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 
 import { binding } from './native';
+import { distDir } from './paths';
 
 /** Kinds the tracker knows how to unlink. */
 export type TrackedKind = 'shm' | 'semaphore';
@@ -21,7 +22,7 @@ export type TrackedKind = 'shm' | 'semaphore';
 /** The environment variable that tells a child where its inherited write end is: "<fd>:<inode>". */
 export const TRACKER_ENV = 'PMP_RESOURCE_TRACKER';
 
-export const trackerMainPath = path.join(__dirname, 'tracker-main.js');
+export const trackerMainPath = path.join(distDir, 'tracker-main.js');
 
 interface TrackerState {
   /** Our write end of the tracker's pipe, or -1 before the tracker is known. */

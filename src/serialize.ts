@@ -49,9 +49,12 @@ export function registerTransferable<T>(
   Class: abstract new (...args: any[]) => T,
   codec: Transferable<T>,
 ): void {
-  const existing = registry.byTag.get(tag);
+  // Two copies of a module (a test runner's transform beside Node's own load,
+  // or two installs) register two classes under one tag: instances of either
+  // must travel, so both stay in the list; the latest decodes.
   const reg = { tag, Class, codec };
-  if (existing) registry.list.splice(registry.list.indexOf(existing), 1, reg);
+  const same = registry.list.findIndex((r) => r.Class === Class);
+  if (same >= 0) registry.list.splice(same, 1, reg);
   else registry.list.push(reg);
   registry.byTag.set(tag, reg);
 }
