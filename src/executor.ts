@@ -3,7 +3,7 @@
 // replaced, instead of breaking the whole executor as CPython's does.
 import { stateError } from './errors';
 import { Pool } from './pool';
-import { invalidType, validateObject } from './validate';
+import { invalidType, validateInteger, validateObject } from './validate';
 
 export interface ExecutorOptions {
   maxWorkers?: number;
@@ -19,6 +19,7 @@ export class ProcessPoolExecutor {
 
   constructor(options?: ExecutorOptions) {
     const opts = validateObject(options, 'options') as ExecutorOptions;
+    if (opts.maxWorkers !== undefined) validateInteger(opts.maxWorkers, 'options.maxWorkers', 1, 4096);
     this.#pool = new Pool({
       processes: opts.maxWorkers,
       maxTasksPerChild: opts.maxTasksPerChild,

@@ -14,6 +14,7 @@ export type { ProcessOptions, ModuleTarget, StartMethod } from './process';
 export { Pool, AsyncResult } from './pool';
 export type { PoolOptions, TaskOptions, ApplyAsyncOptions, ChunkOptions } from './pool';
 export { ProcessPoolExecutor } from './executor';
+export { Manager } from './manager';
 export type { ExecutorOptions } from './executor';
 export {
   MultiprocessingError,

@@ -60,7 +60,16 @@ export class Channel {
     if (json !== null) {
       this.#text += 'J' + json + '\n';
     } else {
-      const body = encode(msg);
+      const fds: number[] = [];
+      const body = encode(msg, { fds });
+      if (fds.length > 0) {
+        // The pool's channel is a libuv stream, which cannot carry fds.
+        const e = new TypeError(
+          'a Connection cannot travel to or from a pool task; pass it to a Process, or send it over another Connection',
+        ) as TypeError & { code: string };
+        e.code = 'ERR_MP_DATA_CLONE';
+        throw e;
+      }
       const head = Buffer.allocUnsafe(5);
       head[0] = BINARY_FRAME;
       head.writeUInt32LE(body.length, 1);
@@ -109,7 +118,16 @@ export class Channel {
         if (buf.length - offset < 5) break;
         const size = buf.readUInt32LE(offset + 1);
         if (buf.length - offset - 5 < size) break;
-        msg = decode(buf.subarray(offset + 5, offset + 5 + size));
+        try {
+          msg = decode(buf.subarray(offset + 5, offset + 5 + size));
+        } catch (err) {
+          // A message this process cannot revive: the peer and this process
+          // disagree on the protocol. Drop the channel rather than the process
+          // (the pool then treats the worker as crashed).
+          process.emitWarning(`posix-multiprocessing: closing a pool channel: ${(err as Error).message}`);
+          this.destroy();
+          return;
+        }
         offset += 5 + size;
       } else {
         // Not our protocol: nothing after this can be trusted.

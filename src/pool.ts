@@ -130,6 +130,13 @@ function abortError(signal: AbortSignal): Error {
   return e;
 }
 
+function iterableArg<T>(value: Iterable<T>): Iterable<T> {
+  if (value == null || typeof (value as any)[Symbol.iterator] !== 'function') {
+    throw invalidType('iterable', 'an iterable', value);
+  }
+  return value;
+}
+
 function signalName(exitCode: number | null): NodeJS.Signals | null {
   if (exitCode === null || exitCode >= 0) return null;
   const entry = Object.entries(os.constants.signals).find(([, n]) => n === -exitCode);
@@ -276,6 +283,10 @@ export class Pool {
       (msg) => this.#onMessage(worker, msg as FromWorker),
       () => {
         worker.channelClosed = true;
+        // Between its channel closing and its exit being reaped, nothing else
+        // may hold the event loop open (a lone worker being recycled, with the
+        // next task waiting for its replacement): a pending join() does.
+        if (!worker.exited) void worker.process.join().catch(() => undefined);
         this.#maybeRetire(worker);
       },
     );
@@ -510,7 +521,7 @@ export class Pool {
     try {
       this.#checkOpen();
       const { chunksize } = validateObject(options, 'options') as ChunkOptions;
-      const items = Array.isArray(iterable) ? iterable : Array.from(iterable);
+      const items = Array.isArray(iterable) ? iterable : Array.from(iterableArg(iterable));
       return this.#mapItems(fn, items, chunksize, true) as Promise<Awaited<R>[]>;
     } catch (err) {
       return Promise.reject(err);
@@ -522,7 +533,7 @@ export class Pool {
     try {
       this.#checkOpen();
       const { chunksize } = validateObject(options, 'options') as ChunkOptions;
-      const items = Array.from(iterable, (args, i) => {
+      const items = Array.from(iterableArg(iterable), (args, i) => {
         if (!Array.isArray(args)) throw invalidType(`iterable[${i}]`, 'an array of arguments', args);
         return args;
       });

@@ -111,7 +111,24 @@ const passThrough = (v: object): boolean =>
   v instanceof RegExp ||
   ArrayBuffer.isView(v) ||
   v instanceof ArrayBuffer ||
-  (typeof SharedArrayBuffer !== 'undefined' && v instanceof SharedArrayBuffer);
+  // boxed primitives: structured clone keeps them
+  v instanceof Boolean ||
+  v instanceof Number ||
+  v instanceof String ||
+  (typeof BigInt !== 'undefined' && Object.prototype.toString.call(v) === '[object BigInt]');
+
+// What structured clone refuses (v8.serialize throws DataCloneError for these);
+// copying their (absent) own properties would silently turn them into {}.
+function uncloneable(v: object): string | undefined {
+  if (v instanceof WeakMap) return 'WeakMap';
+  if (v instanceof WeakSet) return 'WeakSet';
+  if (typeof WeakRef !== 'undefined' && v instanceof WeakRef) return 'WeakRef';
+  if (v instanceof Promise) return 'Promise';
+  if (typeof SharedArrayBuffer !== 'undefined' && v instanceof SharedArrayBuffer) {
+    return 'SharedArrayBuffer (it cannot be shared between processes; use SharedMemory)';
+  }
+  return undefined;
+}
 
 function isError(v: object): v is Error {
   return v instanceof Error || Object.prototype.toString.call(v) === '[object Error]';
@@ -131,6 +148,8 @@ function prepare(value: unknown, ctx: CodecContext, seen: Map<object, unknown>):
     seen.set(value, value);
     return value;
   }
+  const refused = uncloneable(value);
+  if (refused) throw cloneError(`a ${refused} could not be cloned`);
   const reg = registrationOf(value);
   if (reg) {
     const out: Record<string, unknown> = { [MARK]: reg.tag };
@@ -147,6 +166,8 @@ function prepare(value: unknown, ctx: CodecContext, seen: Map<object, unknown>):
     out.stack = value.stack;
     if ('cause' in value) out.cause = prepare(value.cause, ctx, seen);
     const props: Record<string, unknown> = {};
+    // AggregateError keeps its errors in an own, non-enumerable property.
+    if (value instanceof AggregateError) props.errors = prepare(value.errors, ctx, seen);
     for (const key of Object.keys(value)) {
       if (key !== 'cause' && key !== 'stack' && key !== 'message') {
         props[key] = prepare((value as unknown as Record<string, unknown>)[key], ctx, seen);
@@ -186,6 +207,7 @@ function prepare(value: unknown, ctx: CodecContext, seen: Map<object, unknown>):
 }
 
 const errorConstructors: Record<string, ErrorConstructor> = {
+  AggregateError: AggregateError as unknown as ErrorConstructor,
   Error,
   TypeError,
   RangeError,
@@ -292,7 +314,10 @@ export function decode(bytes: Uint8Array, ctx: CodecContext = { fds: [] }): unkn
   if (buf[0] === JSON_TAG) return JSON.parse(buf.toString('utf8', 1));
   if (buf[0] === V8_TAG) {
     if (buf.length === 1) return undefined;
-    return revive(v8().deserialize(buf.subarray(1)), ctx, new Map());
+    // v8's deserializer returns typed arrays as views into the bytes it reads
+    // when they happen to be aligned; a transport reuses its receive buffer,
+    // so the bytes must belong to this message alone.
+    return revive(v8().deserialize(Buffer.from(buf.subarray(1))), ctx, new Map());
   }
   throw cloneError(`cannot decode a message with tag 0x${buf[0].toString(16)}`);
 }

@@ -235,3 +235,22 @@ describe('Pipe / Connection across processes', () => {
     mine.close();
   }, 20_000);
 });
+
+describe('received values own their memory', () => {
+  it('a typed array from recv() is not overwritten by the next message', async () => {
+    const [a, b] = Pipe();
+    try {
+      a.send(new Uint8Array([1, 2, 3]));
+      const first = (await b.recv()) as Uint8Array;
+      a.send({ nested: Buffer.from('second') });
+      a.send(new Uint8Array([7, 7, 7]));
+      const second = (await b.recv()) as { nested: Uint8Array };
+      await b.recv();
+      expect(Array.from(first)).toEqual([1, 2, 3]);
+      expect(Buffer.from(second.nested).toString()).toBe('second');
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
+});

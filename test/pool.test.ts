@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -175,6 +176,21 @@ describe('Pool', () => {
     });
   });
 
+  it('a lone worker recycled by maxTasksPerChild keeps the program alive until the work is done', () => {
+    const script = path.join(__dirname, 'fixtures', 'programs', 'pool-recycle.mjs');
+    const out = execFileSync(process.execPath, [script], { encoding: 'utf8', timeout: 60_000 });
+    const pids = JSON.parse(out.trim());
+    expect(pids).toHaveLength(3);
+    expect(new Set(pids).size).toBe(3);
+  }, 70_000);
+
+  it('a Connection cannot travel to or from a task: the task rejects, the parent survives', async () => {
+    await withPool({ processes: 1 }, async (pool) => {
+      await expect(pool.apply(tasks.makeConnection, [])).rejects.toMatchObject({ code: 'ERR_MP_DATA_CLONE' });
+      expect(await pool.apply(tasks.add, [1, 1])).toBe(2);
+    });
+  });
+
   it('an initializer that throws breaks the pool instead of respawning forever', async () => {
     const pool = new Pool({ processes: 2, initializer: tasks.badInit });
     const err = await pool.apply(tasks.add, [1, 2]).catch((e) => e);
@@ -225,6 +241,9 @@ describe('Pool', () => {
       await expect(pool.apply('nope' as never, [])).rejects.toBeInstanceOf(TypeError);
       await expect(pool.apply(() => 1, [])).rejects.toMatchObject({ code: 'ERR_MP_TARGET_NOT_IMPORTABLE' });
       await expect(pool.map(tasks.square, [1], { chunksize: 0 })).rejects.toBeInstanceOf(RangeError);
+      await expect(pool.map(tasks.square, 5 as never)).rejects.toBeInstanceOf(TypeError);
+      await expect(pool.starmap(tasks.add, null as never)).rejects.toMatchObject({ code: 'ERR_INVALID_ARG_TYPE' });
+      await expect(pool.apply(tasks.identity, [new WeakMap()])).rejects.toMatchObject({ code: 'ERR_MP_DATA_CLONE' });
       await expect(pool.apply(tasks.identity, [() => 1])).rejects.toMatchObject({ code: 'ERR_MP_DATA_CLONE' });
       expect(await pool.apply(tasks.identity, [new Map([[1, new Set([2])]])])).toEqual(new Map([[1, new Set([2])]]));
     });
