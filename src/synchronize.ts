@@ -49,6 +49,8 @@ export interface AcquireOptions {
   /** Seconds; undefined waits without limit. */
   timeout?: number;
   signal?: AbortSignal;
+  /** false: do not wait (Python's acquire(blocking=False)). */
+  blocking?: boolean;
 }
 export interface AcquireSyncOptions {
   blocking?: boolean;
@@ -103,6 +105,15 @@ function parseAcquireSync(options: unknown): { blocking: boolean; timeout: numbe
   const o = validateObject(options, 'options');
   const blocking = o.blocking === undefined ? true : validateBoolean(o.blocking, 'options.blocking');
   return { blocking, timeout: validateTimeout(o.timeout, 'options.timeout') };
+}
+
+// acquire() also takes Python's `blocking: false` (a try-acquire), so that the
+// idiom does not silently become an unbounded wait.
+function parseAcquire(options: unknown): { timeout: number | undefined; signal: AbortSignal | undefined } {
+  const parsed = parseWait(options);
+  const blocking = typeof options === 'object' && options !== null ? (options as { blocking?: unknown }).blocking : undefined;
+  if (blocking !== undefined && !validateBoolean(blocking, 'options.blocking')) parsed.timeout = 0;
+  return parsed;
 }
 
 function parseWait(options: unknown): { timeout: number | undefined; signal: AbortSignal | undefined } {
@@ -333,7 +344,7 @@ export class Lock extends LockBase {
 
   async acquire(options?: AcquireOptions): Promise<boolean> {
     const w = this.w;
-    const { timeout, signal } = parseWait(options);
+    const { timeout, signal } = parseAcquire(options);
     if (signal?.aborted) throw abortError(signal);
     if (Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return true;
     return this.#took(await lockAcquireAsync(w, 0, deadlineOf(timeout), signal));
@@ -409,7 +420,7 @@ export class RLock extends LockBase {
 
   async acquire(options?: AcquireOptions): Promise<boolean> {
     const w = this.w;
-    const { timeout, signal } = parseWait(options);
+    const { timeout, signal } = parseAcquire(options);
     if (signal?.aborted) throw abortError(signal);
     if (this.#mine(w)) {
       w.i32[w.base + R_COUNT]++;
@@ -515,7 +526,7 @@ export class Semaphore extends SyncObject {
 
   async acquire(options?: AcquireOptions): Promise<boolean> {
     const w = this.w;
-    const { timeout, signal } = parseWait(options);
+    const { timeout, signal } = parseAcquire(options);
     if (signal?.aborted) throw abortError(signal);
     if (this.#try(w)) return true;
     const deadline = deadlineOf(timeout);
@@ -672,7 +683,12 @@ const MAX_SLEEPERS = 0xffff;
 export class Condition extends SyncObject {
   readonly #lock: Lock | RLock;
 
-  constructor(lock?: Lock | RLock, options?: NamedOptions) {
+  constructor(lock?: Lock | RLock | NamedOptions, options?: NamedOptions) {
+    // new Condition({ name }) names the condition, as every other class is named.
+    if (options === undefined && lock !== null && typeof lock === 'object' && Object.getPrototypeOf(lock) === Object.prototype) {
+      options = lock as NamedOptions;
+      lock = undefined;
+    }
     if (lock !== undefined && lock !== null && !(lock instanceof Lock) && !(lock instanceof RLock)) {
       throw invalidType('lock', 'a Lock or an RLock', lock);
     }
@@ -686,26 +702,40 @@ export class Condition extends SyncObject {
 
   /** The lock this condition uses. */
   get lock(): Lock | RLock {
+    return this.#open();
+  }
+
+  // The lock's methods, through this condition: a closed condition refuses them.
+  #open(): Lock | RLock {
+    void this.w;
     return this.#lock;
   }
 
   acquire(options?: AcquireOptions): Promise<boolean> {
-    return this.#lock.acquire(options);
+    try {
+      return this.#open().acquire(options);
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
   acquireSync(options?: AcquireSyncOptions): boolean {
-    return this.#lock.acquireSync(options);
+    return this.#open().acquireSync(options);
   }
   release(): void {
-    this.#lock.release();
+    this.#open().release();
   }
   locked(): boolean {
-    return this.#lock.locked();
+    return this.#open().locked();
   }
   withLock<T>(fn: () => T | Promise<T>): Promise<T> {
-    return this.#lock.withLock(fn);
+    try {
+      return this.#open().withLock(fn);
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
   withLockSync<T>(fn: () => T): T {
-    return this.#lock.withLockSync(fn);
+    return this.#open().withLockSync(fn);
   }
 
   #checkOwned(what: string): Words {
@@ -813,6 +843,7 @@ export class Condition extends SyncObject {
 
   /** Waits until predicate() is truthy (re-checked after each wake); resolves its last value. */
   async waitFor<T>(predicate: () => T | Promise<T>, options?: WaitOptions | number): Promise<T> {
+    this.#open();
     if (typeof predicate !== 'function') throw invalidType('predicate', 'a function', predicate);
     const { timeout, signal } = parseWait(options);
     const deadline = deadlineOf(timeout);
@@ -827,6 +858,7 @@ export class Condition extends SyncObject {
   }
 
   waitForSync<T>(predicate: () => T, options?: { timeout?: number } | number): T {
+    this.#open();
     if (typeof predicate !== 'function') throw invalidType('predicate', 'a function', predicate);
     const { timeout } = parseWait(options);
     const deadline = deadlineOf(timeout);

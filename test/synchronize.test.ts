@@ -642,3 +642,40 @@ describe('teardown', () => {
     expect(result).toEqual({ code: 0, stdout: 'done\n' });
   }, 30_000);
 });
+
+describe('API edges', () => {
+  it("acquire({ blocking: false }) is a try-acquire, as Python's acquire(blocking=False)", async () => {
+    const lock = new Lock();
+    const sem = new Semaphore(0);
+    try {
+      expect(lock.acquireSync()).toBe(true);
+      expect(await lock.acquire({ blocking: false })).toBe(false);
+      expect(await sem.acquire({ blocking: false })).toBe(false);
+      lock.release();
+      expect(await lock.acquire({ blocking: false })).toBe(true);
+      lock.release();
+      await expect(lock.acquire({ blocking: 'no' as never })).rejects.toBeInstanceOf(TypeError);
+    } finally {
+      lock.close();
+      sem.close();
+    }
+  });
+
+  it('a closed Condition refuses its lock methods too; new Condition({ name }) names it', async () => {
+    const c = new Condition();
+    c.close();
+    expect(() => c.acquireSync()).toThrow(expect.objectContaining({ code: 'ERR_MP_CLOSED' }));
+    expect(() => c.release()).toThrow(expect.objectContaining({ code: 'ERR_MP_CLOSED' }));
+    await expect(c.acquire()).rejects.toMatchObject({ code: 'ERR_MP_CLOSED' });
+    await expect(c.waitFor(() => true)).rejects.toMatchObject({ code: 'ERR_MP_CLOSED' });
+    const name = `pmp_test_cond_${process.pid}`;
+    const named = new Condition({ name });
+    try {
+      expect(named.acquireSync()).toBe(true);
+      named.release();
+    } finally {
+      named.close();
+      Condition.unlink(name);
+    }
+  });
+});
