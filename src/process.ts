@@ -38,6 +38,8 @@ export interface ChildHeader {
   daemon: boolean;
   parentPid: number;
   parentName: string;
+  /** The parent's process.argv: the child sees the same (Python's spawn passes sys.argv). */
+  argv: string[];
   deathSignal: number;
   /** How many fds travel with the arguments: they sit at 4, 5, ... in the child. */
   fds: number;
@@ -218,6 +220,7 @@ export class Process implements ChildRecord {
       daemon: this.#daemon,
       parentPid: process.pid,
       parentName: ctx.current.name,
+      argv: process.argv,
       deathSignal: this.#daemon ? SIGKILL : SIGTERM,
       fds: 0,
       target: this.#resolveTarget(),

@@ -48,6 +48,8 @@ describe('Process basics', () => {
     expect(p.isAlive()).toBe(false);
     const seen = readJson(file);
     expect(seen.pid).toBe(p.pid);
+    // Python's spawn gives the child the parent's sys.argv; so do we.
+    expect(seen.argv.slice(1)).toEqual(process.argv.slice(1));
     expect(seen.ppid).toBe(process.pid);
     expect(seen.current.name).toBe(p.name);
     expect(seen.current.daemon).toBe(false);

@@ -88,7 +88,8 @@ describe('Lock', () => {
     expect(() => new Lock(5 as any)).toThrow(TypeError);
     expect(() => new Semaphore(-1)).toThrow(RangeError);
     expect(() => new Barrier(0)).toThrow(RangeError);
-    expect(() => new Condition({} as any)).toThrow(TypeError);
+    expect(() => new Condition(5 as any)).toThrow(TypeError);
+    expect(() => new Condition(new Semaphore(1) as any)).toThrow(TypeError);
   });
 
   it('rejects a waiting acquire() with an AbortError when its signal aborts', async () => {

@@ -40,6 +40,8 @@ async function main(): Promise<void> {
   ctx.isMain = false;
   ctx.identity = header.identity;
   ctx.parent = { pid: header.parentPid, name: header.parentName };
+  // Modules that read process.argv at top level see what they see in the parent.
+  if (Array.isArray(header.argv)) process.argv = [process.argv[0], ...header.argv.slice(1)];
   ctx.current = { name: header.name, pid: process.pid, daemon: header.daemon };
   if (process.platform === 'darwin') binding.watchParent(header.parentPid, header.deathSignal);
 
