@@ -9,7 +9,6 @@
 // send() never blocks: what the kernel does not take now is queued and written
 // when the fd is writable (and, at process exit, synchronously, so a child that
 // sends and returns does not lose its last message).
-import * as fs from 'node:fs';
 
 import { binding, type FdWatcher } from './native';
 import { closedError, EOFError, stateError } from './errors';
@@ -69,7 +68,7 @@ function eofError(): EOFError {
 function closeFds(fds: number[]): void {
   for (const fd of fds) {
     try {
-      fs.closeSync(fd);
+      binding.closeFd(fd);
     } catch {
       // already closed
     }
@@ -90,7 +89,7 @@ function installExitHook(): void {
 // A connection dropped without close() still gives its fd back.
 const finalizer = new FinalizationRegistry<number>((fd) => {
   try {
-    fs.closeSync(fd);
+    binding.closeFd(fd);
   } catch {
     // already closed
   }
@@ -609,7 +608,7 @@ export class Connection {
     for (const chunk of this.#out.splice(0)) closeFds(chunk.fds);
     if (this.#fd >= 0) {
       try {
-        fs.closeSync(this.#fd);
+        binding.closeFd(this.#fd);
       } catch {
         // already closed
       }

@@ -4,7 +4,6 @@
 // which is all another process needs to map the same bytes.
 import { constants as bufferConstants } from 'node:buffer';
 import { randomBytes } from 'node:crypto';
-import * as fs from 'node:fs';
 
 import { binding, type Mapping } from './native';
 import { track, untrack } from './resource-tracker';
@@ -85,7 +84,7 @@ class SharedHeap {
         }
         seg = { name: ref.segment, mapping: new binding.Mapping(fd, size), size, used: size, owned: false };
       } finally {
-        fs.closeSync(fd);
+        binding.closeFd(fd);
       }
       this.#segments.set(seg.name, seg);
     }
@@ -112,7 +111,7 @@ class SharedHeap {
       binding.shmUnlink(name);
       throw err;
     } finally {
-      fs.closeSync(fd);
+      binding.closeFd(fd);
     }
     // Registered with the tracker, so a crash of this process does not leave it
     // behind: it goes when this process is gone, as at a normal exit.

@@ -262,10 +262,10 @@ export class Pool {
       proc.name = proc.name.replace(/^Process/, 'SpawnPoolWorker');
       proc.start();
     } catch (err) {
-      fs.closeSync(parentEnd);
+      binding.closeFd(parentEnd);
       throw err;
     } finally {
-      fs.closeSync(childEnd);
+      binding.closeFd(childEnd);
     }
     const worker: Worker = {
       process: proc,

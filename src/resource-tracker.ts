@@ -99,10 +99,10 @@ export function ensureRunning(): number {
     child.unref();
     s.pid = child.pid;
   } catch (err) {
-    fs.closeSync(writeEnd);
+    binding.closeFd(writeEnd);
     throw err;
   } finally {
-    fs.closeSync(readEnd);
+    binding.closeFd(readEnd);
   }
   s.fd = writeEnd;
   s.ino = fs.fstatSync(writeEnd).ino;

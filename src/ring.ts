@@ -114,7 +114,7 @@ export class Ring {
       binding.shmUnlink(name);
       throw err;
     } finally {
-      fs.closeSync(fd);
+      binding.closeFd(fd);
     }
     track(name, 'shm', { lifetime: 'process' });
     const i32 = new Int32Array(mapping.buffer, 0, HEADER_BYTES / 4);
@@ -143,7 +143,7 @@ export class Ring {
         if (size < HEADER_BYTES) throw new Error('the shared memory segment is not a queue');
         mapping = mapSegment(ref.segment, fd, size);
       } finally {
-        fs.closeSync(fd);
+        binding.closeFd(fd);
       }
     }
     const i32 = new Int32Array(mapping.buffer, 0, HEADER_BYTES / 4);
@@ -420,7 +420,7 @@ function writeSpill(data: Uint8Array): string {
     unlinkSpill(name);
     throw err;
   } finally {
-    fs.closeSync(fd);
+    binding.closeFd(fd);
   }
   return name;
 }
@@ -437,7 +437,7 @@ function readSpill(name: string): Buffer {
     }
     return out;
   } finally {
-    fs.closeSync(fd);
+    binding.closeFd(fd);
     unlinkSpill(name);
   }
 }

@@ -4,7 +4,6 @@
 // related or not. Policy lives here; native/shm.cc only makes the syscalls.
 import { constants as bufferConstants } from 'node:buffer';
 import { randomBytes } from 'node:crypto';
-import * as fs from 'node:fs';
 
 import { closedError, stateError } from './errors';
 import { binding, type Mapping } from './native';
@@ -78,7 +77,7 @@ function randomName(): string {
 // A SharedMemory dropped without close() still gives its fd back.
 const fdReaper = new FinalizationRegistry<number>((fd) => {
   try {
-    fs.closeSync(fd);
+    binding.closeFd(fd);
   } catch {
     // already closed
   }
@@ -133,7 +132,7 @@ export class SharedMemory {
       checkMappable(this.#size, create ? 'options.size' : `the size of shared memory '${name.slice(1)}'`);
       this.#mapping = new binding.Mapping(fd, this.#size);
     } catch (err) {
-      fs.closeSync(fd);
+      binding.closeFd(fd);
       if (create) {
         try {
           binding.shmUnlink(name);
@@ -196,7 +195,7 @@ export class SharedMemory {
     this.#mapping = undefined;
     this.#buf = undefined;
     fdReaper.unregister(this);
-    fs.closeSync(this.#fd);
+    binding.closeFd(this.#fd);
     this.#fd = -1;
   }
 

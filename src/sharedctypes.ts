@@ -2,7 +2,6 @@
 // memory, as Python's multiprocessing.sharedctypes. Memory comes from the shared
 // heap (heap.ts), so many small Values share one mapping; the lock, when there
 // is one, is injected (an RLock by default, or any lock the caller supplies).
-import * as fs from 'node:fs';
 
 import { closedError, stateError } from './errors';
 import { heap, type BlockRef } from './heap';
@@ -253,7 +252,7 @@ function mapPrivately(ref: BlockRef): Mapping {
     if (ref.offset + ref.size > size) throw outOfRange('block', `inside its segment of ${size} bytes`, `${ref.offset}+${ref.size}`);
     return new binding.Mapping(fd, size);
   } finally {
-    fs.closeSync(fd);
+    binding.closeFd(fd);
   }
 }
 

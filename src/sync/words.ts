@@ -140,7 +140,7 @@ export function openNamed(
       if (created) binding.shmUnlink(segment);
       throw err;
     } finally {
-      fs.closeSync(fd);
+      binding.closeFd(fd);
     }
     const ref = { segment, offset: DATA_OFFSET, size: OBJECT_BYTES };
     const words = wordsOf(mapping.buffer, ref, () => mapping.unmap());
