@@ -203,7 +203,7 @@ abstract class SharedScalar<T extends number | bigint> {
 export class Value<T extends number | bigint = number> extends SharedScalar<T> {
   #lock: LockLike | boolean;
 
-  constructor(type: TypeCode | TypeName, initial: T | number = 0, options?: { lock?: boolean | LockLike }) {
+  constructor(type: TypeCode | TypeName, initial: NoInfer<T> | number | bigint = 0, options?: { lock?: boolean | LockLike }) {
     const revived = isRevived(type) ? type : undefined;
     super(revived ? undefined : type, initial, revived);
     this.#lock = revived ? revived.lock ?? false : lockOption(options);
@@ -228,7 +228,7 @@ export class Value<T extends number | bigint = number> extends SharedScalar<T> {
 
 /** A number in shared memory without a lock (Python's RawValue). */
 export class RawValue<T extends number | bigint = number> extends SharedScalar<T> {
-  constructor(type: TypeCode | TypeName, initial: T | number = 0) {
+  constructor(type: TypeCode | TypeName, initial: NoInfer<T> | number | bigint = 0) {
     const revived = isRevived(type) ? type : undefined;
     super(revived ? undefined : type, initial, revived);
   }
