@@ -6,6 +6,7 @@ import { constants as bufferConstants } from 'node:buffer';
 import { randomBytes } from 'node:crypto';
 
 import { binding, type Mapping } from './native';
+import { createSegment } from './segment';
 import { track, untrack } from './resource-tracker';
 import { outOfRange } from './validate';
 
@@ -102,17 +103,7 @@ class SharedHeap {
 
   #create(size: number): Segment {
     const name = `/pmp-${process.pid}-${++this.#counter}-${randomBytes(4).toString('hex')}`;
-    const fd = binding.shmOpen(name, true, true, 0o600);
-    let seg: Segment;
-    try {
-      binding.ftruncate(fd, size);
-      seg = { name, mapping: new binding.Mapping(fd, size), size, used: 0, owned: true };
-    } catch (err) {
-      binding.shmUnlink(name);
-      throw err;
-    } finally {
-      binding.closeFd(fd);
-    }
+    const seg: Segment = { name, mapping: createSegment(name, size), size, used: 0, owned: true };
     // Registered with the tracker, so a crash of this process does not leave it
     // behind: it goes when this process is gone, as at a normal exit.
     track(name, 'shm', { lifetime: 'process' });

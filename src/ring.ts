@@ -16,6 +16,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 
 import { track, untrack } from './resource-tracker';
+import { createSegment } from './segment';
 import { JSON_TAG_BYTE } from './serialize';
 import { binding, type Mapping } from './native';
 import { type WaitWord, waitSync, wakeAll, wakeOne } from './wait-word';
@@ -105,17 +106,8 @@ export class Ring {
   /** A new ring in a segment of its own; its name goes at close() by the creator, or at exit. */
   static create(maxsize: number, capacity = DEFAULT_CAPACITY): Ring {
     const name = `/pmp-q-${process.pid}-${++ringCounter}-${randomBytes(4).toString('hex')}`;
-    const fd = binding.shmOpen(name, true, true, 0o600);
-    let mapping: Mapping;
-    try {
-      binding.ftruncate(fd, HEADER_BYTES + capacity);
-      mapping = mapSegment(name, fd, HEADER_BYTES + capacity);
-    } catch (err) {
-      binding.shmUnlink(name);
-      throw err;
-    } finally {
-      binding.closeFd(fd);
-    }
+    const mapping = createSegment(name, HEADER_BYTES + capacity);
+    mappings.set(name, new WeakRef(mapping));
     track(name, 'shm', { lifetime: 'process' });
     const i32 = new Int32Array(mapping.buffer, 0, HEADER_BYTES / 4);
     i32[MAXSIZE] = maxsize;
