@@ -11,6 +11,7 @@ import { decode, encode, encodeJson, registerTransferable } from './serialize';
 const JSON_FRAME = 0x4a; // 'J'
 const BINARY_FRAME = 0x56; // 'V'
 const NEWLINE = 0x0a;
+const LARGE = 16 * 1024;
 
 /** An fd that a child inherits at start (it travels in Process args). */
 export class InheritedFd {
@@ -77,7 +78,12 @@ export class Channel {
       this.#text = '';
       this.#parts.push(head, body);
     }
-    if (!this.#flushScheduled) {
+    // A large message leaves at once, so the peer starts on it while this
+    // process encodes the next (a map's chunks); small ones wait for the turn
+    // to end and leave together.
+    if (this.#text.length + this.#parts.length * LARGE > LARGE) {
+      this.#flush();
+    } else if (!this.#flushScheduled) {
       this.#flushScheduled = true;
       queueMicrotask(() => this.#flush());
     }
