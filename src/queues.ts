@@ -13,6 +13,17 @@ import { decode, encode, encodeJsonText, registerTransferable } from './serializ
 import { validateBoolean, validateInteger, validateObject, validateSignal, validateTimeout } from './validate';
 import { type WaitResult, type WaitWord, waitAsync, waitSync, wakeAll, wakeOne } from './wait-word';
 
+// Sleepers wake at least this often and look again. A put wakes one consumer
+// only when the queue goes from empty to non-empty, and that consumer passes
+// the wake on if it leaves items behind; a consumer killed between its wake-up
+// and its take cannot, so without a bound the others would sleep on beside a
+// non-empty queue.
+const SLICE_MS = 100;
+
+function sliceOf(leftMs: number): number {
+  return Math.ceil(Math.min(leftMs, SLICE_MS));
+}
+
 export interface QueueWaitOptions {
   /** Wait when the queue is full (put) or empty (get); default true. */
   block?: boolean;
@@ -205,7 +216,7 @@ abstract class QueueBase<T> {
   #sleepSync(word: WaitWord, waiters: number, seq: number, leftMs: number): void {
     Atomics.add(word.i32, waiters, 1);
     try {
-      waitSync(word, seq, leftMs === Infinity ? -1 : Math.ceil(leftMs));
+      waitSync(word, seq, sliceOf(leftMs));
     } finally {
       Atomics.sub(word.i32, waiters, 1);
     }
@@ -214,7 +225,7 @@ abstract class QueueBase<T> {
   // One wait on the word, cancellable by close() and by the signal.
   protected async sleep(word: WaitWord, seq: number, leftMs: number, signal?: AbortSignal): Promise<WaitResult> {
     signal?.throwIfAborted();
-    const { promise, cancel } = waitAsync(word, seq, leftMs === Infinity ? -1 : Math.ceil(leftMs));
+    const { promise, cancel } = waitAsync(word, seq, sliceOf(leftMs));
     let rejectPending: (err: unknown) => void = () => {};
     const interrupted = new Promise<never>((_, reject) => {
       rejectPending = reject;
