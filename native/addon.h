@@ -11,7 +11,6 @@ struct FutexState;
 // Per-environment state: one per Node environment (main thread or worker).
 // Napi::Env::SetInstanceData deletes it when the environment is torn down.
 struct AddonData {
-  Napi::FunctionReference exit_watcher_ctor;
   Napi::FunctionReference futex_wait_handle_ctor;
   FutexState* futex = nullptr;  // futex.cc; never freed: waiter threads may outlive the environment
 };

@@ -5,7 +5,7 @@
 //   spawn(file, argv, envp, keepFds, deathSignal) -> pid
 //   new ExitWatcher(pid, onExit)   onExit(exitCode) once; exitCode is -signo
 //                                  for a signal death, as in CPython
-//   watcher.ref() / unref() / waitSync(timeoutMs) / close()
+//   watcher.ref() / unref() / waitSync(timeoutMs)
 //   watchParent(ppid, signal)      macOS only: the parent-death signal Linux
 //                                  gives us through PR_SET_PDEATHSIG
 //
@@ -258,9 +258,7 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
     return DefineClass(env, "ExitWatcher",
                        {InstanceMethod<&ExitWatcher::RefLoop>("ref"),
                         InstanceMethod<&ExitWatcher::UnrefLoop>("unref"),
-                        InstanceMethod<&ExitWatcher::WaitSync>("waitSync"),
-                        InstanceMethod<&ExitWatcher::Close>("close"),
-                        InstanceAccessor<&ExitWatcher::Kind>("kind")});
+                        InstanceMethod<&ExitWatcher::WaitSync>("waitSync")});
   }
 
   explicit ExitWatcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ExitWatcher>(info) {
@@ -289,7 +287,6 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
     if (fd_ < 0 && errno != ENOSYS && errno != EINVAL && errno != EPERM) {
       ThrowSystemError(env, errno, "pidfd_open");
     }
-    if (fd_ >= 0) kind_ = "pidfd";
 #elif defined(__APPLE__)
     fd_ = kqueue();
     if (fd_ < 0) ThrowSystemError(env, errno, "kqueue");
@@ -301,8 +298,6 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
       // below reaps it on the next loop turn.
       close(fd_);
       fd_ = -1;
-    } else {
-      kind_ = "kqueue";
     }
 #endif
     if (fd_ >= 0) {
@@ -399,8 +394,6 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
     return info.Env().Undefined();
   }
 
-  Napi::Value Kind(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), kind_); }
-
   // Blocks the calling thread until the child exits or timeoutMs passes
   // (negative: no limit). Returns the exit code, or null on timeout. On exit
   // the onExit callback runs first, synchronously, so state has one source.
@@ -445,20 +438,6 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
     nanosleep(&ts, nullptr);
   }
 
-  Napi::Value Close(const Napi::CallbackInfo& info) {
-    // Stop watching without reaping (used only when the owner is torn down).
-    if (!done_) {
-      done_ = true;
-      StopHandles();
-      if (hook_added_) {
-        napi_remove_env_cleanup_hook(Env(), CleanupHook, this);
-        hook_added_ = false;
-      }
-      Unref();
-    }
-    return info.Env().Undefined();
-  }
-
   pid_t pid_ = 0;
   int fd_ = -1;
   uv_loop_t* loop_ = nullptr;
@@ -467,7 +446,6 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
   bool done_ = false;
   bool hook_added_ = false;
   int exit_code_ = 0;
-  const char* kind_ = "timer";
   Napi::FunctionReference callback_;
 };
 
@@ -543,7 +521,6 @@ void InitProcess(Napi::Env env, Napi::Object exports, AddonData* data) {
   exports.Set("closeFd", Napi::Function::New<CloseFd>(env, "closeFd"));
   exports.Set("watchParent", Napi::Function::New<WatchParent>(env, "watchParent"));
   Napi::Function watcher = ExitWatcher::Define(env);
-  data->exit_watcher_ctor = Napi::Persistent(watcher);
   exports.Set("ExitWatcher", watcher);
 }
 

@@ -10,10 +10,6 @@ export interface ExitWatcher {
   unref(): void;
   /** Block up to timeoutMs (negative: no limit); the exit code, or null on timeout. */
   waitSync(timeoutMs: number): number | null;
-  /** Stop watching without reaping. */
-  close(): void;
-  /** How exits are watched: 'pidfd', 'kqueue' or 'timer'. */
-  readonly kind: string;
 }
 
 export interface Mapping {
