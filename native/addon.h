@@ -7,17 +7,22 @@
 namespace pmp {
 
 struct FutexState;
+struct SemState;
 
 // Per-environment state: one per Node environment (main thread or worker).
 // Napi::Env::SetInstanceData deletes it when the environment is torn down.
 struct AddonData {
   Napi::FunctionReference futex_wait_handle_ctor;
   FutexState* futex = nullptr;  // futex.cc; never freed: waiter threads may outlive the environment
+  Napi::FunctionReference sem_handle_ctor;
+  Napi::FunctionReference sem_wait_handle_ctor;
+  SemState* sem = nullptr;  // semaphore.cc; never freed, as futex
 };
 
 void InitProcess(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitPipe(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitShm(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitFutex(Napi::Env env, Napi::Object exports, AddonData* data);
+void InitSemaphore(Napi::Env env, Napi::Object exports, AddonData* data);
 
 }  // namespace pmp

@@ -29,6 +29,7 @@ export {
 } from './errors';
 export { Lock, RLock, Semaphore, BoundedSemaphore, Event, Condition, Barrier } from './synchronize';
 export type { NamedOptions, AcquireOptions, AcquireSyncOptions, WaitOptions, BarrierOptions } from './synchronize';
+export type { SemaphoreOptions } from './posix-semaphore';
 export { registerTransferable } from './serialize';
 export type { Transferable, CodecContext } from './serialize';
 export { SharedMemory } from './shared-memory';

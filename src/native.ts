@@ -35,6 +35,16 @@ export interface FutexWaitHandle {
   cancel(): void;
 }
 
+/** An open POSIX named semaphore (semaphore.cc); opaque. */
+export interface SemHandle {
+  readonly __semHandle: never;
+}
+
+export interface SemWaitHandle {
+  /** Ends the wait: the callback receives 'cancelled'; a unit taken meanwhile is posted back. */
+  cancel(): void;
+}
+
 export interface Binding {
   spawn(file: string, argv: string[], envp: string[], keepFds: number[], deathSignal: number): number;
   watchParent(ppid: number, signal: number): boolean;
@@ -72,6 +82,25 @@ export interface Binding {
     timeoutMs: number,
     callback: (result: 'ok' | 'timed-out' | 'not-equal' | 'cancelled' | 'fault') => void,
   ): FutexWaitHandle;
+  /** sem_open; create+exclusive is O_CREAT|O_EXCL. Handles are closed by semClose (then every call with them throws ERR_MP_CLOSED). */
+  semOpen(name: string, create: boolean, exclusive: boolean, mode: number, value: number): SemHandle;
+  semClose(handle: SemHandle): void;
+  /** false when the value is 0. */
+  semTryWait(handle: SemHandle): boolean;
+  /** Blocks this thread up to timeoutMs (negative: no limit); false on timeout. */
+  semTimedWait(handle: SemHandle, timeoutMs: number): boolean;
+  semPost(handle: SemHandle, n: number): void;
+  /** macOS: throws ERR_MP_UNSUPPORTED. */
+  semGetValue(handle: SemHandle): number;
+  semUnlink(name: string): void;
+  /** The wait on an addon-owned thread; callback runs on this thread ('fault' comes with a system error). */
+  semWaitAsync(
+    handle: SemHandle,
+    timeoutMs: number,
+    callback: (result: 'ok' | 'timed-out' | 'cancelled' | 'fault', error?: Error) => void,
+  ): SemWaitHandle;
+  /** SEM_VALUE_MAX. */
+  readonly semValueMax: number;
 }
 
 function load(): Binding {

@@ -9,6 +9,7 @@
 import { BrokenBarrierError, closedError, stateError } from './errors';
 import { importTarget, pickExport, requireModule } from './import-target';
 import { locate, type TargetRef } from './locate';
+import { linkPosixSemaphore, openPosixSemaphore, posixRequested, unlinkPosixSemaphore, type SemaphoreOptions } from './posix-semaphore';
 import { registerTransferable } from './serialize';
 import {
   PID,
@@ -478,7 +479,9 @@ function validateSemValue(value: unknown): number {
 }
 
 export class Semaphore extends SyncObject {
-  constructor(value: number = 1, options?: NamedOptions) {
+  constructor(value: number = 1, options?: SemaphoreOptions) {
+    // { posix: true } returns a POSIX named semaphore that is still a Semaphore (posix-semaphore.ts).
+    if (posixRequested(options)) return openPosixSemaphore(new.target, value, options!);
     const v = validateSemValue(value);
     const bounded = new.target === BoundedSemaphore || new.target.prototype instanceof BoundedSemaphore;
     super(bounded ? 'BoundedSemaphore' : 'Semaphore', options, (w) => {
@@ -572,6 +575,12 @@ export class Semaphore extends SyncObject {
 
   getValue(): number {
     return Atomics.load(this.w.i32, this.w.base);
+  }
+
+  /** Removes a named semaphore's name; `{ posix: true }` for a POSIX one (sem_unlink). */
+  static override unlink(name: string, options?: { posix?: boolean }): void {
+    if (posixRequested(validateObject(options, 'options'))) unlinkPosixSemaphore(name);
+    else super.unlink(name);
   }
 
   locked(): boolean {
@@ -1170,6 +1179,8 @@ function revive<T>(data: BlockRef, make: () => T): T {
 
 registerTransferable('pmp.Lock', Lock, { encode: (o) => o.ref(), decode: (d) => revive(d, () => new Lock()) });
 registerTransferable('pmp.RLock', RLock, { encode: (o) => o.ref(), decode: (d) => revive(d, () => new RLock()) });
+// The POSIX-backed ones before the word-based ones (they are instances of both).
+linkPosixSemaphore(Semaphore, BoundedSemaphore);
 // BoundedSemaphore first: the codec takes the first registration that matches.
 registerTransferable('pmp.BoundedSemaphore', BoundedSemaphore, {
   encode: (o) => o.ref(),

@@ -1,0 +1,509 @@
+// POSIX named semaphores, syscall-shaped: the object C and Python programs can
+// open by name (sem_open("/name", 0)) to share a count with us. Policy (names,
+// who creates, bounded checks) is src/posix-semaphore.ts's.
+//
+//   semOpen(name, create, exclusive, mode, value) -> handle     (sem_open)
+//   semClose(handle)             idempotent; later calls with the handle throw ERR_MP_CLOSED
+//   semTryWait(handle) -> bool   (sem_trywait; false when the value is 0)
+//   semTimedWait(handle, ms) -> bool   blocks this thread; ms < 0: no limit; false on timeout
+//   semPost(handle, n)           n x sem_post
+//   semGetValue(handle) -> n     (macOS has no sem_getvalue: throws ERR_MP_UNSUPPORTED)
+//   semUnlink(name)
+//   semWaitAsync(handle, ms, callback) -> { cancel() }
+//       the wait on an addon-owned thread (never the libuv threadpool, which a
+//       few parked waits would starve); callback(result, error?) runs on the JS
+//       thread, result 'ok' | 'timed-out' | 'cancelled' | 'fault'.
+//   semValueMax                  SEM_VALUE_MAX
+//
+// Linux waits with sem_timedwait (CLOCK_REALTIME, as POSIX defines it: a wall
+// clock step shortens or stretches a wait). macOS has no sem_timedwait: a
+// finite wait there is a sem_trywait loop with sleeps of at most 10 ms, so the
+// timeout is honoured within a few milliseconds.
+#include <fcntl.h>
+#include <napi.h>
+#include <semaphore.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_set>
+
+#include "addon.h"
+#include "errors.h"
+
+#ifndef SEM_VALUE_MAX
+#define SEM_VALUE_MAX INT_MAX
+#endif
+
+namespace pmp {
+
+namespace {
+
+// The open semaphore, shared by the JS handle and by waiter threads, so that
+// close() from JS never unmaps a semaphore a thread is still waiting on: the
+// last reference closes it.
+struct Sem {
+  sem_t* sem = nullptr;
+  std::atomic<int> refs{1};
+  void Ref() { ++refs; }
+  void Unref() {
+    if (--refs == 0) {
+      sem_close(sem);
+      delete this;
+    }
+  }
+};
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+enum class WaitResult { kOk, kTimedOut, kCancelled, kFault };
+
+// One wait of at most ms (ms < 0: no limit). Signals never end it early: the
+// EINTR loop goes on with the same deadline. On kFault, *err holds errno.
+WaitResult WaitFor(sem_t* sem, int64_t ms, int* err) {
+  if (ms < 0) {
+    if (RetryEintr([&] { return sem_wait(sem); }) == 0) return WaitResult::kOk;
+    *err = errno;
+    return WaitResult::kFault;
+  }
+#if defined(__APPLE__)
+  // No sem_timedwait: poll with sleeps growing to 10 ms, never past the deadline.
+  const int64_t deadline = NowMs() + ms;
+  int64_t nap_us = 200;
+  for (;;) {
+    if (sem_trywait(sem) == 0) return WaitResult::kOk;
+    if (errno != EAGAIN && errno != EINTR) {
+      *err = errno;
+      return WaitResult::kFault;
+    }
+    int64_t left_us = (deadline - NowMs()) * 1000;
+    if (left_us <= 0) return WaitResult::kTimedOut;
+    usleep(static_cast<useconds_t>(nap_us < left_us ? nap_us : left_us));
+    if (nap_us < 10000) nap_us *= 2;
+  }
+#else
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += static_cast<time_t>(ms / 1000);
+  ts.tv_nsec += static_cast<long>((ms % 1000) * 1000000);
+  if (ts.tv_nsec >= 1000000000) {
+    ts.tv_sec += 1;
+    ts.tv_nsec -= 1000000000;
+  }
+  if (RetryEintr([&] { return sem_timedwait(sem, &ts); }) == 0) return WaitResult::kOk;
+  if (errno == ETIMEDOUT) return WaitResult::kTimedOut;
+  *err = errno;
+  return WaitResult::kFault;
+#endif
+}
+
+Napi::Error ClosedError(Napi::Env env) {
+  Napi::Error e = Napi::Error::New(env, "the semaphore handle is closed");
+  e.Set("code", Napi::String::New(env, "ERR_MP_CLOSED"));
+  return e;
+}
+
+class SemHandle : public Napi::ObjectWrap<SemHandle> {
+ public:
+  static Napi::Function Define(Napi::Env env) { return DefineClass(env, "SemHandle", {}); }
+  explicit SemHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<SemHandle>(info) {}
+  ~SemHandle() override { Close(); }
+  void Attach(Sem* sem) { sem_ = sem; }
+  void Close() {
+    if (sem_ != nullptr) {
+      sem_->Unref();
+      sem_ = nullptr;
+    }
+  }
+  Sem* sem() const { return sem_; }
+
+ private:
+  Sem* sem_ = nullptr;  // null once closed
+};
+
+std::string NameArg(const Napi::CallbackInfo& info, size_t i) {
+  if (info.Length() <= i || !info[i].IsString()) throw Napi::TypeError::New(info.Env(), "name must be a string");
+  std::string name = info[i].As<Napi::String>().Utf8Value();
+  if (name.find('\0') != std::string::npos) throw Napi::TypeError::New(info.Env(), "name must not contain NUL");
+  return name;
+}
+
+// The handle argument; a closed handle throws instead of reaching sem_* calls.
+Sem* SemArg(const Napi::CallbackInfo& info, size_t i) {
+  Napi::Env env = info.Env();
+  auto* data = env.GetInstanceData<AddonData>();
+  if (info.Length() <= i || !info[i].IsObject() || !info[i].As<Napi::Object>().InstanceOf(data->sem_handle_ctor.Value())) {
+    throw Napi::TypeError::New(env, "handle must be a semaphore handle from semOpen");
+  }
+  Sem* sem = SemHandle::Unwrap(info[i].As<Napi::Object>())->sem();
+  if (sem == nullptr) throw ClosedError(env);
+  return sem;
+}
+
+int64_t TimeoutArg(const Napi::CallbackInfo& info, size_t i) {
+  if (info.Length() <= i || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), "timeoutMs must be a number");
+  double t = info[i].As<Napi::Number>().DoubleValue();
+  if (t != t || t < 0 || t > 9.0e15) return -1;  // NaN, negative, huge: no limit
+  return static_cast<int64_t>(t);
+}
+
+Napi::Value SemOpen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = NameArg(info, 0);
+  bool create = info.Length() > 1 && info[1].ToBoolean();
+  bool exclusive = info.Length() > 2 && info[2].ToBoolean();
+  mode_t mode = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().Uint32Value() & 0777 : 0600;
+  double value = info.Length() > 4 && info[4].IsNumber() ? info[4].As<Napi::Number>().DoubleValue() : 0;
+  if (!(value >= 0) || value > SEM_VALUE_MAX || value != static_cast<double>(static_cast<int64_t>(value))) {
+    throw Napi::RangeError::New(env, "value must be an integer between 0 and SEM_VALUE_MAX");
+  }
+  int flags = (create ? O_CREAT : 0) | (create && exclusive ? O_EXCL : 0);
+  sem_t* sem;
+  do {
+    sem = sem_open(name.c_str(), flags, mode, static_cast<unsigned>(value));
+  } while (sem == SEM_FAILED && errno == EINTR);
+  if (sem == SEM_FAILED) ThrowSystemError(env, errno, "sem_open", name);
+#if defined(__linux__)
+  // sem_open applies the umask to mode, and a semaphore has no fd to fchmod.
+  // glibc keeps "/x" as /dev/shm/sem.x: only the creator (O_EXCL) sets the mode
+  // it asked for, so that another user's program can open it when told to. On
+  // a libc that stores it elsewhere this fails harmlessly and the umask stands.
+  if (create && exclusive && name.size() > 1 && name[0] == '/') {
+    chmod(("/dev/shm/sem." + name.substr(1)).c_str(), mode);
+  }
+#endif
+  auto* data = env.GetInstanceData<AddonData>();
+  Napi::Object handle = data->sem_handle_ctor.New({});
+  auto* s = new Sem();
+  s->sem = sem;
+  SemHandle::Unwrap(handle)->Attach(s);
+  return handle;
+}
+
+Napi::Value SemClose(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto* data = env.GetInstanceData<AddonData>();
+  if (info.Length() < 1 || !info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(data->sem_handle_ctor.Value())) {
+    throw Napi::TypeError::New(env, "handle must be a semaphore handle from semOpen");
+  }
+  SemHandle::Unwrap(info[0].As<Napi::Object>())->Close();
+  return env.Undefined();
+}
+
+Napi::Value SemTryWait(const Napi::CallbackInfo& info) {
+  Sem* s = SemArg(info, 0);
+  if (RetryEintr([&] { return sem_trywait(s->sem); }) == 0) return Napi::Boolean::New(info.Env(), true);
+  if (errno == EAGAIN) return Napi::Boolean::New(info.Env(), false);
+  ThrowSystemError(info.Env(), errno, "sem_trywait");
+}
+
+Napi::Value SemTimedWait(const Napi::CallbackInfo& info) {
+  Sem* s = SemArg(info, 0);
+  int64_t ms = TimeoutArg(info, 1);
+  int err = 0;
+  WaitResult r = WaitFor(s->sem, ms, &err);
+  if (r == WaitResult::kFault) ThrowSystemError(info.Env(), err, ms < 0 ? "sem_wait" : "sem_timedwait");
+  return Napi::Boolean::New(info.Env(), r == WaitResult::kOk);
+}
+
+Napi::Value SemPost(const Napi::CallbackInfo& info) {
+  Sem* s = SemArg(info, 0);
+  if (info.Length() < 2 || !info[1].IsNumber()) throw Napi::TypeError::New(info.Env(), "n must be a number");
+  double n = info[1].As<Napi::Number>().DoubleValue();
+  if (!(n >= 1) || n > SEM_VALUE_MAX) throw Napi::RangeError::New(info.Env(), "n must be between 1 and SEM_VALUE_MAX");
+  // POSIX has no "post n": each post is one unit, and one waiter may run after
+  // the first while we still post the rest, which is fine for a counter.
+  for (int64_t i = 0; i < static_cast<int64_t>(n); i++) {
+    if (sem_post(s->sem) != 0) ThrowSystemError(info.Env(), errno, "sem_post");
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value SemGetValue(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Sem* s = SemArg(info, 0);
+#if defined(__APPLE__)
+  (void)s;
+  Napi::Error e = Napi::Error::New(env, "sem_getvalue is not supported on macOS");
+  e.Set("code", Napi::String::New(env, "ERR_MP_UNSUPPORTED"));
+  throw e;
+#else
+  int v = 0;
+  if (sem_getvalue(s->sem, &v) != 0) ThrowSystemError(env, errno, "sem_getvalue");
+  // POSIX allows a negative value meaning "this many waiters"; glibc reports 0.
+  return Napi::Number::New(env, v < 0 ? 0 : v);
+#endif
+}
+
+Napi::Value SemUnlink(const Napi::CallbackInfo& info) {
+  std::string name = NameArg(info, 0);
+  if (sem_unlink(name.c_str()) != 0) ThrowSystemError(info.Env(), errno, "sem_unlink", name);
+  return info.Env().Undefined();
+}
+
+// ---- async waits on addon-owned threads --------------------------------------
+// The shape of futex.cc's futexWaitAsync: one thread-safe function per
+// environment, a small pool of threads that each run one wait at a time.
+
+struct Job;
+void CallJs(Napi::Env env, Napi::Function, void*, Job* job);
+using Tsfn = Napi::TypedThreadSafeFunction<void, Job, CallJs>;
+
+}  // namespace
+
+// Teardown as in futex.cc's FutexState: threads call the thread-safe function
+// only under `mu` while `alive`; the environment's cleanup hook clears `alive`.
+struct SemState {
+  Tsfn tsfn;
+  std::mutex mu;
+  bool alive = true;
+  size_t pending = 0;
+  bool closed = false;
+  std::unordered_set<Job*> jobs;  // pending jobs; touched on the JS thread only
+};
+
+namespace {
+
+// Who owns a unit the waiter thread took. Every transition is a CAS, so the
+// unit of a cancelled wait is posted back exactly once, by whichever thread
+// sees the cancel second, without waiting for the JS thread: that thread may
+// itself be blocked in acquireSync() on the same semaphore.
+enum JobState : int {
+  kWaiting,    // no unit taken, not cancelled
+  kCancelled,  // cancelled before a unit was taken: the thread gives back what it takes
+  kTaken,      // the thread took a unit; it goes to the callback unless cancelled first
+  kReturned,   // a taken unit was posted back: the callback reports 'cancelled'
+  kDelivered,  // the callback received the unit
+};
+
+struct Job {
+  Sem* sem = nullptr;  // one reference held for the job's whole life
+  int64_t timeout_ms = -1;
+  std::atomic<int> phase{kWaiting};
+  WaitResult result = WaitResult::kOk;
+  int err = 0;
+  SemState* state = nullptr;
+  Napi::FunctionReference callback;
+  std::atomic<int> refs{2};  // the waiter thread's side and the JS handle
+  void Unref() {
+    if (--refs == 0) {
+      sem->Unref();
+      delete this;
+    }
+  }
+};
+
+// Posts back the unit of a wait whose result nobody will receive (at most once).
+void GiveBack(Job* job) {
+  int taken = kTaken;
+  if (job->phase.compare_exchange_strong(taken, kReturned)) sem_post(job->sem->sem);
+}
+
+void CancelJob(Job* job) {
+  int waiting = kWaiting;
+  if (!job->phase.compare_exchange_strong(waiting, kCancelled)) GiveBack(job);
+}
+
+const char* ResultName(WaitResult r) {
+  switch (r) {
+    case WaitResult::kOk:
+      return "ok";
+    case WaitResult::kTimedOut:
+      return "timed-out";
+    case WaitResult::kCancelled:
+      return "cancelled";
+    default:
+      return "fault";
+  }
+}
+
+void CallJs(Napi::Env env, Napi::Function, void*, Job* job) {
+  SemState* st = job->state;
+  if (env == nullptr || st->closed) {
+    // The environment is going away: nobody can take the unit, so give it back
+    // (the semaphore is still open: the job holds a reference). The job itself
+    // is leaked, its JS references cannot be released any more.
+    GiveBack(job);
+    return;
+  }
+  // From here the unit is the callback's: a cancel() after this is a no-op.
+  int taken = kTaken;
+  if (job->result == WaitResult::kOk && !job->phase.compare_exchange_strong(taken, kDelivered)) {
+    job->result = WaitResult::kCancelled;  // kReturned: cancelled after the take, unit posted back
+  }
+  st->jobs.erase(job);
+  if (--st->pending == 0) st->tsfn.Unref(env);
+  Napi::FunctionReference cb = std::move(job->callback);
+  WaitResult r = job->result;
+  int err = job->err;
+  job->Unref();
+  if (r == WaitResult::kFault) {
+    cb.Call({Napi::String::New(env, ResultName(r)), SystemError(env, err, "sem_timedwait").Value()});
+  } else {
+    cb.Call({Napi::String::New(env, ResultName(r))});
+  }
+}
+
+// A cancel is noticed within one slice (a thread blocked in sem_timedwait
+// cannot be woken without a signal); a unit taken meanwhile is posted back.
+constexpr int64_t kSliceMs = 100;
+
+WaitResult RunJob(Job* job) {
+  const int64_t deadline = job->timeout_ms < 0 ? -1 : NowMs() + job->timeout_ms;
+  for (;;) {
+    if (job->phase.load() == kCancelled) return WaitResult::kCancelled;
+    int64_t left = deadline < 0 ? kSliceMs : deadline - NowMs();
+    if (left <= 0) {
+      // One last try: a unit posted right at the deadline is not missed.
+      return sem_trywait(job->sem->sem) == 0 ? WaitResult::kOk : WaitResult::kTimedOut;
+    }
+    WaitResult r = WaitFor(job->sem->sem, left < kSliceMs ? left : kSliceMs, &job->err);
+    if (r != WaitResult::kTimedOut) return r;
+  }
+}
+
+class WaiterPool {
+ public:
+  static WaiterPool& Get() {
+    static WaiterPool* pool = new WaiterPool();  // never destroyed: detached threads use it
+    return *pool;
+  }
+
+  void Submit(Job* job) {
+    std::unique_lock<std::mutex> lock(mu_);
+    jobs_.push_back(job);
+    if (idle_ > static_cast<int>(jobs_.size()) - 1) {
+      cv_.notify_one();
+      return;
+    }
+    lock.unlock();
+    std::thread(&WaiterPool::Run, this).detach();
+  }
+
+ private:
+  void Run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      if (jobs_.empty()) {
+        ++idle_;
+        bool got = cv_.wait_for(lock, std::chrono::seconds(10), [this] { return !jobs_.empty(); });
+        --idle_;
+        if (!got) return;
+      }
+      Job* job = jobs_.front();
+      jobs_.pop_front();
+      lock.unlock();
+      WaitResult r = RunJob(job);
+      if (r == WaitResult::kOk) {
+        int waiting = kWaiting;
+        if (!job->phase.compare_exchange_strong(waiting, kTaken)) {
+          sem_post(job->sem->sem);  // cancelled while we waited: not ours to keep
+          r = WaitResult::kCancelled;
+        }
+      }
+      job->result = r;
+      {
+        std::lock_guard<std::mutex> guard(job->state->mu);
+        // Undeliverable (the environment is gone): give the unit back.
+        if (!(job->state->alive && job->state->tsfn.NonBlockingCall(job) == napi_ok)) GiveBack(job);
+      }
+      lock.lock();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job*> jobs_;
+  int idle_ = 0;
+};
+
+class WaitHandle : public Napi::ObjectWrap<WaitHandle> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "SemWaitHandle", {InstanceMethod<&WaitHandle::Cancel>("cancel")});
+  }
+  explicit WaitHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<WaitHandle>(info) {}
+  ~WaitHandle() override {
+    if (job_ != nullptr) job_->Unref();
+  }
+  void Attach(Job* job) { job_ = job; }
+
+ private:
+  Napi::Value Cancel(const Napi::CallbackInfo& info) {
+    if (job_ != nullptr) CancelJob(job_);
+    return info.Env().Undefined();
+  }
+  Job* job_ = nullptr;
+};
+
+void CleanupSem(void* arg) {
+  auto* st = static_cast<SemState*>(arg);
+  {
+    std::lock_guard<std::mutex> guard(st->mu);
+    st->alive = false;
+  }
+  st->closed = true;
+  // A worker ending with waits pending: their threads stop within a slice.
+  for (Job* job : st->jobs) CancelJob(job);
+  st->jobs.clear();
+  // SemState is leaked on purpose: waiter threads may still hold jobs naming it.
+}
+
+Napi::Value SemWaitAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Sem* sem = SemArg(info, 0);
+  int64_t timeout = TimeoutArg(info, 1);
+  if (info.Length() < 3 || !info[2].IsFunction()) throw Napi::TypeError::New(env, "callback must be a function");
+  auto* data = env.GetInstanceData<AddonData>();
+  if (data->sem == nullptr) {
+    auto* st = new SemState();
+    st->tsfn = Tsfn::New(env, "pmp-sem-wait", 0, 1);
+    st->tsfn.Unref(env);
+    data->sem = st;
+    napi_add_env_cleanup_hook(env, CleanupSem, st);
+  }
+  SemState* st = data->sem;
+  Napi::Object handle = data->sem_wait_handle_ctor.New({});
+  auto* job = new Job();
+  sem->Ref();
+  job->sem = sem;
+  job->timeout_ms = timeout;
+  job->state = st;
+  job->callback = Napi::Persistent(info[2].As<Napi::Function>());
+  WaitHandle::Unwrap(handle)->Attach(job);
+  st->jobs.insert(job);
+  if (st->pending++ == 0) st->tsfn.Ref(env);
+  WaiterPool::Get().Submit(job);
+  return handle;
+}
+
+}  // namespace
+
+void InitSemaphore(Napi::Env env, Napi::Object exports, AddonData* data) {
+  data->sem_handle_ctor = Napi::Persistent(SemHandle::Define(env));
+  data->sem_wait_handle_ctor = Napi::Persistent(WaitHandle::Define(env));
+  exports.Set("semOpen", Napi::Function::New<SemOpen>(env, "semOpen"));
+  exports.Set("semClose", Napi::Function::New<SemClose>(env, "semClose"));
+  exports.Set("semTryWait", Napi::Function::New<SemTryWait>(env, "semTryWait"));
+  exports.Set("semTimedWait", Napi::Function::New<SemTimedWait>(env, "semTimedWait"));
+  exports.Set("semPost", Napi::Function::New<SemPost>(env, "semPost"));
+  exports.Set("semGetValue", Napi::Function::New<SemGetValue>(env, "semGetValue"));
+  exports.Set("semUnlink", Napi::Function::New<SemUnlink>(env, "semUnlink"));
+  exports.Set("semWaitAsync", Napi::Function::New<SemWaitAsync>(env, "semWaitAsync"));
+  exports.Set("semValueMax", Napi::Number::New(env, SEM_VALUE_MAX));
+}
+
+}  // namespace pmp
