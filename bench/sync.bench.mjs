@@ -1,5 +1,5 @@
 // Synchronisation benchmark: ours vs CPython multiprocessing, side by side.
-//   node bench/sync.bench.mjs [--json]
+//   node bench/sync.bench.mjs [--json] [--only=<part of a scenario key, e.g. posix>]
 // Every trial runs in a fresh process (this file with --trial, or python3
 // bench/sync_py.py); each figure is the median of the trials.
 import { execFileSync } from 'node:child_process';
@@ -16,6 +16,10 @@ const scenarios = [
   { scenario: '2 processes x 200,000 locked increments', key: 'increments', unit: 'ms', n: 200_000, py: 200_000, better: 'lower' },
   { scenario: 'async acquire() handoff latency between two processes (Semaphore ping-pong, one way)', key: 'handoff', unit: 'us', n: 2_000, py: 2_000, better: 'lower' },
   { scenario: 'acquireSync() handoff latency between two processes (Semaphore ping-pong, one way)', key: 'handoff-sync', unit: 'us', n: 2_000, py: 2_000, pyKey: 'handoff', better: 'lower' },
+  // Semaphore({ name, posix: true }): a sem_t from sem_open, as CPython's mp.Semaphore is.
+  { scenario: 'POSIX named Semaphore acquireSync()+release() pair (vs mp.Semaphore)', key: 'posix-pair', unit: 'ns/pair', n: 1_000_000, py: 1_000_000, pyKey: 'sem-pair', better: 'lower' },
+  { scenario: 'POSIX named Semaphore acquireSync() handoff latency between two processes (one way)', key: 'posix-handoff-sync', unit: 'us', n: 2_000, py: 2_000, pyKey: 'handoff', better: 'lower' },
+  { scenario: 'POSIX named Semaphore async acquire() handoff latency between two processes (one way)', key: 'posix-handoff', unit: 'us', n: 2_000, py: 2_000, pyKey: 'handoff', better: 'lower' },
 ];
 
 // ---- one trial (in a fresh process) ------------------------------------------
@@ -27,6 +31,15 @@ async function trial(key, n) {
     for (let i = 0; i < 100_000; i++) { lock.acquireSync(opts); lock.release(); }
     const t0 = performance.now();
     for (let i = 0; i < n; i++) { lock.acquireSync(opts); lock.release(); }
+    return ((performance.now() - t0) * 1e6) / n;
+  }
+  if (key === 'posix-pair') {
+    const name = `pmp-bench-${process.pid}-pair`;
+    const sem = new Semaphore(1, { name, posix: true });
+    Semaphore.unlink(name, { posix: true }); // the open handle keeps it
+    for (let i = 0; i < 100_000; i++) { sem.acquireSync(); sem.release(); }
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) { sem.acquireSync(); sem.release(); }
     return ((performance.now() - t0) * 1e6) / n;
   }
   const { heap } = await import('../dist/cjs/heap.js');
@@ -43,13 +56,20 @@ async function trial(key, n) {
     if (c[0] !== 2 * n) throw new Error(`counter ${c[0]} != ${2 * n}`);
     return Math.max(c[1], c[2]) / 1000;
   }
-  if (key === 'handoff' || key === 'handoff-sync') {
-    const sync = key === 'handoff-sync';
-    const ping = new Semaphore(0);
-    const pong = new Semaphore(0);
+  if (key === 'handoff' || key === 'handoff-sync' || key === 'posix-handoff' || key === 'posix-handoff-sync') {
+    const sync = key.endsWith('-sync');
+    const posix = key.startsWith('posix-');
+    const names = [`pmp-bench-${process.pid}-ping`, `pmp-bench-${process.pid}-pong`];
+    const [ping, pong] = names.map((name) => (posix ? new Semaphore(0, { name, posix: true }) : new Semaphore(0)));
     const p = new Process({ target: sync ? targets.pongSync : targets.pong, args: [ping, pong, n] });
     p.start();
-    for (let i = 0; i < 20; i++) { ping.release(); if (sync) pong.acquireSync(); else await pong.acquire(); }
+    // The child opens them by name on arrival; once it answers, the names can go.
+    if (posix) {
+      ping.release();
+      if (sync) pong.acquireSync(); else await pong.acquire();
+      for (const name of names) Semaphore.unlink(name, { posix: true });
+    }
+    for (let i = posix ? 1 : 0; i < 20; i++) { ping.release(); if (sync) pong.acquireSync(); else await pong.acquire(); }
     const t0 = performance.now();
     if (sync) for (let i = 0; i < n - 20; i++) { ping.release(); pong.acquireSync(); }
     else for (let i = 0; i < n - 20; i++) { ping.release(); await pong.acquire(); }
@@ -64,7 +84,9 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function main() {
   const json = process.argv.includes('--json');
+  const only = process.argv.find((a) => a.startsWith('--only='))?.slice('--only='.length);
   for (const s of scenarios) {
+    if (only && !s.key.includes(only)) continue;
     const ours = [];
     const py = [];
     for (let t = 0; t < TRIALS; t++) {

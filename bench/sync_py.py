@@ -18,6 +18,16 @@ def try_pair(n):
         lock.acquire(False); lock.release()
     return (time.perf_counter() - t0) * 1e9 / n
 
+def sem_pair(n):
+    # mp.Semaphore is a POSIX semaphore (sem_open, unlinked at once) on Linux and macOS.
+    sem = mp.Semaphore(1)
+    for _ in range(1000):
+        sem.acquire(); sem.release()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        sem.acquire(); sem.release()
+    return (time.perf_counter() - t0) * 1e9 / n
+
 def inc_child(lock, value, barrier, n, out, slot):
     barrier.wait()
     t0 = time.perf_counter()
@@ -53,4 +63,4 @@ def handoff(n):
 
 if __name__ == '__main__':
     name, n = sys.argv[1], int(sys.argv[2])
-    print(json.dumps({'value': {'pair': pair, 'try': try_pair, 'increments': increments, 'handoff': handoff}[name](n)}))
+    print(json.dumps({'value': {'pair': pair, 'try': try_pair, 'sem-pair': sem_pair, 'increments': increments, 'handoff': handoff}[name](n)}))

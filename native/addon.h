@@ -14,7 +14,6 @@ struct SemState;
 struct AddonData {
   Napi::FunctionReference futex_wait_handle_ctor;
   FutexState* futex = nullptr;  // futex.cc; never freed: waiter threads may outlive the environment
-  Napi::FunctionReference sem_handle_ctor;
   Napi::FunctionReference sem_wait_handle_ctor;
   SemState* sem = nullptr;  // semaphore.cc; never freed, as futex
 };

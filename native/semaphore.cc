@@ -116,23 +116,43 @@ Napi::Error ClosedError(Napi::Env env) {
   return e;
 }
 
-class SemHandle : public Napi::ObjectWrap<SemHandle> {
- public:
-  static Napi::Function Define(Napi::Env env) { return DefineClass(env, "SemHandle", {}); }
-  explicit SemHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<SemHandle>(info) {}
-  ~SemHandle() override { Close(); }
-  void Attach(Sem* sem) { sem_ = sem; }
+// What a JS handle points to: an External, so recovering it is cheap (an
+// ObjectWrap's napi_unwrap, or a type-tag check, is a private-symbol lookup
+// of ~190 ns, most of the cost of a try-acquire). An External carries no type,
+// so every handle argument is looked up in the environment's set of live
+// handles: an External made by anyone else is refused, never dereferenced.
+struct Handle {
+  Sem* sem = nullptr;  // null once closed
   void Close() {
-    if (sem_ != nullptr) {
-      sem_->Unref();
-      sem_ = nullptr;
+    if (sem != nullptr) {
+      sem->Unref();
+      sem = nullptr;
     }
   }
-  Sem* sem() const { return sem_; }
-
- private:
-  Sem* sem_ = nullptr;  // null once closed
 };
+
+struct Job;
+void CallJs(Napi::Env env, Napi::Function, void*, Job* job);
+using Tsfn = Napi::TypedThreadSafeFunction<void, Job, CallJs>;
+
+}  // namespace
+
+// Per-environment state, never freed: waiter threads may hold jobs naming it
+// after the environment is gone. Teardown as in futex.cc's FutexState: threads
+// call the thread-safe function only under `mu` while `alive`; the
+// environment's cleanup hook clears `alive`.
+struct SemState {
+  std::unordered_set<const void*> handles;  // live Handles; JS thread only
+  Tsfn tsfn;                                // made on the first async wait
+  bool has_tsfn = false;
+  std::mutex mu;
+  bool alive = true;
+  size_t pending = 0;
+  bool closed = false;
+  std::unordered_set<Job*> jobs;  // pending jobs; touched on the JS thread only
+};
+
+namespace {
 
 std::string NameArg(const Napi::CallbackInfo& info, size_t i) {
   if (info.Length() <= i || !info[i].IsString()) throw Napi::TypeError::New(info.Env(), "name must be a string");
@@ -141,15 +161,20 @@ std::string NameArg(const Napi::CallbackInfo& info, size_t i) {
   return name;
 }
 
+Handle* HandleArg(const Napi::CallbackInfo& info, size_t i) {
+  Napi::Env env = info.Env();
+  void* p = nullptr;
+  if (info.Length() > i && napi_get_value_external(env, info[i], &p) == napi_ok &&
+      env.GetInstanceData<AddonData>()->sem->handles.count(p) != 0) {
+    return static_cast<Handle*>(p);
+  }
+  throw Napi::TypeError::New(env, "handle must be a semaphore handle from semOpen");
+}
+
 // The handle argument; a closed handle throws instead of reaching sem_* calls.
 Sem* SemArg(const Napi::CallbackInfo& info, size_t i) {
-  Napi::Env env = info.Env();
-  auto* data = env.GetInstanceData<AddonData>();
-  if (info.Length() <= i || !info[i].IsObject() || !info[i].As<Napi::Object>().InstanceOf(data->sem_handle_ctor.Value())) {
-    throw Napi::TypeError::New(env, "handle must be a semaphore handle from semOpen");
-  }
-  Sem* sem = SemHandle::Unwrap(info[i].As<Napi::Object>())->sem();
-  if (sem == nullptr) throw ClosedError(env);
+  Sem* sem = HandleArg(info, i)->sem;
+  if (sem == nullptr) throw ClosedError(info.Env());
   return sem;
 }
 
@@ -185,22 +210,30 @@ Napi::Value SemOpen(const Napi::CallbackInfo& info) {
     chmod(("/dev/shm/sem." + name.substr(1)).c_str(), mode);
   }
 #endif
-  auto* data = env.GetInstanceData<AddonData>();
-  Napi::Object handle = data->sem_handle_ctor.New({});
-  auto* s = new Sem();
-  s->sem = sem;
-  SemHandle::Unwrap(handle)->Attach(s);
+  SemState* st = env.GetInstanceData<AddonData>()->sem;
+  auto* h = new Handle();
+  h->sem = new Sem();
+  h->sem->sem = sem;
+  Napi::External<Handle> handle;
+  try {
+    handle = Napi::External<Handle>::New(env, h, [st](Napi::Env, Handle* dead) {
+      // Garbage-collected: a handle nobody closed closes here.
+      st->handles.erase(dead);
+      dead->Close();
+      delete dead;
+    });
+  } catch (...) {
+    h->Close();
+    delete h;
+    throw;
+  }
+  st->handles.insert(h);
   return handle;
 }
 
 Napi::Value SemClose(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  auto* data = env.GetInstanceData<AddonData>();
-  if (info.Length() < 1 || !info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(data->sem_handle_ctor.Value())) {
-    throw Napi::TypeError::New(env, "handle must be a semaphore handle from semOpen");
-  }
-  SemHandle::Unwrap(info[0].As<Napi::Object>())->Close();
-  return env.Undefined();
+  HandleArg(info, 0)->Close();
+  return info.Env().Undefined();
 }
 
 Napi::Value SemTryWait(const Napi::CallbackInfo& info) {
@@ -257,25 +290,6 @@ Napi::Value SemUnlink(const Napi::CallbackInfo& info) {
 // ---- async waits on addon-owned threads --------------------------------------
 // The shape of futex.cc's futexWaitAsync: one thread-safe function per
 // environment, a small pool of threads that each run one wait at a time.
-
-struct Job;
-void CallJs(Napi::Env env, Napi::Function, void*, Job* job);
-using Tsfn = Napi::TypedThreadSafeFunction<void, Job, CallJs>;
-
-}  // namespace
-
-// Teardown as in futex.cc's FutexState: threads call the thread-safe function
-// only under `mu` while `alive`; the environment's cleanup hook clears `alive`.
-struct SemState {
-  Tsfn tsfn;
-  std::mutex mu;
-  bool alive = true;
-  size_t pending = 0;
-  bool closed = false;
-  std::unordered_set<Job*> jobs;  // pending jobs; touched on the JS thread only
-};
-
-namespace {
 
 // Who owns a unit the waiter thread took. Every transition is a CAS, so the
 // unit of a cancelled wait is posted back exactly once, by whichever thread
@@ -468,14 +482,14 @@ Napi::Value SemWaitAsync(const Napi::CallbackInfo& info) {
   int64_t timeout = TimeoutArg(info, 1);
   if (info.Length() < 3 || !info[2].IsFunction()) throw Napi::TypeError::New(env, "callback must be a function");
   auto* data = env.GetInstanceData<AddonData>();
-  if (data->sem == nullptr) {
-    auto* st = new SemState();
+  SemState* st = data->sem;
+  if (!st->has_tsfn) {
     st->tsfn = Tsfn::New(env, "pmp-sem-wait", 0, 1);
     st->tsfn.Unref(env);
-    data->sem = st;
+    st->has_tsfn = true;
+    // Added after the thread-safe function, so it runs before that is torn down.
     napi_add_env_cleanup_hook(env, CleanupSem, st);
   }
-  SemState* st = data->sem;
   Napi::Object handle = data->sem_wait_handle_ctor.New({});
   auto* job = new Job();
   sem->Ref();
@@ -493,7 +507,7 @@ Napi::Value SemWaitAsync(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void InitSemaphore(Napi::Env env, Napi::Object exports, AddonData* data) {
-  data->sem_handle_ctor = Napi::Persistent(SemHandle::Define(env));
+  data->sem = new SemState();
   data->sem_wait_handle_ctor = Napi::Persistent(WaitHandle::Define(env));
   exports.Set("semOpen", Napi::Function::New<SemOpen>(env, "semOpen"));
   exports.Set("semClose", Napi::Function::New<SemClose>(env, "semClose"));

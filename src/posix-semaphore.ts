@@ -105,6 +105,7 @@ class PosixSemaphore {
 
   acquireSync(options?: AcquireSyncOptions): boolean {
     const h = this.#handle;
+    if (options === undefined) return binding.semTryWait(h) || binding.semTimedWait(h, -1);
     const o = validateObject(options, 'options');
     const blocking = o.blocking === undefined ? true : validateBoolean(o.blocking, 'options.blocking');
     const timeout = validateTimeout(o.timeout, 'options.timeout');
@@ -261,8 +262,11 @@ let linkedSemaphore: unknown = null;
 let linkedBounded: unknown = null;
 
 function protoOn(base: { prototype: object }): object {
-  const own: PropertyDescriptorMap = { ...Object.getOwnPropertyDescriptors(PosixSemaphore.prototype) };
-  delete own.constructor;
+  // Every own member but `constructor`, so o.constructor stays Semaphore/BoundedSemaphore.
+  const own: PropertyDescriptorMap = {};
+  for (const key of Reflect.ownKeys(PosixSemaphore.prototype)) {
+    if (key !== 'constructor') own[key] = Object.getOwnPropertyDescriptor(PosixSemaphore.prototype, key)!;
+  }
   return Object.create(base.prototype, own);
 }
 
