@@ -25,6 +25,7 @@ describe('examples', () => {
       'scenario-05-isolation.mjs',
       'scenario-06-terminate.mjs',
       'scenario-07-daemon.mjs',
+      'posix-semaphore.mjs',
       'demo.mjs',
     ];
     const outputs = new Map<string, string>();

@@ -162,8 +162,11 @@ describe('Semaphore({ name, posix: true })', () => {
     // Two semaphores, so neither side can take back its own post: Python posts
     // `ping` (waking our async acquire), then waits for our post on `pong`.
     const script = `
-import ctypes, ctypes.util, sys, time
-lib = ctypes.CDLL(ctypes.util.find_library('pthread') or ctypes.util.find_library('c'), use_errno=True)
+import ctypes, sys, time
+# The interpreter's own symbols include libc's sem_open (glibc >= 2.34, macOS;
+# older glibc has it in libpthread, which python3 links). find_library would
+# spawn ldconfig or a compiler to find the file.
+lib = ctypes.CDLL(None, use_errno=True)
 lib.sem_open.restype = ctypes.c_void_p
 failed = (None, 0, ctypes.c_void_p(-1).value)
 def open_(name):
