@@ -78,6 +78,10 @@ function open(path: string, value: number, mode: number): SemHandle {
   }
 }
 
+function overflowError(): Error {
+  return stateError('Semaphore value would overflow', 'ERR_MP_SEMAPHORE_OVERFLOW');
+}
+
 /** The POSIX-backed Semaphore; never constructed directly (see openPosixSemaphore). */
 class PosixSemaphore {
   #h: SemHandle | null;
@@ -156,12 +160,14 @@ class PosixSemaphore {
     const h = this.#handle;
     validateInteger(n, 'n', 1, binding.semValueMax);
     if (this.#bound >= 0) this.#checkBound(h, n);
+    // sem_post adds one at a time and fails with EOVERFLOW only at the limit:
+    // refuse a release that cannot fit before posting any of it (as the
+    // word-based Semaphore does), rather than post part and then throw.
+    else if (n > 1 && HAS_GETVALUE && binding.semGetValue(h) + n > binding.semValueMax) throw overflowError();
     try {
       binding.semPost(h, n);
     } catch (err) {
-      if ((err as { code?: string }).code === 'EOVERFLOW') {
-        throw stateError('Semaphore value would overflow', 'ERR_MP_SEMAPHORE_OVERFLOW');
-      }
+      if ((err as { code?: string }).code === 'EOVERFLOW') throw overflowError();
       throw err;
     }
   }

@@ -280,6 +280,8 @@ int main(int argc, char **argv) {
     const s = new Semaphore(1, posix(name));
     try {
       expect(() => s.release(0)).toThrow(RangeError);
+      expect(() => s.release(binding.semValueMax)).toThrow(expect.objectContaining({ code: 'ERR_MP_SEMAPHORE_OVERFLOW' }));
+      expect(s.getValue()).toBe(1);
       expect(() => s.release(1.5 as never)).toThrow(TypeError);
       expect(() => s.acquireSync({ timeout: -1 })).toThrow(RangeError);
       expect(() => s.acquireSync({ blocking: 1 as never })).toThrow(TypeError);
