@@ -1,6 +1,7 @@
 // Stress: 4 processes x 100,000 lock-protected, non-atomic increments of one
-// shared counter must total exactly 400,000, for each primitive and for mixed
-// sync/async acquirers; and a holder SIGKILLed while three others wait.
+// shared counter must total exactly 400,000, for each primitive (POSIX named
+// semaphores too) and for mixed sync/async acquirers; and a holder SIGKILLed
+// while three others wait.
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { Lock, Process, RLock, Semaphore } from 'posix-multiprocessing';
@@ -35,6 +36,27 @@ describe('4 processes x 100,000 locked increments', () => {
       const kids = Array.from({ length: 4 }, () => start(fx.lockedIncrements, prim, ref, 100_000, mode));
       for (const k of kids) expect(await k.join()).toBe(0);
       expect(c[0]).toBe(400_000);
+    });
+  }
+});
+
+// The same for Semaphore({ name, posix: true }): a sem_t from sem_open, where
+// async acquirers park on waiter threads and sync ones in sem_wait.
+describe('POSIX named Semaphore(1): 4 processes x 100,000 locked increments', () => {
+  for (const mode of ['sync', 'mixed'] as const) {
+    it(`${mode}: exactly 400,000`, async () => {
+      const name = `pmp-stress-${process.pid}-${mode}`;
+      const prim = new Semaphore(1, { name, posix: true });
+      try {
+        const { ref, c } = sharedInts(1);
+        const kids = Array.from({ length: 4 }, () => start(fx.lockedIncrements, prim, ref, 100_000, mode));
+        for (const k of kids) expect(await k.join()).toBe(0);
+        expect(c[0]).toBe(400_000);
+        expect(prim.getValue()).toBe(1);
+      } finally {
+        prim.close();
+        Semaphore.unlink(name, { posix: true });
+      }
     });
   }
 });
