@@ -389,6 +389,9 @@ WaitResult RunJob(Job* job) {
   }
 }
 
+// Its threads are detached and may outlive every environment; they never
+// return into unmapped code because InitFutex (always run, see addon.cc) pins
+// this library for the life of the process.
 class WaiterPool {
  public:
   static WaiterPool& Get() {

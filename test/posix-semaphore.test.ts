@@ -1,4 +1,4 @@
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -446,6 +446,56 @@ int main(int argc, char **argv) {
       Semaphore.unlink(name, { posix: true });
     }
   }, 30_000);
+
+  it('worker threads terminated with POSIX waits pending: no crash, and no unit kept by their threads', async () => {
+    const name = fresh();
+    const s = new Semaphore(0, posix(name));
+    const entry = path.resolve('dist/cjs/index.js');
+    const worker = `
+      const { Semaphore } = require(${JSON.stringify(entry)});
+      const s = new Semaphore(0, { name: ${JSON.stringify(name)}, posix: true });
+      s.acquire().then(() => {}, () => {}); s.acquire({ timeout: 0.2 }).then(() => {}, () => {});
+      require('node:worker_threads').parentPort.postMessage('waiting');
+    `;
+    const main = `
+      const { Worker } = require('node:worker_threads');
+      (async () => {
+        for (let i = 0; i < 4; i++) {
+          const w = new Worker(${JSON.stringify(worker)}, { eval: true });
+          await new Promise((r) => w.once('message', r));
+          await w.terminate();
+        }
+        console.log('done');
+        // Stay alive (the terminated workers' waiter threads with us) until told.
+        process.stdin.once('data', () => process.exit(0));
+      })();
+    `;
+    try {
+      const child = spawn(process.execPath, ['-e', main], { stdio: ['pipe', 'pipe', 'inherit'] });
+      const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+      let out = '';
+      await new Promise<void>((resolve, reject) => {
+        child.stdout.on('data', (d) => {
+          out += d;
+          if (out.includes('done\n')) resolve();
+        });
+        child.once('exit', () => reject(new Error(`exited early: ${out}`)));
+      });
+      // The workers' waits were cancelled by their environments' cleanup: the
+      // threads stop within a slice, and one that took a unit first gives it
+      // back (it has no environment to deliver to). Units stay with us.
+      s.release(2);
+      await sleep(400);
+      expect(s.getValue()).toBe(2);
+      expect(s.acquireSync({ timeout: 5 })).toBe(true);
+      expect(s.acquireSync({ timeout: 5 })).toBe(true);
+      child.stdin.write('x');
+      expect(await exited).toBe(0);
+    } finally {
+      s.close();
+      Semaphore.unlink(name, { posix: true });
+    }
+  }, 40_000);
 
   it('leaves nothing behind: no /dev/shm/sem.* entries of this file', () => {
     expect(fs.readdirSync('/dev/shm').filter((e) => e.startsWith(PREFIX))).toEqual([]);
