@@ -3,8 +3,9 @@
 //
 // State lives in 32-bit words of shared memory (sync/words.ts). The uncontended
 // paths are plain Atomics on those words, with no native call; only a waiter
-// enters the kernel (futex), and a releaser wakes it only when the waiter count
-// says someone sleeps. Async waits sleep on addon threads, never the event loop.
+// enters the kernel (futex), and a releaser wakes it only when the word (Lock,
+// RLock) or a waiter count (the others) says someone may sleep. Async waits
+// sleep on addon threads, never the event loop.
 
 import { BrokenBarrierError, closedError, stateError } from './errors';
 import { importTarget, pickExport, requireModule } from './import-target';
@@ -71,15 +72,33 @@ const SLICE_MS = 50;
 // takes a handoff in well under a microsecond, where waking a sleeper costs
 // tens. Bounded, so a long-held lock costs each waiter this much CPU once.
 const SPIN_MS = Number(process.env.PMP_SPIN_US ?? 30) / 1000;
+// The spin polls with a plain atomic load and tries the CAS only when the
+// word looks free (test-and-test-and-set: a failing CAS would take the cache
+// line away from the holder for nothing), and pauses between polls for a
+// growing while (up to MAX_PAUSE rounds, a few hundred ns), so a waiter does
+// not keep pulling the line the holder is about to write. The clock is read
+// every 8 polls only.
+const MAX_PAUSE = Number(process.env.PMP_SPIN_PAUSE ?? 256);
+const MIN_PAUSE = Number(process.env.PMP_SPIN_MIN ?? 8);
 
+let pauseSink = 0;
+/** Burns about n dependent multiply-adds; the result is kept so the JIT cannot drop the loop. */
+function pause(n: number): void {
+  let x = pauseSink;
+  for (let k = 0; k < n; k++) x = (Math.imul(x, 1103515245) + 12345) | 0;
+  pauseSink = x;
+}
+
+/** Spins until it takes the lock word i32[i] (true) or SPIN_MS passes (false). */
 function spinLock(i32: Int32Array, i: number): boolean {
   const end = performance.now() + SPIN_MS;
-  do {
-    for (let k = 0; k < 64; k++) {
-      if (Atomics.load(i32, i) === 0 && Atomics.compareExchange(i32, i, 0, PID) === 0) return true;
-    }
-  } while (performance.now() < end);
-  return false;
+  let delay = MIN_PAUSE;
+  for (let n = 1; ; n++) {
+    if (Atomics.load(i32, i) === 0 && Atomics.compareExchange(i32, i, 0, PID) === 0) return true;
+    pause(delay);
+    if (delay < MAX_PAUSE) delay *= 2;
+    if ((n & 7) === 0 && performance.now() >= end) return false;
+  }
 }
 
 // Set while a handle is revived from another process: the constructor then
@@ -99,12 +118,16 @@ function checkResult(r: WaitResult, what: string): void {
   if (r === 'fault') throw closedError(what);
 }
 
-const NO_OPTIONS = { blocking: true, timeout: undefined } as const;
+// acquireSync()'s options as one number: the deadline (performance.now()
+// time, Infinity: none), or NO_WAIT for blocking: false. A number, not an
+// object, so the try-acquire path allocates nothing.
+const NO_WAIT = -Infinity;
 
-function parseAcquireSync(options: unknown): { blocking: boolean; timeout: number | undefined } {
+function parseAcquireSync(options: unknown): number {
   const o = validateObject(options, 'options');
   const blocking = o.blocking === undefined ? true : validateBoolean(o.blocking, 'options.blocking');
-  return { blocking, timeout: validateTimeout(o.timeout, 'options.timeout') };
+  const timeout = validateTimeout(o.timeout, 'options.timeout');
+  return blocking ? deadlineOf(timeout) : NO_WAIT;
 }
 
 // acquire() also takes Python's `blocking: false` (a try-acquire), so that the
@@ -181,9 +204,36 @@ abstract class SyncObject {
 
 // ---- the lock word --------------------------------------------------------------
 //
-// Word `at` holds 0 (free) or the holder's pid; word at+1 counts sleepers. The
-// pid is what makes owner death detectable: a waiter that finds the holder gone
-// takes the lock over with a CAS from the dead pid, so exactly one wins.
+// Word `at` is 0 when the lock is free, else the holder's pid, with WAITERS
+// set when a waiter may be asleep in the kernel (the mutex of Drepper's
+// "Futexes Are Tricky", with a pid in place of its 1):
+//
+// - acquire: CAS 0 -> pid. Uncontended, that and release's exchange are the
+//   only shared accesses.
+// - release: exchange -> 0; the old value says whether to wake one waiter.
+// - a waiter about to sleep first makes sure its value carries WAITERS (CAS v
+//   -> v|WAITERS) and then sleeps on exactly that value. A release in between
+//   changes the word, so the kernel refuses the sleep ('not-equal') and the
+//   waiter looks again: the wake-up cannot be lost. (A separate sleeper count
+//   read after a plain store would be a store-load race; here the releaser's
+//   exchange and the waiter's CAS are on the same word.)
+// - a waiter that slept takes the lock as pid|WAITERS: it cannot know whether
+//   others still sleep, so its release wakes one more (at worst needlessly).
+// - a waiter that slept and leaves without the lock (timeout, abort) may have
+//   taken the wake-up meant for another: passOn() hands it on.
+//
+// The pid makes owner death detectable: a waiter that finds the holder gone
+// takes the lock over with a CAS from the dead holder's value, so exactly one
+// wins. Words at+1.. are unused by the lock (RLock keeps its owner thread and
+// count in words 2 and 3).
+
+/** Linux pids are below 2^22 (PID_MAX_LIMIT), macOS ones below 100,000. */
+const PID_MASK = 0x3fffff;
+const WAITERS = 0x40000000;
+
+function checkPid(): void {
+  if (PID > PID_MASK) throw stateError(`pid ${PID} does not fit a lock word (22 bits)`, 'ERR_MP_UNSUPPORTED');
+}
 
 const enum Got {
   No = 0,
@@ -207,36 +257,72 @@ function holderDead(pid: number): boolean {
   return false;
 }
 
-function lockAcquireSync(w: Words, at: number, deadline: number, blocking = true): Got {
+function lockTry(i32: Int32Array, i: number): Got {
+  const v = Atomics.load(i32, i);
+  if (v === 0) return Atomics.compareExchange(i32, i, 0, PID) === 0 ? Got.Yes : Got.No;
+  const holder = v & PID_MASK;
+  // Keep WAITERS: the sleepers behind the dead holder are still there.
+  if (holder !== PID && holderDead(holder) && Atomics.compareExchange(i32, i, v, PID | (v & WAITERS)) === v) {
+    return Got.OwnerDied;
+  }
+  return Got.No;
+}
+
+// One look at the word on the way to sleep. Returns the lock if it can be
+// taken, otherwise the value to sleep on (with WAITERS set), or -1 to look
+// again at once.
+const AGAIN = -1;
+const TOOK = -2;
+const TOOK_DEAD = -3;
+const TIMED_OUT = -4;
+
+function lockStep(i32: Int32Array, i: number, deadline: number): number {
+  const v = Atomics.load(i32, i);
+  if (v === 0) return Atomics.compareExchange(i32, i, 0, PID | WAITERS) === 0 ? TOOK : AGAIN;
+  const holder = v & PID_MASK;
+  if (holder !== PID && holderDead(holder)) {
+    return Atomics.compareExchange(i32, i, v, PID | WAITERS) === v ? TOOK_DEAD : AGAIN;
+  }
+  if (performance.now() >= deadline) return TIMED_OUT;
+  if ((v & WAITERS) === 0 && Atomics.compareExchange(i32, i, v, v | WAITERS) !== v) return AGAIN;
+  return v | WAITERS;
+}
+
+// How long one sleep may last: a holder in another process is looked at
+// every SLICE_MS, for owner death.
+function sliceMs(v: number, deadline: number): number {
+  const ms = msLeft(deadline);
+  return (v & PID_MASK) !== PID && (ms < 0 || ms > SLICE_MS) ? SLICE_MS : ms;
+}
+
+/** A waiter that slept leaves without the lock: make sure another sleeper, if any, is woken. */
+function passOn(w: Words, at: number): void {
+  const i = w.base + at;
+  for (;;) {
+    const v = Atomics.load(w.i32, i);
+    // Free: wake one now. Held: WAITERS makes its release wake one.
+    if (v === 0) return wake(w, at, 1);
+    if (v & WAITERS || Atomics.compareExchange(w.i32, i, v, v | WAITERS) === v) return;
+  }
+}
+
+function lockAcquireSync(w: Words, at: number, deadline: number): Got {
   const i32 = w.i32;
   const i = w.base + at;
-  if (!blocking) {
-    const v = Atomics.load(i32, i);
-    if (v === 0) return Atomics.compareExchange(i32, i, 0, PID) === 0 ? Got.Yes : Got.No;
-    if (v !== PID && holderDead(v) && Atomics.compareExchange(i32, i, v, PID) === v) return Got.OwnerDied;
-    return Got.No;
-  }
+  if (deadline === NO_WAIT) return lockTry(i32, i);
   if (deadline > performance.now() && spinLock(i32, i)) return Got.Yes;
-  Atomics.add(i32, i + 1, 1);
-  try {
-    for (;;) {
-      const v = Atomics.load(i32, i);
-      if (v === 0) {
-        if (Atomics.compareExchange(i32, i, 0, PID) === 0) return Got.Yes;
-        continue;
-      }
-      if (v !== PID && holderDead(v)) {
-        if (Atomics.compareExchange(i32, i, v, PID) === v) return Got.OwnerDied;
-        continue;
-      }
-      const now = performance.now();
-      if (now >= deadline) return Got.No;
-      let ms = msLeft(deadline);
-      if (v !== PID && (ms < 0 || ms > SLICE_MS)) ms = SLICE_MS;
-      checkResult(waitSync(w, at, v, ms), 'lock');
+  let slept = false;
+  for (;;) {
+    const v = lockStep(i32, i, deadline);
+    if (v === AGAIN) continue;
+    if (v === TOOK) return Got.Yes;
+    if (v === TOOK_DEAD) return Got.OwnerDied;
+    if (v === TIMED_OUT) {
+      if (slept) passOn(w, at);
+      return Got.No;
     }
-  } finally {
-    Atomics.sub(i32, i + 1, 1);
+    slept = true;
+    checkResult(waitSync(w, at, v, sliceMs(v, deadline)), 'lock');
   }
 }
 
@@ -244,39 +330,31 @@ async function lockAcquireAsync(w: Words, at: number, deadline: number, signal?:
   const i32 = w.i32;
   const i = w.base + at;
   if (deadline > performance.now() && spinLock(i32, i)) return Got.Yes;
-  Atomics.add(i32, i + 1, 1);
-  try {
-    for (;;) {
-      const v = Atomics.load(i32, i);
-      if (v === 0) {
-        if (Atomics.compareExchange(i32, i, 0, PID) === 0) return Got.Yes;
-        continue;
-      }
-      if (v !== PID && holderDead(v)) {
-        if (Atomics.compareExchange(i32, i, v, PID) === v) return Got.OwnerDied;
-        continue;
-      }
-      const now = performance.now();
-      if (now >= deadline) return Got.No;
-      let ms = msLeft(deadline);
-      if (v !== PID && (ms < 0 || ms > SLICE_MS)) ms = SLICE_MS;
-      const r = await waitAsync(w, at, v, ms, signal);
-      if (r === 'aborted') {
-        // The wake-up meant for us may have been spent on this cancelled wait:
-        // hand it on.
-        if (Atomics.load(i32, i) === 0 && Atomics.load(i32, i + 1) > 1) wake(w, at, 1);
-        throw abortError(signal!);
-      }
-      checkResult(r, 'lock');
+  let slept = false;
+  for (;;) {
+    const v = lockStep(i32, i, deadline);
+    if (v === AGAIN) continue;
+    if (v === TOOK) return Got.Yes;
+    if (v === TOOK_DEAD) return Got.OwnerDied;
+    if (v === TIMED_OUT) {
+      if (slept) passOn(w, at);
+      return Got.No;
     }
-  } finally {
-    Atomics.sub(i32, i + 1, 1);
+    slept = true;
+    const r = await waitAsync(w, at, v, sliceMs(v, deadline), signal);
+    if (r === 'aborted') {
+      passOn(w, at);
+      throw abortError(signal!);
+    }
+    checkResult(r, 'lock');
   }
 }
 
-function lockRelease(w: Words, at: number): void {
-  Atomics.store(w.i32, w.base + at, 0);
-  if (Atomics.load(w.i32, w.base + at + 1) > 0) wake(w, at, 1);
+/** Releases; returns the old word (0: it was not held). */
+function lockRelease(w: Words, at: number): number {
+  const old = Atomics.exchange(w.i32, w.base + at, 0);
+  if (old & WAITERS) wake(w, at, 1);
+  return old;
 }
 
 // Used by Condition to release a lock completely around a wait and take it back.
@@ -331,15 +409,21 @@ abstract class LockBase extends SyncObject {
 /** A non-recursive lock. It has no owner: any process or thread may release it. */
 export class Lock extends LockBase {
   constructor(options?: NamedOptions) {
+    checkPid();
     super('Lock', options, () => {});
   }
 
   acquireSync(options?: AcquireSyncOptions): boolean {
-    const w = this.w;
+    const w = this._w;
+    if (w === null) throw closedError('Lock');
+    if (options === undefined) {
+      if (Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return true;
+      return this.#took(lockAcquireSync(w, 0, Infinity));
+    }
     // Options are checked before the fast path so bad ones fail every time.
-    const { blocking, timeout } = options === undefined ? NO_OPTIONS : parseAcquireSync(options);
+    const deadline = parseAcquireSync(options);
     if (Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return true;
-    return this.#took(lockAcquireSync(w, 0, deadlineOf(timeout), blocking));
+    return this.#took(lockAcquireSync(w, 0, deadline));
   }
 
   async acquire(options?: AcquireOptions): Promise<boolean> {
@@ -356,18 +440,18 @@ export class Lock extends LockBase {
   }
 
   release(): void {
-    const w = this.w;
-    // One exchange both releases and tells whether the lock was held (storing
-    // 0 over 0 changes nothing).
-    if (Atomics.exchange(w.i32, w.base, 0) === 0) {
-      throw stateError('release() called on an unlocked Lock', 'ERR_MP_LOCK_NOT_HELD');
-    }
+    const w = this._w;
+    if (w === null) throw closedError('Lock');
+    // One exchange releases, tells whether the lock was held (storing 0 over
+    // 0 changes nothing) and whether a waiter may sleep.
+    const old = Atomics.exchange(w.i32, w.base, 0);
+    if (old === 0) throw stateError('release() called on an unlocked Lock', 'ERR_MP_LOCK_NOT_HELD');
     if (this._ownerDied) this._ownerDied = false;
-    if (Atomics.load(w.i32, w.base + 1) > 0) wake(w, 0, 1);
+    if (old & WAITERS) wake(w, 0, 1);
   }
 
   [kOwned](): boolean {
-    return Atomics.load(this.w.i32, this.w.base) === PID;
+    return (Atomics.load(this.w.i32, this.w.base) & PID_MASK) === PID;
   }
   [kSave](): number {
     this.release();
@@ -390,13 +474,14 @@ const R_COUNT = 3;
 /** A re-entrant lock owned by one (process, thread); only the owner may release it. */
 export class RLock extends LockBase {
   constructor(options?: NamedOptions) {
+    checkPid();
     super('RLock', options, () => {});
   }
 
   // The owner and count words are only written by the holder, before the
-  // seq-cst release store, so plain accesses suffice (and keep the pair fast).
+  // seq-cst release exchange, so plain accesses suffice (and keep the pair fast).
   #mine(w: Words): boolean {
-    return w.i32[w.base + R_OWNER] === TID && Atomics.load(w.i32, w.base) === PID;
+    return w.i32[w.base + R_OWNER] === TID && (Atomics.load(w.i32, w.base) & PID_MASK) === PID;
   }
 
   #own(w: Words, got: Got): boolean {
@@ -408,14 +493,15 @@ export class RLock extends LockBase {
   }
 
   acquireSync(options?: AcquireSyncOptions): boolean {
-    const w = this.w;
-    const { blocking, timeout } = options === undefined ? NO_OPTIONS : parseAcquireSync(options);
+    const w = this._w;
+    if (w === null) throw closedError('RLock');
+    const deadline = options === undefined ? Infinity : parseAcquireSync(options);
     if (this.#mine(w)) {
       w.i32[w.base + R_COUNT]++;
       return true;
     }
     if (Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return this.#own(w, Got.Yes);
-    return this.#own(w, lockAcquireSync(w, 0, deadlineOf(timeout), blocking));
+    return this.#own(w, lockAcquireSync(w, 0, deadline));
   }
 
   async acquire(options?: AcquireOptions): Promise<boolean> {
@@ -431,7 +517,8 @@ export class RLock extends LockBase {
   }
 
   release(): void {
-    const w = this.w;
+    const w = this._w;
+    if (w === null) throw closedError('RLock');
     if (!this.#mine(w)) {
       throw stateError('release() of an RLock this thread does not own', 'ERR_MP_LOCK_NOT_OWNED');
     }
@@ -487,12 +574,16 @@ export class Semaphore extends SyncObject {
     });
   }
 
+  // As spinLock: poll, CAS only when the value looks positive, pause between polls.
   #spin(w: Words): boolean {
     const end = performance.now() + SPIN_MS;
-    do {
-      for (let k = 0; k < 64; k++) if (Atomics.load(w.i32, w.base) > 0 && this.#try(w)) return true;
-    } while (performance.now() < end);
-    return false;
+    let delay = MIN_PAUSE;
+    for (let n = 1; ; n++) {
+      if (Atomics.load(w.i32, w.base) > 0 && this.#try(w)) return true;
+      pause(delay);
+      if (delay < MAX_PAUSE) delay *= 2;
+      if ((n & 7) === 0 && performance.now() >= end) return false;
+    }
   }
 
   #try(w: Words): boolean {
@@ -507,10 +598,9 @@ export class Semaphore extends SyncObject {
 
   acquireSync(options?: AcquireSyncOptions): boolean {
     const w = this.w;
-    const { blocking, timeout } = options === undefined ? NO_OPTIONS : parseAcquireSync(options);
+    const deadline = options === undefined ? Infinity : parseAcquireSync(options);
     if (this.#try(w)) return true;
-    if (!blocking) return false;
-    const deadline = deadlineOf(timeout);
+    if (deadline === NO_WAIT) return false;
     if (deadline > performance.now() && this.#spin(w)) return true;
     Atomics.add(w.i32, w.base + 1, 1);
     try {
