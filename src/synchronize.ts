@@ -66,20 +66,44 @@ const ALL = 0x7fffffff;
 // While another process holds a lock, its waiters look up every SLICE_MS to
 // see whether that process died (the owner-death guarantee is 100 ms).
 const SLICE_MS = 50;
-// How long a contended acquire spins in user space before it sleeps in the
-// kernel (or, for acquire(), parks on an addon thread). Critical sections are
-// usually far shorter than a futex round trip, and a waiter that is spinning
-// takes a handoff in well under a microsecond, where waking a sleeper costs
-// tens. Bounded, so a long-held lock costs each waiter this much CPU once.
+// How long a contended acquire spins in user space, at most, before it sleeps
+// in the kernel (or, for acquire(), parks on an addon thread). Critical
+// sections are usually far shorter than a futex round trip, and a waiter that
+// is spinning takes a handoff in well under a microsecond, where waking a
+// sleeper costs tens.
 const SPIN_MS = Number(process.env.PMP_SPIN_US ?? 30) / 1000;
+// Each handle adapts its own budget (process-local state; nothing shared): a
+// spin that succeeds doubles the next budget, up to SPIN_MS; one that runs out
+// halves it, down to MIN_SPIN_MS. When the other side answers within
+// microseconds (an idle machine) waiters keep spinning; when spins keep
+// failing — long critical sections, or an oversubscribed machine where the
+// process that would release is itself waiting for a CPU, perhaps this one —
+// the budget shrinks to a few polls and the waiter goes to sleep almost at
+// once, as CPython's does, instead of burning the CPU the releaser needs.
+const MIN_SPIN_MS = Math.min(SPIN_MS, 0.002);
+
+/** A handle's process-local waiting state. */
+interface Spin {
+  /** The current spin budget, in ms. */
+  ms: number;
+  /** Set by a release that found STARVING: hold back until then (a performance.now() time; 0: no). */
+  holdBack: number;
+}
+const newSpin = (): Spin => ({ ms: SPIN_MS, holdBack: 0 });
+
+function spinDone(s: Spin, ok: boolean): boolean {
+  s.ms = ok ? Math.min(SPIN_MS, s.ms * 2) : Math.max(MIN_SPIN_MS, s.ms / 2);
+  return ok;
+}
+
 // The spin polls with a plain atomic load and tries the CAS only when the
 // word looks free (test-and-test-and-set: a failing CAS would take the cache
 // line away from the holder for nothing), and pauses between polls for a
 // growing while (up to MAX_PAUSE rounds, a few hundred ns), so a waiter does
 // not keep pulling the line the holder is about to write. The clock is read
-// every 8 polls only.
-const MAX_PAUSE = Number(process.env.PMP_SPIN_PAUSE ?? 256);
-const MIN_PAUSE = Number(process.env.PMP_SPIN_MIN ?? 8);
+// every 8 polls only (each read costs about as much as a poll).
+const MIN_PAUSE = 8;
+const MAX_PAUSE = 128;
 
 let pauseSink = 0;
 /** Burns about n dependent multiply-adds; the result is kept so the JIT cannot drop the loop. */
@@ -89,15 +113,16 @@ function pause(n: number): void {
   pauseSink = x;
 }
 
-/** Spins until it takes the lock word i32[i] (true) or SPIN_MS passes (false). */
-function spinLock(i32: Int32Array, i: number): boolean {
-  const end = performance.now() + SPIN_MS;
+/** Spins until it takes the lock word i32[i] (true) or the budget runs out (false). */
+function spinLock(i32: Int32Array, i: number, s: Spin): boolean {
+  if (SPIN_MS <= 0) return false;
+  const end = performance.now() + s.ms;
   let delay = MIN_PAUSE;
   for (let n = 1; ; n++) {
-    if (Atomics.load(i32, i) === 0 && Atomics.compareExchange(i32, i, 0, PID) === 0) return true;
+    if (Atomics.load(i32, i) === 0 && Atomics.compareExchange(i32, i, 0, PID) === 0) return spinDone(s, true);
     pause(delay);
     if (delay < MAX_PAUSE) delay *= 2;
-    if ((n & 7) === 0 && performance.now() >= end) return false;
+    if ((n & 7) === 0 && performance.now() >= end) return spinDone(s, false);
   }
 }
 
@@ -231,6 +256,19 @@ abstract class SyncObject {
 const PID_MASK = 0x3fffff;
 const WAITERS = 0x40000000;
 
+// Fairness. Barging (a running process takes a just-released lock ahead of a
+// sleeping waiter) is what makes contended throughput, but a process that
+// re-acquires in a tight loop could keep a sleeper out for as long as the loop
+// runs. So a sleeper that has waited more than FAIR_MS marks the word STARVING
+// (with WAITERS), and the handle whose release finds the mark holds back on
+// its next blocking acquire, for at most YIELD_MS, until someone else has
+// taken the lock (normally the starving waiter it just woke). STARVING is only
+// a hint: the lock is held exactly when the word is nonzero, whoever takes it
+// clears the mark, and a stale mark costs one bounded hold-back.
+const STARVING = 0x20000000;
+const FAIR_MS = 2;
+const YIELD_MS = 0.5;
+
 function checkPid(): void {
   if (PID > PID_MASK) throw stateError(`pid ${PID} does not fit a lock word (22 bits)`, 'ERR_MP_UNSUPPORTED');
 }
@@ -276,16 +314,35 @@ const TOOK = -2;
 const TOOK_DEAD = -3;
 const TIMED_OUT = -4;
 
-function lockStep(i32: Int32Array, i: number, deadline: number): number {
+function lockStep(i32: Int32Array, i: number, deadline: number, since: number): number {
   const v = Atomics.load(i32, i);
   if (v === 0) return Atomics.compareExchange(i32, i, 0, PID | WAITERS) === 0 ? TOOK : AGAIN;
   const holder = v & PID_MASK;
   if (holder !== PID && holderDead(holder)) {
     return Atomics.compareExchange(i32, i, v, PID | WAITERS) === v ? TOOK_DEAD : AGAIN;
   }
-  if (performance.now() >= deadline) return TIMED_OUT;
-  if ((v & WAITERS) === 0 && Atomics.compareExchange(i32, i, v, v | WAITERS) !== v) return AGAIN;
-  return v | WAITERS;
+  const now = performance.now();
+  if (now >= deadline) return TIMED_OUT;
+  const want = now - since > FAIR_MS ? v | WAITERS | STARVING : v | WAITERS;
+  if (want !== v && Atomics.compareExchange(i32, i, v, want) !== v) return AGAIN;
+  return want;
+}
+
+/** After a release that found STARVING: wait (bounded) until someone else takes the lock. */
+function holdBack(i32: Int32Array, i: number, s: Spin, deadline: number): void {
+  const until = Math.min(s.holdBack, deadline);
+  s.holdBack = 0;
+  for (let n = 1; Atomics.load(i32, i) === 0; n++) {
+    pause(MAX_PAUSE);
+    if ((n & 7) === 0 && performance.now() >= until) return;
+  }
+}
+
+/** The same without blocking the event loop: looks again once per loop turn. */
+async function holdBackAsync(i32: Int32Array, i: number, s: Spin, deadline: number): Promise<void> {
+  const until = Math.min(s.holdBack, deadline);
+  s.holdBack = 0;
+  while (Atomics.load(i32, i) === 0 && performance.now() < until) await new Promise(setImmediate);
 }
 
 // How long one sleep may last: a holder in another process is looked at
@@ -306,14 +363,16 @@ function passOn(w: Words, at: number): void {
   }
 }
 
-function lockAcquireSync(w: Words, at: number, deadline: number): Got {
+function lockAcquireSync(w: Words, at: number, deadline: number, spin: Spin): Got {
   const i32 = w.i32;
   const i = w.base + at;
   if (deadline === NO_WAIT) return lockTry(i32, i);
-  if (deadline > performance.now() && spinLock(i32, i)) return Got.Yes;
+  if (spin.holdBack !== 0) holdBack(i32, i, spin, deadline);
+  if (deadline > performance.now() && spinLock(i32, i, spin)) return Got.Yes;
   let slept = false;
+  const since = performance.now();
   for (;;) {
-    const v = lockStep(i32, i, deadline);
+    const v = lockStep(i32, i, deadline, since);
     if (v === AGAIN) continue;
     if (v === TOOK) return Got.Yes;
     if (v === TOOK_DEAD) return Got.OwnerDied;
@@ -326,13 +385,15 @@ function lockAcquireSync(w: Words, at: number, deadline: number): Got {
   }
 }
 
-async function lockAcquireAsync(w: Words, at: number, deadline: number, signal?: AbortSignal): Promise<Got> {
+async function lockAcquireAsync(w: Words, at: number, deadline: number, spin: Spin, signal?: AbortSignal): Promise<Got> {
   const i32 = w.i32;
   const i = w.base + at;
-  if (deadline > performance.now() && spinLock(i32, i)) return Got.Yes;
+  if (spin.holdBack !== 0) await holdBackAsync(i32, i, spin, deadline);
+  if (deadline > performance.now() && spinLock(i32, i, spin)) return Got.Yes;
   let slept = false;
+  const since = performance.now();
   for (;;) {
-    const v = lockStep(i32, i, deadline);
+    const v = lockStep(i32, i, deadline, since);
     if (v === AGAIN) continue;
     if (v === TOOK) return Got.Yes;
     if (v === TOOK_DEAD) return Got.OwnerDied;
@@ -351,9 +412,12 @@ async function lockAcquireAsync(w: Words, at: number, deadline: number, signal?:
 }
 
 /** Releases; returns the old word (0: it was not held). */
-function lockRelease(w: Words, at: number): number {
+function lockRelease(w: Words, at: number, spin: Spin): number {
   const old = Atomics.exchange(w.i32, w.base + at, 0);
-  if (old & WAITERS) wake(w, at, 1);
+  if (old & WAITERS) {
+    wake(w, at, 1);
+    if (old & STARVING) spin.holdBack = performance.now() + YIELD_MS;
+  }
   return old;
 }
 
@@ -365,6 +429,7 @@ const kRestore = Symbol('restore');
 
 abstract class LockBase extends SyncObject {
   protected _ownerDied = false;
+  protected readonly _spin = newSpin();
 
   /** True after this handle took the lock over from a holder that died, until its next release. */
   get ownerDied(): boolean {
@@ -416,22 +481,26 @@ export class Lock extends LockBase {
   acquireSync(options?: AcquireSyncOptions): boolean {
     const w = this._w;
     if (w === null) throw closedError('Lock');
+    // The fast path reads this handle's holdBack (process-local) and makes
+    // one CAS on the word.
     if (options === undefined) {
-      if (Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return true;
-      return this.#took(lockAcquireSync(w, 0, Infinity));
+      if (this._spin.holdBack === 0 && Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return true;
+      return this.#took(lockAcquireSync(w, 0, Infinity, this._spin));
     }
     // Options are checked before the fast path so bad ones fail every time.
     const deadline = parseAcquireSync(options);
-    if (Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return true;
-    return this.#took(lockAcquireSync(w, 0, deadline));
+    if ((this._spin.holdBack === 0 || deadline === NO_WAIT) && Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) {
+      return true;
+    }
+    return this.#took(lockAcquireSync(w, 0, deadline, this._spin));
   }
 
   async acquire(options?: AcquireOptions): Promise<boolean> {
     const w = this.w;
     const { timeout, signal } = parseAcquire(options);
     if (signal?.aborted) throw abortError(signal);
-    if (Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return true;
-    return this.#took(await lockAcquireAsync(w, 0, deadlineOf(timeout), signal));
+    if (this._spin.holdBack === 0 && Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return true;
+    return this.#took(await lockAcquireAsync(w, 0, deadlineOf(timeout), this._spin, signal));
   }
 
   #took(got: Got): boolean {
@@ -447,7 +516,10 @@ export class Lock extends LockBase {
     const old = Atomics.exchange(w.i32, w.base, 0);
     if (old === 0) throw stateError('release() called on an unlocked Lock', 'ERR_MP_LOCK_NOT_HELD');
     if (this._ownerDied) this._ownerDied = false;
-    if (old & WAITERS) wake(w, 0, 1);
+    if (old & WAITERS) {
+      wake(w, 0, 1);
+      if (old & STARVING) this._spin.holdBack = performance.now() + YIELD_MS;
+    }
   }
 
   [kOwned](): boolean {
@@ -500,8 +572,10 @@ export class RLock extends LockBase {
       w.i32[w.base + R_COUNT]++;
       return true;
     }
-    if (Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return this.#own(w, Got.Yes);
-    return this.#own(w, lockAcquireSync(w, 0, deadline));
+    if ((this._spin.holdBack === 0 || deadline === NO_WAIT) && Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) {
+      return this.#own(w, Got.Yes);
+    }
+    return this.#own(w, lockAcquireSync(w, 0, deadline, this._spin));
   }
 
   async acquire(options?: AcquireOptions): Promise<boolean> {
@@ -512,8 +586,8 @@ export class RLock extends LockBase {
       w.i32[w.base + R_COUNT]++;
       return true;
     }
-    if (Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return this.#own(w, Got.Yes);
-    return this.#own(w, await lockAcquireAsync(w, 0, deadlineOf(timeout), signal));
+    if (this._spin.holdBack === 0 && Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return this.#own(w, Got.Yes);
+    return this.#own(w, await lockAcquireAsync(w, 0, deadlineOf(timeout), this._spin, signal));
   }
 
   release(): void {
@@ -525,7 +599,7 @@ export class RLock extends LockBase {
     if (--w.i32[w.base + R_COUNT] > 0) return;
     this._ownerDied = false;
     w.i32[w.base + R_OWNER] = 0;
-    lockRelease(w, 0);
+    lockRelease(w, 0, this._spin);
   }
 
   /** How many times the owning thread holds it (0 when free; for tests and debugging). */
@@ -574,15 +648,19 @@ export class Semaphore extends SyncObject {
     });
   }
 
+  readonly #budget = newSpin();
+
   // As spinLock: poll, CAS only when the value looks positive, pause between polls.
   #spin(w: Words): boolean {
-    const end = performance.now() + SPIN_MS;
+    if (SPIN_MS <= 0) return false;
+    const s = this.#budget;
+    const end = performance.now() + s.ms;
     let delay = MIN_PAUSE;
     for (let n = 1; ; n++) {
-      if (Atomics.load(w.i32, w.base) > 0 && this.#try(w)) return true;
+      if (Atomics.load(w.i32, w.base) > 0 && this.#try(w)) return spinDone(s, true);
       pause(delay);
       if (delay < MAX_PAUSE) delay *= 2;
-      if ((n & 7) === 0 && performance.now() >= end) return false;
+      if ((n & 7) === 0 && performance.now() >= end) return spinDone(s, false);
     }
   }
 
@@ -1050,8 +1128,10 @@ export class Barrier extends SyncObject {
     return Atomics.load(this.w.i32, this.w.base + B_BROKEN) === 1;
   }
 
+  readonly #spin = newSpin();
+
   #lock(w: Words): void {
-    lockAcquireSync(w, B_LOCK, Infinity);
+    lockAcquireSync(w, B_LOCK, Infinity, this.#spin);
   }
 
   #arrive(w: Words): Arrival {
@@ -1068,7 +1148,7 @@ export class Barrier extends SyncObject {
       const gen = Atomics.load(i32, b + B_GEN);
       return { kind: arrived + 1 === parties ? 'last' : 'wait', index: arrived, gen };
     } finally {
-      lockRelease(w, B_LOCK);
+      lockRelease(w, B_LOCK, this.#spin);
     }
   }
 
@@ -1097,7 +1177,7 @@ export class Barrier extends SyncObject {
   // Publishes a state change and releases the internal lock.
   #bump(w: Words): void {
     Atomics.add(w.i32, w.base + B_SEQ, 1);
-    lockRelease(w, B_LOCK);
+    lockRelease(w, B_LOCK, this.#spin);
     wake(w, B_SEQ, ALL);
   }
 

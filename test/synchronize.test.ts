@@ -652,6 +652,57 @@ describe('the lock word: pid | WAITERS', () => {
     lock.release();
   });
 
+  it('fairness: a sleeper gets the lock while another thread re-acquires it in a tight loop', async () => {
+    const { Worker } = await import('node:worker_threads');
+    const name = `t-${process.pid}-fair`;
+    const lock = new Lock({ name });
+    const sab = new SharedArrayBuffer(16);
+    const c = new Int32Array(sab); // [loop iterations, loop finished]
+    const entry = path.resolve('dist/cjs/index.js');
+    const code = `
+      const { workerData, parentPort } = require('node:worker_threads');
+      const { Lock } = require(${JSON.stringify(entry)});
+      const lock = new Lock({ name: workerData.name });
+      const c = new Int32Array(workerData.sab);
+      if (workerData.role === 'looper') {
+        const end = performance.now() + 3000;
+        for (let i = 0; ; i++) {
+          lock.acquireSync(); c[0]++; lock.release();
+          if ((i & 1023) === 0 && performance.now() > end) break;
+        }
+        Atomics.store(c, 1, 1);
+      } else {
+        while (Atomics.load(c, 0) < 100000);
+        const t0 = performance.now();
+        lock.acquireSync();
+        const waited = performance.now() - t0;
+        const loopDone = Atomics.load(c, 1) === 1;
+        lock.release();
+        parentPort.postMessage({ waited, loopDone });
+      }
+      lock.close();
+    `;
+    const run = (role: string) =>
+      new Promise<any>((resolve, reject) => {
+        const w = new Worker(code, { eval: true, workerData: { name, sab, role } });
+        let msg: unknown;
+        w.on('message', (m) => (msg = m));
+        w.on('error', reject);
+        w.on('exit', () => resolve(msg));
+      });
+    try {
+      const [, result] = await Promise.all([run('looper'), run('sleeper')]);
+      // Without the STARVING mark an idle machine could keep the sleeper out
+      // for the whole 3 s loop. (On a loaded one the looper's preemptions let
+      // it in anyway: there this checks liveness, not the mark itself.)
+      expect(result.loopDone).toBe(false);
+      expect(result.waited).toBeLessThan(1500);
+    } finally {
+      lock.close();
+      Lock.unlink(name);
+    }
+  }, 30_000);
+
   it('worker threads: timed-out waiters, sleepers and a barger; every unbounded waiter gets through', async () => {
     // All in one process, so no waiter falls back on the owner-death poll: a
     // wake-up taken by a waiter that then timed out, and not handed on, would
