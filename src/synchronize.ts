@@ -3,8 +3,9 @@
 //
 // State lives in 32-bit words of shared memory (sync/words.ts). The uncontended
 // paths are plain Atomics on those words, with no native call; only a waiter
-// enters the kernel (futex), and a releaser wakes it only when the waiter count
-// says someone sleeps. Async waits sleep on addon threads, never the event loop.
+// enters the kernel (futex), and a releaser wakes it only when the word (Lock,
+// RLock) or a waiter count (the others) says someone may sleep. Async waits
+// sleep on addon threads, never the event loop.
 
 import { BrokenBarrierError, closedError, stateError } from './errors';
 import { importTarget, pickExport, requireModule } from './import-target';
@@ -66,21 +67,64 @@ const ALL = 0x7fffffff;
 // While another process holds a lock, its waiters look up every SLICE_MS to
 // see whether that process died (the owner-death guarantee is 100 ms).
 const SLICE_MS = 50;
-// How long a contended acquire spins in user space before it sleeps in the
-// kernel (or, for acquire(), parks on an addon thread). Critical sections are
-// usually far shorter than a futex round trip, and a waiter that is spinning
-// takes a handoff in well under a microsecond, where waking a sleeper costs
-// tens. Bounded, so a long-held lock costs each waiter this much CPU once.
+// How long a contended acquire spins in user space, at most, before it sleeps
+// in the kernel (or, for acquire(), parks on an addon thread). Critical
+// sections are usually far shorter than a futex round trip, and a waiter that
+// is spinning takes a handoff in well under a microsecond, where waking a
+// sleeper costs tens.
 const SPIN_MS = Number(process.env.PMP_SPIN_US ?? 30) / 1000;
+// Each handle adapts its own budget (process-local state; nothing shared): a
+// spin that succeeds doubles the next budget, up to SPIN_MS; one that runs out
+// halves it, down to MIN_SPIN_MS. When the other side answers within
+// microseconds (an idle machine) waiters keep spinning; when spins keep
+// failing — long critical sections, or an oversubscribed machine where the
+// process that would release is itself waiting for a CPU, perhaps this one —
+// the budget shrinks to a few polls and the waiter goes to sleep almost at
+// once, as CPython's does, instead of burning the CPU the releaser needs.
+const MIN_SPIN_MS = Math.min(SPIN_MS, 0.002);
 
-function spinLock(i32: Int32Array, i: number): boolean {
-  const end = performance.now() + SPIN_MS;
-  do {
-    for (let k = 0; k < 64; k++) {
-      if (Atomics.load(i32, i) === 0 && Atomics.compareExchange(i32, i, 0, PID) === 0) return true;
-    }
-  } while (performance.now() < end);
-  return false;
+/** A handle's process-local waiting state. */
+interface Spin {
+  /** The current spin budget, in ms. */
+  ms: number;
+  /** Set by a release that found STARVING: hold back until then (a performance.now() time; 0: no). */
+  holdBack: number;
+}
+const newSpin = (): Spin => ({ ms: SPIN_MS, holdBack: 0 });
+
+function spinDone(s: Spin, ok: boolean): boolean {
+  s.ms = ok ? Math.min(SPIN_MS, s.ms * 2) : Math.max(MIN_SPIN_MS, s.ms / 2);
+  return ok;
+}
+
+// The spin polls with a plain atomic load and tries the CAS only when the
+// word looks free (test-and-test-and-set: a failing CAS would take the cache
+// line away from the holder for nothing), and pauses between polls for a
+// growing while (up to MAX_PAUSE rounds, a few hundred ns), so a waiter does
+// not keep pulling the line the holder is about to write. The clock is read
+// every 8 polls only (each read costs about as much as a poll).
+const MIN_PAUSE = 8;
+const MAX_PAUSE = 128;
+
+let pauseSink = 0;
+/** Burns about n dependent multiply-adds; the result is kept so the JIT cannot drop the loop. */
+function pause(n: number): void {
+  let x = pauseSink;
+  for (let k = 0; k < n; k++) x = (Math.imul(x, 1103515245) + 12345) | 0;
+  pauseSink = x;
+}
+
+/** Spins until it takes the lock word i32[i] (true) or the budget runs out (false). */
+function spinLock(i32: Int32Array, i: number, s: Spin): boolean {
+  if (SPIN_MS <= 0) return false;
+  const end = performance.now() + s.ms;
+  let delay = MIN_PAUSE;
+  for (let n = 1; ; n++) {
+    if (Atomics.load(i32, i) === 0 && Atomics.compareExchange(i32, i, 0, PID) === 0) return spinDone(s, true);
+    pause(delay);
+    if (delay < MAX_PAUSE) delay *= 2;
+    if ((n & 7) === 0 && performance.now() >= end) return spinDone(s, false);
+  }
 }
 
 // Set while a handle is revived from another process: the constructor then
@@ -100,12 +144,16 @@ function checkResult(r: WaitResult, what: string): void {
   if (r === 'fault') throw closedError(what);
 }
 
-const NO_OPTIONS = { blocking: true, timeout: undefined } as const;
+// acquireSync()'s options as one number: the deadline (performance.now()
+// time, Infinity: none), or NO_WAIT for blocking: false. A number, not an
+// object, so the try-acquire path allocates nothing.
+const NO_WAIT = -Infinity;
 
-function parseAcquireSync(options: unknown): { blocking: boolean; timeout: number | undefined } {
+function parseAcquireSync(options: unknown): number {
   const o = validateObject(options, 'options');
   const blocking = o.blocking === undefined ? true : validateBoolean(o.blocking, 'options.blocking');
-  return { blocking, timeout: validateTimeout(o.timeout, 'options.timeout') };
+  const timeout = validateTimeout(o.timeout, 'options.timeout');
+  return blocking ? deadlineOf(timeout) : NO_WAIT;
 }
 
 // acquire() also takes Python's `blocking: false` (a try-acquire), so that the
@@ -182,9 +230,49 @@ abstract class SyncObject {
 
 // ---- the lock word --------------------------------------------------------------
 //
-// Word `at` holds 0 (free) or the holder's pid; word at+1 counts sleepers. The
-// pid is what makes owner death detectable: a waiter that finds the holder gone
-// takes the lock over with a CAS from the dead pid, so exactly one wins.
+// Word `at` is 0 when the lock is free, else the holder's pid, with WAITERS
+// set when a waiter may be asleep in the kernel (the mutex of Drepper's
+// "Futexes Are Tricky", with a pid in place of its 1):
+//
+// - acquire: CAS 0 -> pid. Uncontended, that and release's exchange are the
+//   only shared accesses.
+// - release: exchange -> 0; the old value says whether to wake one waiter.
+// - a waiter about to sleep first makes sure its value carries WAITERS (CAS v
+//   -> v|WAITERS) and then sleeps on exactly that value. A release in between
+//   changes the word, so the kernel refuses the sleep ('not-equal') and the
+//   waiter looks again: the wake-up cannot be lost. (A separate sleeper count
+//   read after a plain store would be a store-load race; here the releaser's
+//   exchange and the waiter's CAS are on the same word.)
+// - a waiter that slept takes the lock as pid|WAITERS: it cannot know whether
+//   others still sleep, so its release wakes one more (at worst needlessly).
+// - a waiter that slept and leaves without the lock (timeout, abort) may have
+//   taken the wake-up meant for another: passOn() hands it on.
+//
+// The pid makes owner death detectable: a waiter that finds the holder gone
+// takes the lock over with a CAS from the dead holder's value, so exactly one
+// wins. Words at+1.. are unused by the lock (RLock keeps its owner thread and
+// count in words 2 and 3).
+
+/** Linux pids are below 2^22 (PID_MAX_LIMIT), macOS ones below 100,000. */
+const PID_MASK = 0x3fffff;
+const WAITERS = 0x40000000;
+
+// Fairness. Barging (a running process takes a just-released lock ahead of a
+// sleeping waiter) is what makes contended throughput, but a process that
+// re-acquires in a tight loop could keep a sleeper out for as long as the loop
+// runs. So a sleeper that has waited more than FAIR_MS marks the word STARVING
+// (with WAITERS), and the handle whose release finds the mark holds back on
+// its next blocking acquire, for at most YIELD_MS, until someone else has
+// taken the lock (normally the starving waiter it just woke). STARVING is only
+// a hint: the lock is held exactly when the word is nonzero, whoever takes it
+// clears the mark, and a stale mark costs one bounded hold-back.
+const STARVING = 0x20000000;
+const FAIR_MS = 2;
+const YIELD_MS = 0.5;
+
+function checkPid(): void {
+  if (PID > PID_MASK) throw stateError(`pid ${PID} does not fit a lock word (22 bits)`, 'ERR_MP_UNSUPPORTED');
+}
 
 const enum Got {
   No = 0,
@@ -208,76 +296,130 @@ function holderDead(pid: number): boolean {
   return false;
 }
 
-function lockAcquireSync(w: Words, at: number, deadline: number, blocking = true): Got {
-  const i32 = w.i32;
-  const i = w.base + at;
-  if (!blocking) {
-    const v = Atomics.load(i32, i);
-    if (v === 0) return Atomics.compareExchange(i32, i, 0, PID) === 0 ? Got.Yes : Got.No;
-    if (v !== PID && holderDead(v) && Atomics.compareExchange(i32, i, v, PID) === v) return Got.OwnerDied;
-    return Got.No;
+function lockTry(i32: Int32Array, i: number): Got {
+  const v = Atomics.load(i32, i);
+  if (v === 0) return Atomics.compareExchange(i32, i, 0, PID) === 0 ? Got.Yes : Got.No;
+  const holder = v & PID_MASK;
+  // Keep WAITERS: the sleepers behind the dead holder are still there.
+  if (holder !== PID && holderDead(holder) && Atomics.compareExchange(i32, i, v, PID | (v & WAITERS)) === v) {
+    return Got.OwnerDied;
   }
-  if (deadline > performance.now() && spinLock(i32, i)) return Got.Yes;
-  Atomics.add(i32, i + 1, 1);
-  try {
-    for (;;) {
-      const v = Atomics.load(i32, i);
-      if (v === 0) {
-        if (Atomics.compareExchange(i32, i, 0, PID) === 0) return Got.Yes;
-        continue;
-      }
-      if (v !== PID && holderDead(v)) {
-        if (Atomics.compareExchange(i32, i, v, PID) === v) return Got.OwnerDied;
-        continue;
-      }
-      const now = performance.now();
-      if (now >= deadline) return Got.No;
-      let ms = msLeft(deadline);
-      if (v !== PID && (ms < 0 || ms > SLICE_MS)) ms = SLICE_MS;
-      checkResult(waitSync(w, at, v, ms), 'lock');
-    }
-  } finally {
-    Atomics.sub(i32, i + 1, 1);
+  return Got.No;
+}
+
+// One look at the word on the way to sleep. Returns the lock if it can be
+// taken, otherwise the value to sleep on (with WAITERS set), or -1 to look
+// again at once.
+const AGAIN = -1;
+const TOOK = -2;
+const TOOK_DEAD = -3;
+const TIMED_OUT = -4;
+
+function lockStep(i32: Int32Array, i: number, deadline: number, since: number): number {
+  const v = Atomics.load(i32, i);
+  if (v === 0) return Atomics.compareExchange(i32, i, 0, PID | WAITERS) === 0 ? TOOK : AGAIN;
+  const holder = v & PID_MASK;
+  if (holder !== PID && holderDead(holder)) {
+    return Atomics.compareExchange(i32, i, v, PID | WAITERS) === v ? TOOK_DEAD : AGAIN;
+  }
+  const now = performance.now();
+  if (now >= deadline) return TIMED_OUT;
+  const want = now - since > FAIR_MS ? v | WAITERS | STARVING : v | WAITERS;
+  if (want !== v && Atomics.compareExchange(i32, i, v, want) !== v) return AGAIN;
+  return want;
+}
+
+/** After a release that found STARVING: wait (bounded) until someone else takes the lock. */
+function holdBack(i32: Int32Array, i: number, s: Spin, deadline: number): void {
+  const until = Math.min(s.holdBack, deadline);
+  s.holdBack = 0;
+  for (let n = 1; Atomics.load(i32, i) === 0; n++) {
+    pause(MAX_PAUSE);
+    if ((n & 7) === 0 && performance.now() >= until) return;
   }
 }
 
-async function lockAcquireAsync(w: Words, at: number, deadline: number, signal?: AbortSignal): Promise<Got> {
-  const i32 = w.i32;
+/** The same without blocking the event loop: looks again once per loop turn. */
+async function holdBackAsync(i32: Int32Array, i: number, s: Spin, deadline: number): Promise<void> {
+  const until = Math.min(s.holdBack, deadline);
+  s.holdBack = 0;
+  while (Atomics.load(i32, i) === 0 && performance.now() < until) await new Promise(setImmediate);
+}
+
+// How long one sleep may last: a holder in another process is looked at
+// every SLICE_MS, for owner death.
+function sliceMs(v: number, deadline: number): number {
+  const ms = msLeft(deadline);
+  return (v & PID_MASK) !== PID && (ms < 0 || ms > SLICE_MS) ? SLICE_MS : ms;
+}
+
+/** A waiter that slept leaves without the lock: make sure another sleeper, if any, is woken. */
+function passOn(w: Words, at: number): void {
   const i = w.base + at;
-  if (deadline > performance.now() && spinLock(i32, i)) return Got.Yes;
-  Atomics.add(i32, i + 1, 1);
-  try {
-    for (;;) {
-      const v = Atomics.load(i32, i);
-      if (v === 0) {
-        if (Atomics.compareExchange(i32, i, 0, PID) === 0) return Got.Yes;
-        continue;
-      }
-      if (v !== PID && holderDead(v)) {
-        if (Atomics.compareExchange(i32, i, v, PID) === v) return Got.OwnerDied;
-        continue;
-      }
-      const now = performance.now();
-      if (now >= deadline) return Got.No;
-      let ms = msLeft(deadline);
-      if (v !== PID && (ms < 0 || ms > SLICE_MS)) ms = SLICE_MS;
-      const r = await waitAsync(w, at, v, ms, signal);
-      if (r === 'aborted') {
-        // The wake-up meant for us may have been spent on this cancelled wait:
-        // hand it on.
-        if (Atomics.load(i32, i) === 0 && Atomics.load(i32, i + 1) > 1) wake(w, at, 1);
-        throw abortError(signal!);
-      }
-      checkResult(r, 'lock');
-    }
-  } finally {
-    Atomics.sub(i32, i + 1, 1);
+  for (;;) {
+    const v = Atomics.load(w.i32, i);
+    // Free: wake one now. Held: WAITERS makes its release wake one.
+    if (v === 0) return wake(w, at, 1);
+    if (v & WAITERS || Atomics.compareExchange(w.i32, i, v, v | WAITERS) === v) return;
   }
 }
 
-function lockRelease(w: Words, at: number): void {
-  Atomics.store(w.i32, w.base + at, 0);
-  if (Atomics.load(w.i32, w.base + at + 1) > 0) wake(w, at, 1);
+function lockAcquireSync(w: Words, at: number, deadline: number, spin: Spin): Got {
+  const i32 = w.i32;
+  const i = w.base + at;
+  if (deadline === NO_WAIT) return lockTry(i32, i);
+  if (spin.holdBack !== 0) holdBack(i32, i, spin, deadline);
+  if (deadline > performance.now() && spinLock(i32, i, spin)) return Got.Yes;
+  let slept = false;
+  const since = performance.now();
+  for (;;) {
+    const v = lockStep(i32, i, deadline, since);
+    if (v === AGAIN) continue;
+    if (v === TOOK) return Got.Yes;
+    if (v === TOOK_DEAD) return Got.OwnerDied;
+    if (v === TIMED_OUT) {
+      if (slept) passOn(w, at);
+      return Got.No;
+    }
+    slept = true;
+    checkResult(waitSync(w, at, v, sliceMs(v, deadline)), 'lock');
+  }
+}
+
+async function lockAcquireAsync(w: Words, at: number, deadline: number, spin: Spin, signal?: AbortSignal): Promise<Got> {
+  const i32 = w.i32;
+  const i = w.base + at;
+  if (spin.holdBack !== 0) await holdBackAsync(i32, i, spin, deadline);
+  if (deadline > performance.now() && spinLock(i32, i, spin)) return Got.Yes;
+  let slept = false;
+  const since = performance.now();
+  for (;;) {
+    const v = lockStep(i32, i, deadline, since);
+    if (v === AGAIN) continue;
+    if (v === TOOK) return Got.Yes;
+    if (v === TOOK_DEAD) return Got.OwnerDied;
+    if (v === TIMED_OUT) {
+      if (slept) passOn(w, at);
+      return Got.No;
+    }
+    slept = true;
+    const r = await waitAsync(w, at, v, sliceMs(v, deadline), signal);
+    if (r === 'aborted') {
+      passOn(w, at);
+      throw abortError(signal!);
+    }
+    checkResult(r, 'lock');
+  }
+}
+
+/** Releases; returns the old word (0: it was not held). */
+function lockRelease(w: Words, at: number, spin: Spin): number {
+  const old = Atomics.exchange(w.i32, w.base + at, 0);
+  if (old & WAITERS) {
+    wake(w, at, 1);
+    if (old & STARVING) spin.holdBack = performance.now() + YIELD_MS;
+  }
+  return old;
 }
 
 // Used by Condition to release a lock completely around a wait and take it back.
@@ -288,6 +430,7 @@ const kRestore = Symbol('restore');
 
 abstract class LockBase extends SyncObject {
   protected _ownerDied = false;
+  protected readonly _spin = newSpin();
 
   /** True after this handle took the lock over from a holder that died, until its next release. */
   get ownerDied(): boolean {
@@ -332,23 +475,33 @@ abstract class LockBase extends SyncObject {
 /** A non-recursive lock. It has no owner: any process or thread may release it. */
 export class Lock extends LockBase {
   constructor(options?: NamedOptions) {
+    checkPid();
     super('Lock', options, () => {});
   }
 
   acquireSync(options?: AcquireSyncOptions): boolean {
-    const w = this.w;
+    const w = this._w;
+    if (w === null) throw closedError('Lock');
+    // The fast path reads this handle's holdBack (process-local) and makes
+    // one CAS on the word.
+    if (options === undefined) {
+      if (this._spin.holdBack === 0 && Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return true;
+      return this.#took(lockAcquireSync(w, 0, Infinity, this._spin));
+    }
     // Options are checked before the fast path so bad ones fail every time.
-    const { blocking, timeout } = options === undefined ? NO_OPTIONS : parseAcquireSync(options);
-    if (Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return true;
-    return this.#took(lockAcquireSync(w, 0, deadlineOf(timeout), blocking));
+    const deadline = parseAcquireSync(options);
+    if ((this._spin.holdBack === 0 || deadline === NO_WAIT) && Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) {
+      return true;
+    }
+    return this.#took(lockAcquireSync(w, 0, deadline, this._spin));
   }
 
   async acquire(options?: AcquireOptions): Promise<boolean> {
     const w = this.w;
     const { timeout, signal } = parseAcquire(options);
     if (signal?.aborted) throw abortError(signal);
-    if (Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return true;
-    return this.#took(await lockAcquireAsync(w, 0, deadlineOf(timeout), signal));
+    if (this._spin.holdBack === 0 && Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return true;
+    return this.#took(await lockAcquireAsync(w, 0, deadlineOf(timeout), this._spin, signal));
   }
 
   #took(got: Got): boolean {
@@ -357,18 +510,21 @@ export class Lock extends LockBase {
   }
 
   release(): void {
-    const w = this.w;
-    // One exchange both releases and tells whether the lock was held (storing
-    // 0 over 0 changes nothing).
-    if (Atomics.exchange(w.i32, w.base, 0) === 0) {
-      throw stateError('release() called on an unlocked Lock', 'ERR_MP_LOCK_NOT_HELD');
-    }
+    const w = this._w;
+    if (w === null) throw closedError('Lock');
+    // One exchange releases, tells whether the lock was held (storing 0 over
+    // 0 changes nothing) and whether a waiter may sleep.
+    const old = Atomics.exchange(w.i32, w.base, 0);
+    if (old === 0) throw stateError('release() called on an unlocked Lock', 'ERR_MP_LOCK_NOT_HELD');
     if (this._ownerDied) this._ownerDied = false;
-    if (Atomics.load(w.i32, w.base + 1) > 0) wake(w, 0, 1);
+    if (old & WAITERS) {
+      wake(w, 0, 1);
+      if (old & STARVING) this._spin.holdBack = performance.now() + YIELD_MS;
+    }
   }
 
   [kOwned](): boolean {
-    return Atomics.load(this.w.i32, this.w.base) === PID;
+    return (Atomics.load(this.w.i32, this.w.base) & PID_MASK) === PID;
   }
   [kSave](): number {
     this.release();
@@ -391,13 +547,14 @@ const R_COUNT = 3;
 /** A re-entrant lock owned by one (process, thread); only the owner may release it. */
 export class RLock extends LockBase {
   constructor(options?: NamedOptions) {
+    checkPid();
     super('RLock', options, () => {});
   }
 
   // The owner and count words are only written by the holder, before the
-  // seq-cst release store, so plain accesses suffice (and keep the pair fast).
+  // seq-cst release exchange, so plain accesses suffice (and keep the pair fast).
   #mine(w: Words): boolean {
-    return w.i32[w.base + R_OWNER] === TID && Atomics.load(w.i32, w.base) === PID;
+    return w.i32[w.base + R_OWNER] === TID && (Atomics.load(w.i32, w.base) & PID_MASK) === PID;
   }
 
   #own(w: Words, got: Got): boolean {
@@ -409,14 +566,17 @@ export class RLock extends LockBase {
   }
 
   acquireSync(options?: AcquireSyncOptions): boolean {
-    const w = this.w;
-    const { blocking, timeout } = options === undefined ? NO_OPTIONS : parseAcquireSync(options);
+    const w = this._w;
+    if (w === null) throw closedError('RLock');
+    const deadline = options === undefined ? Infinity : parseAcquireSync(options);
     if (this.#mine(w)) {
       w.i32[w.base + R_COUNT]++;
       return true;
     }
-    if (Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return this.#own(w, Got.Yes);
-    return this.#own(w, lockAcquireSync(w, 0, deadlineOf(timeout), blocking));
+    if ((this._spin.holdBack === 0 || deadline === NO_WAIT) && Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) {
+      return this.#own(w, Got.Yes);
+    }
+    return this.#own(w, lockAcquireSync(w, 0, deadline, this._spin));
   }
 
   async acquire(options?: AcquireOptions): Promise<boolean> {
@@ -427,19 +587,20 @@ export class RLock extends LockBase {
       w.i32[w.base + R_COUNT]++;
       return true;
     }
-    if (Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return this.#own(w, Got.Yes);
-    return this.#own(w, await lockAcquireAsync(w, 0, deadlineOf(timeout), signal));
+    if (this._spin.holdBack === 0 && Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return this.#own(w, Got.Yes);
+    return this.#own(w, await lockAcquireAsync(w, 0, deadlineOf(timeout), this._spin, signal));
   }
 
   release(): void {
-    const w = this.w;
+    const w = this._w;
+    if (w === null) throw closedError('RLock');
     if (!this.#mine(w)) {
       throw stateError('release() of an RLock this thread does not own', 'ERR_MP_LOCK_NOT_OWNED');
     }
     if (--w.i32[w.base + R_COUNT] > 0) return;
     this._ownerDied = false;
     w.i32[w.base + R_OWNER] = 0;
-    lockRelease(w, 0);
+    lockRelease(w, 0, this._spin);
   }
 
   /** How many times the owning thread holds it (0 when free; for tests and debugging). */
@@ -490,12 +651,20 @@ export class Semaphore extends SyncObject {
     });
   }
 
+  readonly #budget = newSpin();
+
+  // As spinLock: poll, CAS only when the value looks positive, pause between polls.
   #spin(w: Words): boolean {
-    const end = performance.now() + SPIN_MS;
-    do {
-      for (let k = 0; k < 64; k++) if (Atomics.load(w.i32, w.base) > 0 && this.#try(w)) return true;
-    } while (performance.now() < end);
-    return false;
+    if (SPIN_MS <= 0) return false;
+    const s = this.#budget;
+    const end = performance.now() + s.ms;
+    let delay = MIN_PAUSE;
+    for (let n = 1; ; n++) {
+      if (Atomics.load(w.i32, w.base) > 0 && this.#try(w)) return spinDone(s, true);
+      pause(delay);
+      if (delay < MAX_PAUSE) delay *= 2;
+      if ((n & 7) === 0 && performance.now() >= end) return spinDone(s, false);
+    }
   }
 
   #try(w: Words): boolean {
@@ -510,10 +679,9 @@ export class Semaphore extends SyncObject {
 
   acquireSync(options?: AcquireSyncOptions): boolean {
     const w = this.w;
-    const { blocking, timeout } = options === undefined ? NO_OPTIONS : parseAcquireSync(options);
+    const deadline = options === undefined ? Infinity : parseAcquireSync(options);
     if (this.#try(w)) return true;
-    if (!blocking) return false;
-    const deadline = deadlineOf(timeout);
+    if (deadline === NO_WAIT) return false;
     if (deadline > performance.now() && this.#spin(w)) return true;
     Atomics.add(w.i32, w.base + 1, 1);
     try {
@@ -969,8 +1137,10 @@ export class Barrier extends SyncObject {
     return Atomics.load(this.w.i32, this.w.base + B_BROKEN) === 1;
   }
 
+  readonly #spin = newSpin();
+
   #lock(w: Words): void {
-    lockAcquireSync(w, B_LOCK, Infinity);
+    lockAcquireSync(w, B_LOCK, Infinity, this.#spin);
   }
 
   #arrive(w: Words): Arrival {
@@ -987,7 +1157,7 @@ export class Barrier extends SyncObject {
       const gen = Atomics.load(i32, b + B_GEN);
       return { kind: arrived + 1 === parties ? 'last' : 'wait', index: arrived, gen };
     } finally {
-      lockRelease(w, B_LOCK);
+      lockRelease(w, B_LOCK, this.#spin);
     }
   }
 
@@ -1016,7 +1186,7 @@ export class Barrier extends SyncObject {
   // Publishes a state change and releases the internal lock.
   #bump(w: Words): void {
     Atomics.add(w.i32, w.base + B_SEQ, 1);
-    lockRelease(w, B_LOCK);
+    lockRelease(w, B_LOCK, this.#spin);
     wake(w, B_SEQ, ALL);
   }
 

@@ -16,6 +16,7 @@ import {
 } from 'posix-multiprocessing';
 import heapModule from '../dist/cjs/heap.js';
 import * as fx from './fixtures/sync.mjs';
+import * as targets from './fixtures/targets.mjs';
 
 const { heap } = heapModule as { heap: () => any };
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pmp-sync-'));
@@ -526,6 +527,235 @@ describe('event loop', () => {
     e.set();
     expect((await Promise.all(waits)).every(Boolean)).toBe(true);
   });
+});
+
+describe('the lock word: pid | WAITERS', () => {
+  const WAITERS = 0x40000000;
+  /** The lock's own words, as every process maps them. */
+  const wordsOf = (lock: Lock | RLock) => {
+    const ref = lock.ref();
+    const block = heap().attach(ref);
+    return new Int32Array(block.buffer, block.offset, 4);
+  };
+  const pidOfExited = async () => {
+    const p = start(targets.noop);
+    await p.join();
+    return p.pid!;
+  };
+
+  it('uncontended: the word is the pid alone; a parked acquire() sets WAITERS and the release wakes it', async () => {
+    const lock = new Lock();
+    const word = wordsOf(lock);
+    lock.acquireSync();
+    expect(word[0]).toBe(process.pid);
+    // The holder is this process, so the waiter sleeps without the 50 ms
+    // owner-death poll: a lost wake-up would hang here.
+    const p = lock.acquire();
+    await waitUntil(() => word[0] === (process.pid | WAITERS));
+    await sleep(50);
+    const t0 = performance.now();
+    lock.release();
+    expect(await p).toBe(true);
+    expect(performance.now() - t0).toBeLessThan(2000);
+    // A waiter that slept takes the lock with WAITERS (others may sleep too).
+    expect(word[0]).toBe(process.pid | WAITERS);
+    lock.release();
+    expect(word[0]).toBe(0);
+    expect(lock.acquireSync({ blocking: false })).toBe(true);
+    expect(word[0]).toBe(process.pid);
+    lock.release();
+  });
+
+  it('a worker thread asleep in acquireSync() is woken by the release', async () => {
+    const { Worker } = await import('node:worker_threads');
+    const name = `t-${process.pid}-wakebit`;
+    const lock = new Lock({ name });
+    const entry = path.resolve('dist/cjs/index.js');
+    const code = `
+      const { workerData, parentPort } = require('node:worker_threads');
+      const { Lock } = require(${JSON.stringify(entry)});
+      const lock = new Lock({ name: workerData.name });
+      parentPort.postMessage('waiting');
+      const got = lock.acquireSync();
+      lock.release();
+      parentPort.postMessage(got);
+      lock.close();
+    `;
+    try {
+      lock.acquireSync();
+      const w = new Worker(code, { eval: true, workerData: { name } });
+      const msgs: unknown[] = [];
+      w.on('message', (m) => msgs.push(m));
+      const exited = new Promise((r) => w.on('exit', r));
+      await waitUntil(() => msgs.length > 0);
+      // Give the worker time to spin out and sleep in the kernel.
+      await sleep(200);
+      lock.release();
+      await exited;
+      expect(msgs).toEqual(['waiting', true]);
+    } finally {
+      lock.close();
+      Lock.unlink(name);
+    }
+  }, 20_000);
+
+  it('owner death: takes the lock over from a dead pid, with or without WAITERS, sync, async and try', async () => {
+    const dead = await pidOfExited();
+    for (const make of [() => new Lock(), () => new RLock()]) {
+      for (const how of ['sync', 'async', 'try'] as const) {
+        for (const bit of [0, WAITERS]) {
+          const lock = make();
+          const word = wordsOf(lock);
+          word[0] = dead | bit;
+          const got =
+            how === 'sync'
+              ? lock.acquireSync({ timeout: 5 })
+              : how === 'async'
+                ? await lock.acquire({ timeout: 5 })
+                : lock.acquireSync({ blocking: false });
+          expect(got).toBe(true);
+          expect(lock.ownerDied).toBe(true);
+          // A waiter takes over as pid|WAITERS; a try keeps the bit it found.
+          expect(word[0]).toBe(process.pid | (how === 'try' ? bit : WAITERS));
+          expect(lock.locked()).toBe(true);
+          lock.release();
+          expect(lock.ownerDied).toBe(false);
+          expect(word[0]).toBe(0);
+        }
+      }
+    }
+  });
+
+  it('a woken waiter that then times out hands its wake-up on', async () => {
+    const lock = new Lock();
+    const word = wordsOf(lock);
+    lock.acquireSync();
+    // x parks first (the kernel wakes in FIFO order), then y, without limit.
+    const x = lock.acquire({ timeout: 0.3 });
+    await sleep(100);
+    const y = lock.acquire();
+    await sleep(100);
+    // The release wakes x; before x runs, this thread takes the lock again
+    // (as the pid alone: WAITERS is gone) and holds it past x's deadline.
+    lock.release();
+    expect(lock.acquireSync({ blocking: false })).toBe(true);
+    expect(word[0]).toBe(process.pid);
+    const end = performance.now() + 400;
+    while (performance.now() < end);
+    expect(await x).toBe(false);
+    // x left without the lock: it must have put WAITERS back, or this release
+    // would not wake y, which (the holder being this process) never polls.
+    expect(word[0]).toBe(process.pid | WAITERS);
+    lock.release();
+    const got = await Promise.race([y, sleep(3000).then(() => 'stuck')]);
+    expect(got).toBe(true);
+    lock.release();
+  });
+
+  it('fairness: a sleeper gets the lock while another thread re-acquires it in a tight loop', async () => {
+    const { Worker } = await import('node:worker_threads');
+    const name = `t-${process.pid}-fair`;
+    const lock = new Lock({ name });
+    const sab = new SharedArrayBuffer(16);
+    const c = new Int32Array(sab); // [loop iterations, loop finished]
+    const entry = path.resolve('dist/cjs/index.js');
+    const code = `
+      const { workerData, parentPort } = require('node:worker_threads');
+      const { Lock } = require(${JSON.stringify(entry)});
+      const lock = new Lock({ name: workerData.name });
+      const c = new Int32Array(workerData.sab);
+      if (workerData.role === 'looper') {
+        const end = performance.now() + 3000;
+        for (let i = 0; ; i++) {
+          lock.acquireSync(); c[0]++; lock.release();
+          if ((i & 1023) === 0 && performance.now() > end) break;
+        }
+        Atomics.store(c, 1, 1);
+      } else {
+        while (Atomics.load(c, 0) < 100000);
+        const t0 = performance.now();
+        lock.acquireSync();
+        const waited = performance.now() - t0;
+        const loopDone = Atomics.load(c, 1) === 1;
+        lock.release();
+        parentPort.postMessage({ waited, loopDone });
+      }
+      lock.close();
+    `;
+    const run = (role: string) =>
+      new Promise<any>((resolve, reject) => {
+        const w = new Worker(code, { eval: true, workerData: { name, sab, role } });
+        let msg: unknown;
+        w.on('message', (m) => (msg = m));
+        w.on('error', reject);
+        w.on('exit', () => resolve(msg));
+      });
+    try {
+      const [, result] = await Promise.all([run('looper'), run('sleeper')]);
+      // Without the STARVING mark an idle machine could keep the sleeper out
+      // for the whole 3 s loop. (On a loaded one the looper's preemptions let
+      // it in anyway: there this checks liveness, not the mark itself.)
+      expect(result.loopDone).toBe(false);
+      expect(result.waited).toBeLessThan(1500);
+    } finally {
+      lock.close();
+      Lock.unlink(name);
+    }
+  }, 30_000);
+
+  it('worker threads: timed-out waiters, sleepers and a barger; every unbounded waiter gets through', async () => {
+    // All in one process, so no waiter falls back on the owner-death poll: a
+    // wake-up taken by a waiter that then timed out, and not handed on, would
+    // leave an unbounded waiter asleep for good.
+    const { Worker } = await import('node:worker_threads');
+    const name = `t-${process.pid}-passon`;
+    const lock = new Lock({ name });
+    const sab = new SharedArrayBuffer(8);
+    const counter = new Int32Array(sab);
+    const entry = path.resolve('dist/cjs/index.js');
+    const code = `
+      const { workerData } = require('node:worker_threads');
+      const { Lock } = require(${JSON.stringify(entry)});
+      const lock = new Lock({ name: workerData.name });
+      const c = new Int32Array(workerData.sab);
+      const spin = (us) => { const end = performance.now() + us / 1000; while (performance.now() < end); };
+      for (let i = 0; i < workerData.n; i++) {
+        if (workerData.role === 'timeout') {
+          if (lock.acquireSync({ timeout: 0.0005 + Math.random() * 0.002 })) { spin(50); lock.release(); }
+        } else {
+          lock.acquireSync();
+          c[0]++;
+          spin(workerData.role === 'barger' ? 5 : 100);
+          lock.release();
+        }
+      }
+      lock.close();
+    `;
+    const roles = [
+      ['timeout', 300],
+      ['timeout', 300],
+      ['sleeper', 300],
+      ['sleeper', 300],
+      ['barger', 3000],
+    ] as const;
+    try {
+      await Promise.all(
+        roles.map(
+          ([role, n]) =>
+            new Promise<void>((resolve, reject) => {
+              const w = new Worker(code, { eval: true, workerData: { name, sab, role, n } });
+              w.on('error', reject);
+              w.on('exit', () => resolve());
+            }),
+        ),
+      );
+      expect(counter[0]).toBe(3600);
+      expect(lock.locked()).toBe(false);
+    } finally {
+      lock.close();
+      Lock.unlink(name);
+    }
+  }, 60_000);
 });
 
 describe('worker threads', () => {

@@ -68,7 +68,9 @@ function wordsOf(buffer: ArrayBuffer, ref: BlockRef, unmap?: () => void): Words 
 // publishes `ready`; attachers wait (bounded) for `ready` before trusting it.
 
 const MAGIC = 0x504d5053; // 'PMPS'
-const LAYOUT_VERSION = 1;
+// 2: a Lock/RLock word holds pid | WAITERS (synchronize.ts); version 1 kept a
+// separate sleeper count, so the two must not share an object.
+const LAYOUT_VERSION = 2;
 const H_MAGIC = 0;
 const H_KIND = 1;
 const H_VERSION = 2;
