@@ -135,11 +135,13 @@ describe('Queue in one process', () => {
     const dead = new Process({ target: fx.produceSync, args: [q, 0, 0] });
     dead.start();
     expect(await dead.join()).toBe(0);
-    // Forge what a SIGKILL inside the critical section leaves: the dead pid in the lock word.
+    // Forge what a SIGKILL inside a critical section leaves: the dead pid in the
+    // consumers' lock word (byte 128) and in the producers' (byte 64).
     const fd = fs.openSync(`/dev/shm${(q as any)._ref.segment}`, 'r+');
     const lockWord = Buffer.alloc(4);
     lockWord.writeInt32LE(dead.pid!, 0);
-    fs.writeSync(fd, lockWord, 0, 4, 0);
+    fs.writeSync(fd, lockWord, 0, 4, 128);
+    fs.writeSync(fd, lockWord, 0, 4, 64);
     fs.closeSync(fd);
     const t = performance.now();
     expect(q.getSync({ timeout: 5 })).toBe('before');
