@@ -152,7 +152,7 @@ abstract class QueueBase<T> {
     if (tryPut(ring, bytes)) return;
     if (!wait.block) throw new QueueFullError();
     for (let spin = 0; spin < SPINS; spin++) {
-      if (!ring.looksFull() && tryPut(ring, bytes)) return;
+      if (ring.roomy() && tryPut(ring, bytes)) return;
     }
     for (;;) {
       const left = wait.deadline - performance.now();
@@ -231,15 +231,18 @@ abstract class QueueBase<T> {
     }
   }
 
-  protected getBytes(wait: Wait): Promise<Encoded> {
+  // A message already queued is decoded at once and handed over in a resolved
+  // promise: one microtask, no async function around it. (May throw: the
+  // callers turn that into a rejection.)
+  protected getDecoded(wait: Wait): Promise<T> {
     if (!this.#getLine.busy) {
       const got = this.ring.tryGet();
-      if (got !== null) return Promise.resolve(got);
+      if (got !== null) return Promise.resolve(decodeMessage(got) as T);
       if (!wait.block) return Promise.reject(new QueueEmptyError());
     } else if (!wait.block) {
       return Promise.reject(new QueueEmptyError());
     }
-    return this.#getLine.run(() => this.#getLoop(wait));
+    return this.#getLine.run(() => this.#getLoop(wait)).then(decodeMessage) as Promise<T>;
   }
 
   async #getLoop(wait: Wait): Promise<Encoded> {
@@ -325,9 +328,12 @@ export class Queue<T = unknown> extends QueueBase<T> {
 
   /** Resolves with the oldest item, waiting while the queue is empty (block/timeout);
    *  rejects with QueueEmptyError when there is none. */
-  async get(options?: QueueWaitOptions): Promise<T> {
-    const wait = waitOptions(options, true);
-    return decodeMessage(await this.getBytes(wait)) as T;
+  get(options?: QueueWaitOptions): Promise<T> {
+    try {
+      return this.getDecoded(waitOptions(options, true));
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
   getSync(options?: Omit<QueueWaitOptions, 'signal'>): T {
@@ -414,8 +420,12 @@ export class SimpleQueue<T = unknown> extends QueueBase<T> {
     this.putBytesSync(encodeMessage(obj), { block: true, deadline: Infinity });
   }
 
-  async get(): Promise<T> {
-    return decodeMessage(await this.getBytes({ block: true, deadline: Infinity })) as T;
+  get(): Promise<T> {
+    try {
+      return this.getDecoded(BLOCK_FOREVER);
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
   getSync(): T {

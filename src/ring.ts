@@ -67,7 +67,8 @@ const MAGIC_VALUE = 0x706d7132; // 'pmq2': this layout
 // A record: u32 length (top bit: spilled), u32 put number, the data padded to 8.
 const RECORD_HEADER = 8;
 const FLAG_SPILL = 0x80000000;
-const LENGTH_MASK = 0x7fffffff;
+const FLAG_ASCII = 0x40000000; // JSON text, all ASCII: read back as latin1, no UTF-8 decoding
+const LENGTH_MASK = 0x3fffffff;
 
 export const DEFAULT_CAPACITY = 4 * 1024 * 1024;
 
@@ -113,6 +114,8 @@ function mapSegment(name: string, fd: number, size: number): Mapping {
 interface RawBuffer extends Buffer {
   utf8Write(text: string, offset: number, length?: number): number;
   utf8Slice(start: number, end: number): string;
+  latin1Write(text: string, offset: number, length?: number): number;
+  latin1Slice(start: number, end: number): string;
 }
 const allocRaw = (n: number) => Buffer.allocUnsafe(n) as RawBuffer;
 
@@ -223,11 +226,14 @@ export class Ring {
     return Atomics.load(this.i32, HEAD) === Atomics.load(this.i32, TAIL);
   }
 
-  /** True when a put of a small message would find no room right now. */
-  looksFull(): boolean {
+  /** True when an eighth of the ring (and of maxsize) is free: a producer
+   *  that found the queue full waits a moment for this much room rather than
+   *  putting each message into a slot just freed, which would pull the
+   *  consumers' cache line over once per message on both sides. */
+  roomy(): boolean {
     const i32 = this.i32;
-    if (this.#maxsize > 0 && this.items() >= this.#maxsize) return true;
-    return this.#capacity - ((Atomics.load(i32, TAIL) - Atomics.load(i32, HEAD)) >>> 0) < 256;
+    if (this.#maxsize > 0 && this.items() > this.#maxsize - Math.ceil(this.#maxsize / 8)) return false;
+    return this.#capacity - ((Atomics.load(i32, TAIL) - Atomics.load(i32, HEAD)) >>> 0) >= this.#capacity / 8;
   }
 
   // ---- JoinableQueue's count ---------------------------------------------------
@@ -374,16 +380,15 @@ export class Ring {
       bytes.utf8Write(text, 1);
       return this.tryPut(bytes);
     }
-    const at = this.#reserve(length, 0);
+    const ascii = length - 1 === chars;
+    const at = this.#reserve(length, ascii ? FLAG_ASCII : 0);
     if (at < 0) return false;
     const bytes = this.#bytes;
     if (at + length <= this.#capacity) {
       bytes[at] = JSON_TAG_BYTE;
-      if (length - 1 === chars && chars <= SHORT_TEXT) {
-        for (let k = 0, o = at + 1; k < chars; k++, o++) bytes[o] = text.charCodeAt(k);
-      } else {
-        bytes.utf8Write(text, at + 1, length - 1);
-      }
+      if (!ascii) bytes.utf8Write(text, at + 1, length - 1);
+      else if (chars > SHORT_TEXT) bytes.latin1Write(text, at + 1, chars);
+      else for (let k = 0, o = at + 1; k < chars; k++, o++) bytes[o] = text.charCodeAt(k);
     } else {
       const tmp = allocRaw(length);
       tmp[0] = JSON_TAG_BYTE;
@@ -484,8 +489,8 @@ export class Ring {
     const putNumber = this.#view.getInt32(at + 4, true);
     const start = (at + RECORD_HEADER) & this.#mask;
     let out: Buffer | string;
-    if (word === len && len > 0 && this.#bytes[start] === JSON_TAG_BYTE && start + len <= this.#capacity) {
-      out = this.#bytes.utf8Slice(start + 1, start + len);
+    if ((word & FLAG_SPILL) === 0 && len > 0 && this.#bytes[start] === JSON_TAG_BYTE && start + len <= this.#capacity) {
+      out = word & FLAG_ASCII ? this.#bytes.latin1Slice(start + 1, start + len) : this.#bytes.utf8Slice(start + 1, start + len);
     } else {
       out = Buffer.allocUnsafe(len);
       this.#copyOut(out, start);
