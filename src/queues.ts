@@ -8,10 +8,10 @@
 // (wait-word.ts). The word is read before the attempt, so a change between the
 // attempt and the sleep makes the sleep return at once: no lost wake-ups.
 import { closedError, QueueEmptyError, QueueFullError, stateError } from './errors';
-import { GET_SEQ, GET_WAITERS, PUT_SEQ, PUT_WAITERS, Ring, type RingRef, UNFINISHED } from './ring';
+import { DONE, GET_SEQ, GET_WAITERS, PUT_SEQ, PUT_WAITERS, Ring, type RingRef } from './ring';
 import { decode, encode, encodeJsonText, registerTransferable } from './serialize';
 import { validateBoolean, validateInteger, validateObject, validateSignal, validateTimeout } from './validate';
-import { type WaitResult, type WaitWord, waitAsync, waitSync, wakeAll, wakeOne } from './wait-word';
+import { type WaitResult, type WaitWord, waitAsync, waitSync, wakeOne } from './wait-word';
 
 // Sleepers wake at least this often and look again. A put wakes one consumer
 // only when the queue goes from empty to non-empty, and that consumer passes
@@ -43,11 +43,20 @@ function decodeMessage(m: Encoded): unknown {
   return typeof m === 'string' ? JSON.parse(m) : decode(m);
 }
 
-function tryPut(ring: Ring, m: Encoded, joinable: boolean): boolean {
-  return typeof m === 'string' ? ring.tryPutJson(m, joinable) : ring.tryPut(m, joinable);
+function tryPut(ring: Ring, m: Encoded): boolean {
+  return typeof m === 'string' ? ring.tryPutJson(m) : ring.tryPut(m);
 }
 
+// Before a sync wait goes to sleep it looks this many more times: the other
+// side is usually running on another core and about to commit, and a futex
+// sleep and wake cost microseconds on both sides. (Tens of microseconds at
+// most; async waits never spin.)
+const SPINS = 2000;
+
+const BLOCK_FOREVER: Wait = Object.freeze({ block: true, deadline: Infinity });
+
 function waitOptions(options: unknown, async: boolean): Wait {
+  if (options === undefined) return BLOCK_FOREVER;
   const o = validateObject(options, 'options');
   const block = o.block === undefined ? true : validateBoolean(o.block, 'options.block');
   const timeout = validateTimeout(o.timeout, 'options.timeout');
@@ -97,14 +106,12 @@ const noop = () => {};
 /** The machinery shared by the three queue classes. */
 abstract class QueueBase<T> {
   #ring: Ring | null;
-  readonly #joinable: boolean;
   readonly #pending = new Set<{ cancel(): void; reject(err: unknown): void }>();
   readonly #putLine = new Line();
   readonly #getLine = new Line();
 
-  protected constructor(ring: Ring, joinable: boolean) {
+  protected constructor(ring: Ring) {
     this.#ring = ring;
-    this.#joinable = joinable;
   }
 
   protected get ring(): Ring {
@@ -142,13 +149,25 @@ abstract class QueueBase<T> {
 
   protected putBytesSync(bytes: Encoded, wait: Wait): void {
     const ring = this.ring;
+    if (tryPut(ring, bytes)) return;
+    if (!wait.block) throw new QueueFullError();
+    for (let spin = 0; spin < SPINS; spin++) {
+      if (ring.roomy() && tryPut(ring, bytes)) return;
+    }
     for (;;) {
-      const seq = Atomics.load(ring.i32, GET_SEQ);
-      if (tryPut(ring, bytes, this.#joinable)) return;
-      if (!wait.block) throw new QueueFullError();
       const left = wait.deadline - performance.now();
       if (left <= 0) throw new QueueFullError();
-      this.#sleepSync(ring.word(GET_SEQ), PUT_WAITERS, seq, left);
+      // Count ourselves as a sleeper, then try again, then sleep: a get that
+      // commits after the try sees the count and bumps the word (ring.ts).
+      const seq = Atomics.load(ring.i32, GET_SEQ);
+      Atomics.add(ring.i32, PUT_WAITERS, 1);
+      try {
+        if (tryPut(ring, bytes)) return;
+        waitSync(ring.word(GET_SEQ), seq, sliceOf(left));
+      } finally {
+        Atomics.sub(ring.i32, PUT_WAITERS, 1);
+      }
+      if (tryPut(ring, bytes)) return;
     }
   }
 
@@ -156,7 +175,7 @@ abstract class QueueBase<T> {
   // without awaiting each other still enter the queue in call order.
   protected putBytes(bytes: Encoded, wait: Wait): Promise<void> {
     if (!this.#putLine.busy) {
-      if (tryPut(this.ring, bytes, this.#joinable)) return Promise.resolve();
+      if (tryPut(this.ring, bytes)) return Promise.resolve();
       if (!wait.block) return Promise.reject(new QueueFullError());
     } else if (!wait.block) {
       return Promise.reject(new QueueFullError());
@@ -167,58 +186,82 @@ abstract class QueueBase<T> {
   async #putLoop(bytes: Encoded, wait: Wait): Promise<void> {
     for (;;) {
       const ring = this.ring;
-      const seq = Atomics.load(ring.i32, GET_SEQ);
-      if (tryPut(ring, bytes, this.#joinable)) return;
+      if (tryPut(ring, bytes)) return;
       if (!wait.block) throw new QueueFullError();
       const left = wait.deadline - performance.now();
       if (left <= 0) throw new QueueFullError();
-      await this.#sleep(ring.word(GET_SEQ), PUT_WAITERS, seq, left, wait.signal);
+      const seq = Atomics.load(ring.i32, GET_SEQ);
+      Atomics.add(ring.i32, PUT_WAITERS, 1);
+      try {
+        if (tryPut(ring, bytes)) return;
+        await this.sleep(ring.word(GET_SEQ), seq, left, wait.signal);
+      } finally {
+        Atomics.sub(ring.i32, PUT_WAITERS, 1);
+      }
     }
   }
 
   protected getBytesSync(wait: Wait): Encoded {
     const ring = this.ring;
+    const got = ring.tryGet();
+    if (got !== null) return got;
+    if (!wait.block) throw new QueueEmptyError();
+    for (let spin = 0; spin < SPINS; spin++) {
+      if (!ring.isEmpty()) {
+        const again = ring.tryGet();
+        if (again !== null) return again;
+      }
+    }
     for (;;) {
-      const seq = Atomics.load(ring.i32, PUT_SEQ);
-      const bytes = ring.tryGet();
-      if (bytes !== null) return bytes;
-      if (!wait.block) throw new QueueEmptyError();
       const left = wait.deadline - performance.now();
       if (left <= 0) throw new QueueEmptyError();
-      this.#sleepSync(ring.word(PUT_SEQ), GET_WAITERS, seq, left);
+      // Count ourselves as a sleeper, then look again, then sleep: a put that
+      // commits after the look sees the count and bumps the word (ring.ts).
+      const seq = Atomics.load(ring.i32, PUT_SEQ);
+      Atomics.add(ring.i32, GET_WAITERS, 1);
+      try {
+        const again = ring.tryGet();
+        if (again !== null) return again;
+        waitSync(ring.word(PUT_SEQ), seq, sliceOf(left));
+      } finally {
+        Atomics.sub(ring.i32, GET_WAITERS, 1);
+      }
+      const again = ring.tryGet();
+      if (again !== null) return again;
     }
   }
 
-  protected getBytes(wait: Wait): Promise<Encoded> {
+  // A message already queued is decoded at once and handed over in a resolved
+  // promise: one microtask, no async function around it. (May throw: the
+  // callers turn that into a rejection.)
+  protected getDecoded(wait: Wait): Promise<T> {
     if (!this.#getLine.busy) {
       const got = this.ring.tryGet();
-      if (got !== null) return Promise.resolve(got);
+      if (got !== null) return Promise.resolve(decodeMessage(got) as T);
       if (!wait.block) return Promise.reject(new QueueEmptyError());
     } else if (!wait.block) {
       return Promise.reject(new QueueEmptyError());
     }
-    return this.#getLine.run(() => this.#getLoop(wait));
+    return this.#getLine.run(() => this.#getLoop(wait)).then(decodeMessage) as Promise<T>;
   }
 
   async #getLoop(wait: Wait): Promise<Encoded> {
     for (;;) {
       const ring = this.ring;
-      const seq = Atomics.load(ring.i32, PUT_SEQ);
-      const bytes = ring.tryGet();
-      if (bytes !== null) return bytes;
+      const got = ring.tryGet();
+      if (got !== null) return got;
       if (!wait.block) throw new QueueEmptyError();
       const left = wait.deadline - performance.now();
       if (left <= 0) throw new QueueEmptyError();
-      await this.#sleep(ring.word(PUT_SEQ), GET_WAITERS, seq, left, wait.signal);
-    }
-  }
-
-  #sleepSync(word: WaitWord, waiters: number, seq: number, leftMs: number): void {
-    Atomics.add(word.i32, waiters, 1);
-    try {
-      waitSync(word, seq, sliceOf(leftMs));
-    } finally {
-      Atomics.sub(word.i32, waiters, 1);
+      const seq = Atomics.load(ring.i32, PUT_SEQ);
+      Atomics.add(ring.i32, GET_WAITERS, 1);
+      try {
+        const again = ring.tryGet();
+        if (again !== null) return again;
+        await this.sleep(ring.word(PUT_SEQ), seq, left, wait.signal);
+      } finally {
+        Atomics.sub(ring.i32, GET_WAITERS, 1);
+      }
     }
   }
 
@@ -250,25 +293,17 @@ abstract class QueueBase<T> {
     }
   }
 
-  async #sleep(word: WaitWord, waiters: number, seq: number, leftMs: number, signal?: AbortSignal): Promise<void> {
-    Atomics.add(word.i32, waiters, 1);
-    try {
-      await this.sleep(word, seq, leftMs, signal);
-    } finally {
-      Atomics.sub(word.i32, waiters, 1);
-    }
-  }
 }
 
 export class Queue<T = unknown> extends QueueBase<T> {
   constructor(maxsize = 0) {
     if ((maxsize as unknown) instanceof Ring) {
-      super(maxsize as unknown as Ring, new.target === JoinableQueue);
+      super(maxsize as unknown as Ring);
       return;
     }
     validateInteger(maxsize, 'maxsize', Number.MIN_SAFE_INTEGER, 0x7fffffff);
     // As in Python, maxsize <= 0 means no limit on the number of items.
-    super(Ring.create(Math.max(0, maxsize)), new.target === JoinableQueue);
+    super(Ring.create(Math.max(0, maxsize)));
   }
 
   /** Puts obj on the queue, waiting while it is full (block/timeout). */
@@ -293,9 +328,12 @@ export class Queue<T = unknown> extends QueueBase<T> {
 
   /** Resolves with the oldest item, waiting while the queue is empty (block/timeout);
    *  rejects with QueueEmptyError when there is none. */
-  async get(options?: QueueWaitOptions): Promise<T> {
-    const wait = waitOptions(options, true);
-    return decodeMessage(await this.getBytes(wait)) as T;
+  get(options?: QueueWaitOptions): Promise<T> {
+    try {
+      return this.getDecoded(waitOptions(options, true));
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
   getSync(options?: Omit<QueueWaitOptions, 'signal'>): T {
@@ -314,7 +352,7 @@ export class Queue<T = unknown> extends QueueBase<T> {
   }
 
   empty(): boolean {
-    return this.ring.items() === 0;
+    return this.ring.isEmpty();
   }
 
   full(): boolean {
@@ -335,14 +373,8 @@ export class JoinableQueue<T = unknown> extends Queue<T> {
 
   /** Marks one item taken with get() as processed. */
   taskDone(): void {
-    const i32 = this.ring.i32;
-    for (;;) {
-      const n = Atomics.load(i32, UNFINISHED);
-      if (n <= 0) throw stateError('taskDone() called more times than there were items', 'ERR_MP_TASK_DONE');
-      if (Atomics.compareExchange(i32, UNFINISHED, n, n - 1) === n) {
-        if (n === 1) wakeAll(this.ring.word(UNFINISHED));
-        return;
-      }
+    if (!this.ring.taskDone()) {
+      throw stateError('taskDone() called more times than there were items', 'ERR_MP_TASK_DONE');
     }
   }
 
@@ -351,18 +383,20 @@ export class JoinableQueue<T = unknown> extends Queue<T> {
     const signal = validateSignal(validateObject(options, 'options').signal);
     for (;;) {
       const ring = this.ring;
-      const n = Atomics.load(ring.i32, UNFINISHED);
-      if (n === 0) return;
-      await this.sleep(ring.word(UNFINISHED), n, Infinity, signal);
+      // DONE read before the count: a taskDone() after it changes the word
+      // and ends the sleep at once.
+      const done = Atomics.load(ring.i32, DONE);
+      if (ring.unfinished() === 0) return;
+      await this.sleep(ring.word(DONE), done, Infinity, signal);
     }
   }
 
   joinSync(): void {
     for (;;) {
       const ring = this.ring;
-      const n = Atomics.load(ring.i32, UNFINISHED);
-      if (n === 0) return;
-      waitSync(ring.word(UNFINISHED), n, -1);
+      const done = Atomics.load(ring.i32, DONE);
+      if (ring.unfinished() === 0) return;
+      waitSync(ring.word(DONE), done, SLICE_MS);
     }
   }
 }
@@ -371,7 +405,7 @@ export class JoinableQueue<T = unknown> extends Queue<T> {
 export class SimpleQueue<T = unknown> extends QueueBase<T> {
   constructor() {
     const ring = arguments[0] instanceof Ring ? (arguments[0] as Ring) : Ring.create(0);
-    super(ring, false);
+    super(ring);
   }
 
   put(obj: T): Promise<void> {
@@ -386,8 +420,12 @@ export class SimpleQueue<T = unknown> extends QueueBase<T> {
     this.putBytesSync(encodeMessage(obj), { block: true, deadline: Infinity });
   }
 
-  async get(): Promise<T> {
-    return decodeMessage(await this.getBytes({ block: true, deadline: Infinity })) as T;
+  get(): Promise<T> {
+    try {
+      return this.getDecoded(BLOCK_FOREVER);
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
   getSync(): T {
@@ -395,7 +433,7 @@ export class SimpleQueue<T = unknown> extends QueueBase<T> {
   }
 
   empty(): boolean {
-    return this.ring.items() === 0;
+    return this.ring.isEmpty();
   }
 }
 

@@ -1,14 +1,31 @@
 // The shared ring under every queue: variable-size records in a byte ring in
-// shared memory, a word lock held only for a memcpy, and futex words to sleep on
-// when the ring is empty or full. Nothing of a queue lives in one process's
-// memory, so a producer that exits loses nothing and leaves nothing to flush.
+// shared memory, and futex words to sleep on when it is empty or full. Nothing
+// of a queue lives in one process's memory, so a producer that exits loses
+// nothing and leaves nothing to flush.
 //
-// Crash safety: the lock word holds the holder's pid. Each operation commits with
-// one store (tail for a put, head for a get) after its data is in place, so a
-// holder killed at any point leaves the ring either before or after the
-// operation; the next process that finds the holder dead takes the lock over and
-// recounts the records. A consumer killed mid-get therefore cannot wedge the
-// queue, and the message it had not committed stays queued.
+// Speed (small messages): producers and consumers each have their own lock word
+// and their own cache line (TAIL and the put count / HEAD and the get count), so
+// a producer and a consumer running on two cores do not take each other's lock
+// or pull each other's line over per message. Each side also keeps, on its own
+// line, the last value it read of the other side's position (KNOWN_HEAD,
+// KNOWN_GETS / KNOWN_TAIL) and reads the other side's line only when that value
+// says full / empty: positions only grow, so a stale value errs on the safe side
+// (less room, fewer records), and a consumer behind a fast producer reads the
+// producers' line once per many records. Wake-ups cost nothing while nobody
+// sleeps: a sleeper counts itself in GET_WAITERS/PUT_WAITERS, looks again, then
+// sleeps on PUT_SEQ/GET_SEQ; the other side commits, then reads the count and
+// bumps and wakes only when it is non-zero. Both sides use sequentially
+// consistent atomics, so either the sleeper's second look sees the commit or the
+// committer sees the sleeper: no lost wake-up.
+//
+// Crash safety: a lock word holds its holder's pid; the next process that finds
+// the holder dead takes the lock over and repairs. A put writes its record
+// (header: length and put number), commits it with one store of TAIL, then
+// stores PUTS; a get stores GETS, then commits with one store of HEAD. A holder
+// killed at any point thus leaves the ring before or after its operation, and the
+// count it had to store at most one off, which the repair reads off the records
+// (#repairPuts, #repairGets). A consumer killed mid-get therefore cannot wedge
+// the queue, and the message it had not committed stays queued.
 //
 // Messages larger than half the ring travel in a shared-memory segment of their
 // own; the record holds its name, and the consumer unlinks it after reading.
@@ -21,25 +38,37 @@ import { JSON_TAG_BYTE } from './serialize';
 import { binding, type Mapping } from './native';
 import { type WaitWord, waitSync, wakeAll, wakeOne } from './wait-word';
 
-// Header words (Int32 indices).
-const LOCK = 0;
-const HEAD = 1; // byte counter, wraps at 2^32
-const TAIL = 2;
-const ITEMS = 3;
-export const PUT_SEQ = 4; // bumped after every put: consumers sleep on it
-export const GET_SEQ = 5; // bumped after every get: producers sleep on it
+// Header words (Int32 indices), one 64-byte cache line per group, so that a
+// producer and a consumer on two cores each write only their own line per message.
+// Line 0: set at creation, or written only by processes going to sleep.
+const MAGIC = 0;
+const CAPACITY = 1;
+const MAXSIZE = 2;
+export const PUT_SEQ = 4; // bumped by a put or get that wakes consumers: they sleep on it
+export const GET_SEQ = 5; // bumped by a get that wakes producers: they sleep on it
 export const GET_WAITERS = 6;
 export const PUT_WAITERS = 7;
-export const UNFINISHED = 8; // JoinableQueue's unfinished tasks; join() sleeps on it
-const MAXSIZE = 9;
-const CAPACITY = 10;
-const MAGIC = 11;
-const LOCK_WAITERS = 12; // processes sleeping on the lock word
-const HEADER_BYTES = 64;
-const MAGIC_VALUE = 0x706d7121; // 'pmq!'
+// Line 1: the producers'.
+const PLOCK = 16; // pid of the producer inside; PLOCK + 1 counts processes sleeping on it
+const TAIL = 18; // byte counter, wraps at 2^32
+const PUTS = 19; // puts committed, wraps at 2^32
+const KNOWN_HEAD = 20; // HEAD as last read by a producer (<= HEAD)
+const KNOWN_GETS = 21; // GETS as last read by a producer (<= GETS)
+// Line 2: the consumers'.
+const GLOCK = 32; // pid of the consumer inside; GLOCK + 1 counts sleepers
+const HEAD = 34;
+const GETS = 35; // gets committed: the put number of the record at HEAD
+const KNOWN_TAIL = 36; // TAIL as last read by a consumer (HEAD <= KNOWN_TAIL <= TAIL)
+// Line 3: JoinableQueue's taskDone() calls; join() sleeps on it.
+export const DONE = 48;
+const HEADER_BYTES = 256;
+const MAGIC_VALUE = 0x706d7132; // 'pmq2': this layout
 
-const RECORD_HEADER = 8; // u32 length, u32 flags
-const FLAG_SPILL = 1;
+// A record: u32 length (top bit: spilled), u32 put number, the data padded to 8.
+const RECORD_HEADER = 8;
+const FLAG_SPILL = 0x80000000;
+const FLAG_ASCII = 0x40000000; // JSON text, all ASCII: read back as latin1, no UTF-8 decoding
+const LENGTH_MASK = 0x3fffffff;
 
 export const DEFAULT_CAPACITY = 4 * 1024 * 1024;
 
@@ -62,7 +91,6 @@ function alive(pid: number): boolean {
   }
 }
 
-
 let spillCounter = 0;
 const spillsCreated = new Set<string>();
 
@@ -81,16 +109,33 @@ function mapSegment(name: string, fd: number, size: number): Mapping {
   return mapping;
 }
 
+// Buffer's own UTF-8 coders, without write()/toString()'s argument parsing
+// (public since Node's first releases, left out of @types/node).
+interface RawBuffer extends Buffer {
+  utf8Write(text: string, offset: number, length?: number): number;
+  utf8Slice(start: number, end: number): string;
+  latin1Write(text: string, offset: number, length?: number): number;
+  latin1Slice(start: number, end: number): string;
+}
+const allocRaw = (n: number) => Buffer.allocUnsafe(n) as RawBuffer;
+
+// Short JSON text is written with a loop: cheaper than a call into C++ for
+// the tens of bytes a typical message has.
+const SHORT_TEXT = 64;
+
 export class Ring {
   readonly ref: RingRef;
   /** Keeps the mapping alive as long as a handle uses it. */
   readonly #mapping: Mapping;
   readonly i32: Int32Array;
-  readonly #bytes: Buffer;
+  readonly #bytes: RawBuffer;
   readonly #view: DataView;
   readonly #mask: number;
   readonly #capacity: number;
+  readonly #maxsize: number;
   readonly #me = process.pid;
+  readonly #putSeq: WaitWord;
+  readonly #getSeq: WaitWord;
 
   private constructor(ref: RingRef, mapping: Mapping) {
     this.ref = ref;
@@ -98,13 +143,17 @@ export class Ring {
     const buffer = mapping.buffer;
     this.i32 = new Int32Array(buffer, 0, HEADER_BYTES / 4);
     this.#capacity = this.i32[CAPACITY];
+    this.#maxsize = this.i32[MAXSIZE];
     this.#mask = this.#capacity - 1;
-    this.#bytes = Buffer.from(buffer, HEADER_BYTES, this.#capacity);
+    this.#bytes = Buffer.from(buffer, HEADER_BYTES, this.#capacity) as RawBuffer;
     this.#view = new DataView(buffer, HEADER_BYTES, this.#capacity);
+    this.#putSeq = this.word(PUT_SEQ);
+    this.#getSeq = this.word(GET_SEQ);
   }
 
   /** A new ring in a segment of its own; its name goes at close() by the creator, or at exit. */
   static create(maxsize: number, capacity = DEFAULT_CAPACITY): Ring {
+    if (capacity < 64 || (capacity & (capacity - 1)) !== 0) throw new RangeError('capacity must be a power of two >= 64');
     const name = `/pmp-q-${process.pid}-${++ringCounter}-${randomBytes(4).toString('hex')}`;
     const mapping = createSegment(name, HEADER_BYTES + capacity);
     mappings.set(name, new WeakRef(mapping));
@@ -155,26 +204,82 @@ export class Ring {
   }
 
   get maxsize(): number {
-    return this.i32[MAXSIZE];
+    return this.#maxsize;
   }
 
   word(index: number): WaitWord {
     return { i32: this.i32, index };
   }
 
+  /** Messages queued. Exact when nothing is in flight; never negative. */
   items(): number {
-    return Atomics.load(this.i32, ITEMS);
+    // GETS first: PUTS only grows, so the difference is not below the truth
+    // by more than the gets committed in between. A get stores GETS a moment
+    // before the put it takes has stored PUTS, hence the clamp.
+    const gets = Atomics.load(this.i32, GETS);
+    const n = (Atomics.load(this.i32, PUTS) - gets) | 0;
+    return n > 0 ? n : 0;
   }
 
-  // ---- the lock ---------------------------------------------------------------
+  /** No committed record between head and tail. */
+  isEmpty(): boolean {
+    return Atomics.load(this.i32, HEAD) === Atomics.load(this.i32, TAIL);
+  }
 
-  #lock(): void {
+  /** True when an eighth of the ring (and of maxsize) is free: a producer
+   *  that found the queue full waits a moment for this much room rather than
+   *  putting each message into a slot just freed, which would pull the
+   *  consumers' cache line over once per message on both sides. */
+  roomy(): boolean {
     const i32 = this.i32;
-    if (Atomics.compareExchange(i32, LOCK, 0, this.#me) === 0) return;
+    if (this.#maxsize > 0 && this.items() > this.#maxsize - Math.ceil(this.#maxsize / 8)) return false;
+    return this.#capacity - ((Atomics.load(i32, TAIL) - Atomics.load(i32, HEAD)) >>> 0) >= this.#capacity / 8;
+  }
+
+  // ---- JoinableQueue's count ---------------------------------------------------
+
+  /** Items put and not yet marked done. */
+  unfinished(): number {
+    const done = Atomics.load(this.i32, DONE);
+    const n = (this.#placed() - done) | 0;
+    return n > 0 ? n : 0;
+  }
+
+  // Puts placed: PUTS, or GETS while the put a consumer already took has not
+  // stored PUTS yet.
+  #placed(): number {
+    const gets = Atomics.load(this.i32, GETS);
+    const puts = Atomics.load(this.i32, PUTS);
+    return ((gets - puts) | 0) > 0 ? gets : puts;
+  }
+
+  /** Counts one task done; false when every item placed is done already. */
+  taskDone(): boolean {
+    const i32 = this.i32;
+    for (;;) {
+      const done = Atomics.load(i32, DONE);
+      if (((this.#placed() - done) | 0) <= 0) return false;
+      if (Atomics.compareExchange(i32, DONE, done, (done + 1) | 0) === done) {
+        if (((this.#placed() - done - 1) | 0) <= 0) wakeAll(this.word(DONE));
+        return true;
+      }
+    }
+  }
+
+  // ---- the locks ----------------------------------------------------------------
+
+  // Held for a memcpy; contended only among producers (PLOCK) or among
+  // consumers (GLOCK), never between the two sides.
+  #lock(word: number): void {
+    if (Atomics.compareExchange(this.i32, word, 0, this.#me) !== 0) this.#lockSlow(word);
+  }
+
+  #lockSlow(word: number): void {
+    const i32 = this.i32;
     for (let spin = 1; ; spin++) {
-      const owner = Atomics.load(i32, LOCK);
+      const owner = Atomics.load(i32, word);
       if (owner === 0) {
-        if (Atomics.compareExchange(i32, LOCK, 0, this.#me) === 0) return;
+        if (Atomics.compareExchange(i32, word, 0, this.#me) === 0) return;
         continue;
       }
       if (spin < 32) continue;
@@ -182,47 +287,65 @@ export class Ring {
       // preempted (sleep until it unlocks) or it died (take over). The sleep
       // is bounded so that a holder's death is noticed.
       if (owner !== this.#me && spin % 16 === 0 && !alive(owner)) {
-        if (Atomics.compareExchange(i32, LOCK, owner, this.#me) === owner) {
-          this.#recover();
+        if (Atomics.compareExchange(i32, word, owner, this.#me) === owner) {
+          if (word === PLOCK) this.#repairPuts();
+          else this.#repairGets();
           return;
         }
         continue;
       }
-      Atomics.add(i32, LOCK_WAITERS, 1);
-      waitSync(this.word(LOCK), owner, 2);
-      Atomics.sub(i32, LOCK_WAITERS, 1);
+      Atomics.add(i32, word + 1, 1);
+      waitSync(this.word(word), owner, 2);
+      Atomics.sub(i32, word + 1, 1);
     }
   }
 
-  #unlock(): void {
-    Atomics.store(this.i32, LOCK, 0);
-    if (Atomics.load(this.i32, LOCK_WAITERS) > 0) wakeOne(this.word(LOCK));
+  #unlock(word: number): void {
+    Atomics.store(this.i32, word, 0); // a full barrier: the load below is not hoisted over it
+    if (this.i32[word + 1] > 0) wakeOne(this.word(word));
   }
 
-  // The previous holder died inside the lock: head and tail are consistent (each
-  // moves with one store), the item count may be one off. Recount.
-  #recover(): void {
+  // A producer died holding PLOCK: TAIL is either before or after its record
+  // (one store moves it), but PUTS, stored after TAIL, may be one behind. The
+  // last committed record says: its put number + 1. Records from KNOWN_HEAD on
+  // are intact, since producers write only past TAIL and below KNOWN_HEAD +
+  // capacity.
+  #repairPuts(): void {
     const i32 = this.i32;
-    let pos = Atomics.load(i32, HEAD) >>> 0;
+    let pos = Atomics.load(i32, KNOWN_HEAD) >>> 0;
     const tail = Atomics.load(i32, TAIL) >>> 0;
-    let count = 0;
-    while (pos !== tail) {
-      const len = this.#view.getUint32(pos & this.#mask, true);
-      pos = (pos + RECORD_HEADER + pad8(len)) >>> 0;
-      count++;
-      if (count > this.#capacity / RECORD_HEADER) break; // corrupt: stop rather than loop
+    let last = -1;
+    for (let guard = 0; pos !== tail && guard <= this.#capacity / RECORD_HEADER; guard++) {
+      last = pos;
+      pos = (pos + RECORD_HEADER + pad8(this.#view.getUint32(pos & this.#mask, true) & LENGTH_MASK)) >>> 0;
     }
-    Atomics.store(i32, ITEMS, count);
-    Atomics.add(i32, PUT_SEQ, 1);
-    Atomics.add(i32, GET_SEQ, 1);
-    wakeAll(this.word(PUT_SEQ));
-    wakeAll(this.word(GET_SEQ));
+    if (last >= 0) Atomics.store(i32, PUTS, (this.#view.getUint32((last & this.#mask) + 4, true) + 1) | 0);
+    this.#wakeEveryone();
+  }
+
+  // A consumer died holding GLOCK: HEAD is before or after its record, GETS
+  // (stored just before HEAD) may be one ahead. The record at HEAD, if any,
+  // says what GETS is: its put number.
+  #repairGets(): void {
+    const i32 = this.i32;
+    const head = Atomics.load(i32, HEAD);
+    if (head !== Atomics.load(i32, TAIL)) {
+      Atomics.store(i32, GETS, this.#view.getInt32(((head >>> 0) & this.#mask) + 4, true));
+    }
+    this.#wakeEveryone();
+  }
+
+  #wakeEveryone(): void {
+    Atomics.add(this.i32, PUT_SEQ, 1);
+    Atomics.add(this.i32, GET_SEQ, 1);
+    wakeAll(this.#putSeq);
+    wakeAll(this.#getSeq);
   }
 
   // ---- put / get ----------------------------------------------------------------
 
   /** Appends one encoded message; false when the queue is full (maxsize items, or no room in the ring). */
-  tryPut(data: Uint8Array, joinable: boolean): boolean {
+  tryPut(data: Uint8Array): boolean {
     let payload = data;
     let flags = 0;
     let spill: string | null = null;
@@ -231,7 +354,13 @@ export class Ring {
       payload = Buffer.from(spill);
       flags = FLAG_SPILL;
     }
-    const ok = this.#append(payload.length, flags, joinable, (at) => this.#copyIn(payload, at));
+    let ok = false;
+    const at = this.#reserve(payload.length, flags);
+    if (at >= 0) {
+      this.#copyIn(payload, at);
+      this.#commit(payload.length);
+      ok = true;
+    }
     if (spill) {
       if (ok) spillsCreated.delete(spill); // the queue owns it now
       else unlinkSpill(spill);
@@ -240,92 +369,148 @@ export class Ring {
   }
 
   /** The JSON fast path: tag byte and text written straight into the ring. */
-  tryPutJson(text: string, joinable: boolean): boolean {
+  tryPutJson(text: string): boolean {
+    const chars = text.length;
+    // Only ASCII text has as many UTF-8 bytes as UTF-16 units (any other
+    // character, a lone surrogate too, takes more bytes than units).
     const length = 1 + Buffer.byteLength(text);
     if (RECORD_HEADER + pad8(length) > this.#capacity / 2) {
-      const bytes = Buffer.allocUnsafe(length);
+      const bytes = allocRaw(length);
       bytes[0] = JSON_TAG_BYTE;
-      bytes.write(text, 1);
-      return this.tryPut(bytes, joinable);
+      bytes.utf8Write(text, 1);
+      return this.tryPut(bytes);
     }
-    return this.#append(length, 0, joinable, (at) => {
-      if (at + length <= this.#capacity) {
-        this.#bytes[at] = JSON_TAG_BYTE;
-        this.#bytes.write(text, at + 1, length - 1);
-      } else {
-        const bytes = Buffer.allocUnsafe(length);
-        bytes[0] = JSON_TAG_BYTE;
-        bytes.write(text, 1);
-        this.#copyIn(bytes, at);
-      }
-    });
+    const ascii = length - 1 === chars;
+    const at = this.#reserve(length, ascii ? FLAG_ASCII : 0);
+    if (at < 0) return false;
+    const bytes = this.#bytes;
+    if (at + length <= this.#capacity) {
+      bytes[at] = JSON_TAG_BYTE;
+      if (!ascii) bytes.utf8Write(text, at + 1, length - 1);
+      else if (chars > SHORT_TEXT) bytes.latin1Write(text, at + 1, chars);
+      else for (let k = 0, o = at + 1; k < chars; k++, o++) bytes[o] = text.charCodeAt(k);
+    } else {
+      const tmp = allocRaw(length);
+      tmp[0] = JSON_TAG_BYTE;
+      tmp.utf8Write(text, 1);
+      this.#copyIn(tmp, at);
+    }
+    this.#commit(length);
+    return true;
   }
 
-  // Reserves a record of `length` bytes under the lock, lets `fill` write the
-  // data at its ring offset, then commits it with the store of tail.
-  #append(length: number, flags: number, joinable: boolean, fill: (at: number) => void): boolean {
+  // Atomics here: V8 does not inline Atomics.* (each is a builtin call, ~15 ns),
+  // so the hot paths use them only where an order between memory operations
+  // is needed, and plain typed-array accesses elsewhere. Plain 32-bit aligned
+  // accesses are single instructions (no tearing). A plain load that follows an
+  // Atomics call reads memory (the call is a compiler barrier and, on x86, a
+  // CPU one for the RMWs and stores), and plain stores stay in program order
+  // (x86-TSO; V8 does not reorder stores). So: words on our own side's line are
+  // read plainly once the lock (a CAS) is ours; commits, unlocks and the stores
+  // before a sleeper check (Dekker: store, then load the other side's count)
+  // are Atomics.store, i.e. xchg, a full barrier; loops that poll are Atomics
+  // loads, so that no compiler hoists the load out of the loop.
+
+  // Takes PLOCK and writes a record header for `length` bytes at TAIL; returns
+  // the ring offset for the data, or -1 (lock released) when there is no room.
+  // The caller fills the data and calls #commit. Nothing in between can throw.
+  #reserve(length: number, flags: number): number {
     const size = RECORD_HEADER + pad8(length);
     const i32 = this.i32;
-    const maxsize = i32[MAXSIZE];
-    this.#lock();
-    const head = Atomics.load(i32, HEAD) >>> 0;
-    const tail = Atomics.load(i32, TAIL) >>> 0;
-    const used = (tail - head) >>> 0;
-    if ((maxsize > 0 && Atomics.load(i32, ITEMS) >= maxsize) || this.#capacity - used < size) {
-      this.#unlock();
-      return false;
+    this.#lock(PLOCK);
+    const tail = i32[TAIL] >>> 0;
+    const puts = i32[PUTS];
+    if (this.#maxsize > 0 && ((puts - i32[KNOWN_GETS]) | 0) >= this.#maxsize) {
+      // KNOWN_GETS is stale only in the direction of fewer gets: refresh it
+      // only when it says full.
+      const gets = Atomics.load(i32, GETS);
+      i32[KNOWN_GETS] = gets;
+      if (((puts - gets) | 0) >= this.#maxsize) {
+        this.#unlock(PLOCK);
+        return -1;
+      }
+    }
+    if (this.#capacity - ((tail - i32[KNOWN_HEAD]) >>> 0) < size) {
+      const head = Atomics.load(i32, HEAD);
+      i32[KNOWN_HEAD] = head;
+      if (this.#capacity - ((tail - head) >>> 0) < size) {
+        this.#unlock(PLOCK);
+        return -1;
+      }
     }
     const at = tail & this.#mask;
-    this.#view.setUint32(at, length, true);
-    this.#view.setUint32(at + 4, flags, true);
-    fill((at + RECORD_HEADER) & this.#mask);
-    Atomics.store(i32, TAIL, (tail + size) | 0); // commit
-    const before = Atomics.add(i32, ITEMS, 1);
-    // Still under the lock, so no consumer can take the item and call
-    // taskDone() before it is counted.
-    if (joinable) Atomics.add(i32, UNFINISHED, 1);
-    this.#unlock();
-    Atomics.add(i32, PUT_SEQ, 1);
-    // Consumers sleep only after seeing the queue empty, so only the put that
-    // makes it non-empty wakes one; that consumer passes the baton on (see
-    // tryGet) while items and sleepers remain. A stream of puts thus costs one
-    // wake per empty->non-empty edge, not one per message.
-    if (before === 0 && Atomics.load(i32, GET_WAITERS) > 0) wakeOne(this.word(PUT_SEQ));
-    return true;
+    this.#view.setUint32(at, (length | flags) >>> 0, true);
+    this.#view.setInt32(at + 4, puts, true);
+    return (at + RECORD_HEADER) & this.#mask;
+  }
+
+  // Commits the record #reserve wrote: one store of TAIL makes it visible,
+  // then PUTS counts it (a repair recomputes PUTS if we die in between).
+  #commit(length: number): void {
+    const i32 = this.i32;
+    const tail = i32[TAIL];
+    const next = (tail + RECORD_HEADER + pad8(length)) | 0;
+    Atomics.store(i32, TAIL, next);
+    i32[PUTS] = (i32[PUTS] + 1) | 0;
+    this.#unlock(PLOCK);
+    // Consumers sleep only after finding the ring empty, so only a put into
+    // an empty ring wakes one (HEAD still at this record); that consumer
+    // passes the wake on while records and sleepers remain (see tryGet). The
+    // store of TAIL above and a sleeper's count-then-look-again are both
+    // sequentially consistent: either it sees this record or we see it.
+    if (i32[GET_WAITERS] > 0 && Atomics.load(i32, HEAD) === tail) {
+      Atomics.add(i32, PUT_SEQ, 1);
+      wakeOne(this.#putSeq);
+    }
   }
 
   /** Takes the oldest message: its encoded bytes, or (JSON fast path) the JSON
    *  text after the tag byte; null when the queue is empty. */
   tryGet(): Uint8Array | string | null {
     const i32 = this.i32;
-    if (Atomics.load(i32, ITEMS) === 0 && Atomics.load(i32, HEAD) === Atomics.load(i32, TAIL)) return null;
-    this.#lock();
-    const head = Atomics.load(i32, HEAD) >>> 0;
-    const tail = Atomics.load(i32, TAIL) >>> 0;
+    // Empty, seen without the lock and mostly without reading the producers' line.
+    const seen = Atomics.load(i32, HEAD);
+    if (seen === i32[KNOWN_TAIL] && seen === i32[TAIL]) return null;
+    this.#lock(GLOCK);
+    const head = i32[HEAD] >>> 0;
+    let tail = i32[KNOWN_TAIL] >>> 0;
     if (head === tail) {
-      this.#unlock();
-      return null;
+      // Read the producers' line only when the records we knew of are gone.
+      tail = i32[TAIL] >>> 0;
+      if (head === tail) {
+        this.#unlock(GLOCK);
+        return null;
+      }
+      i32[KNOWN_TAIL] = tail | 0;
     }
     const at = head & this.#mask;
-    const len = this.#view.getUint32(at, true);
-    const flags = this.#view.getUint32(at + 4, true);
+    const word = this.#view.getUint32(at, true);
+    const len = word & LENGTH_MASK;
+    const putNumber = this.#view.getInt32(at + 4, true);
     const start = (at + RECORD_HEADER) & this.#mask;
     let out: Buffer | string;
-    if (flags === 0 && len > 0 && this.#bytes[start] === JSON_TAG_BYTE && start + len <= this.#capacity) {
-      out = this.#bytes.toString('utf8', start + 1, start + len);
+    if ((word & FLAG_SPILL) === 0 && len > 0 && this.#bytes[start] === JSON_TAG_BYTE && start + len <= this.#capacity) {
+      out = word & FLAG_ASCII ? this.#bytes.latin1Slice(start + 1, start + len) : this.#bytes.utf8Slice(start + 1, start + len);
     } else {
       out = Buffer.allocUnsafe(len);
       this.#copyOut(out, start);
     }
-    Atomics.store(i32, HEAD, (head + RECORD_HEADER + pad8(len)) | 0); // commit
-    const left = Atomics.sub(i32, ITEMS, 1) - 1;
-    this.#unlock();
-    Atomics.add(i32, GET_SEQ, 1);
-    if (Atomics.load(i32, PUT_WAITERS) > 0) wakeOne(this.word(GET_SEQ));
-    // The baton: items remain and consumers sleep, so wake the next one.
-    if (left > 0 && Atomics.load(i32, GET_WAITERS) > 0) wakeOne(this.word(PUT_SEQ));
+    const next = (head + RECORD_HEADER + pad8(len)) | 0;
+    // GETS before HEAD: a repair reads the true GETS off the record at HEAD.
+    i32[GETS] = (putNumber + 1) | 0;
+    Atomics.store(i32, HEAD, next); // commit
+    this.#unlock(GLOCK);
+    if (i32[PUT_WAITERS] > 0) {
+      Atomics.add(i32, GET_SEQ, 1);
+      wakeOne(this.#getSeq);
+    }
+    // The baton: records remain and consumers sleep, so wake the next one.
+    if (i32[GET_WAITERS] > 0 && next !== Atomics.load(i32, TAIL)) {
+      Atomics.add(i32, PUT_SEQ, 1);
+      wakeOne(this.#putSeq);
+    }
     if (typeof out === 'string') return out;
-    return flags & FLAG_SPILL ? readSpill(out.toString()) : out;
+    return word & FLAG_SPILL ? readSpill(out.toString()) : out;
   }
 
   #copyIn(src: Uint8Array, at: number): void {
@@ -343,15 +528,17 @@ export class Ring {
   /** Names of spill segments still queued (unlinked when the creating process exits). */
   #spillNames(): string[] {
     const names: string[] = [];
-    this.#lock();
+    // Under GLOCK no record between HEAD and TAIL moves or is overwritten.
+    this.#lock(GLOCK);
     try {
       let pos = Atomics.load(this.i32, HEAD) >>> 0;
       const tail = Atomics.load(this.i32, TAIL) >>> 0;
       let guard = 0;
       while (pos !== tail && guard++ < this.#capacity / RECORD_HEADER) {
         const at = pos & this.#mask;
-        const len = this.#view.getUint32(at, true);
-        if (this.#view.getUint32(at + 4, true) & FLAG_SPILL) {
+        const word = this.#view.getUint32(at, true);
+        const len = word & LENGTH_MASK;
+        if (word & FLAG_SPILL) {
           const name = Buffer.allocUnsafe(len);
           this.#copyOut(name, (at + RECORD_HEADER) & this.#mask);
           names.push(name.toString());
@@ -359,7 +546,7 @@ export class Ring {
         pos = (pos + RECORD_HEADER + pad8(len)) >>> 0;
       }
     } finally {
-      this.#unlock();
+      this.#unlock(GLOCK);
     }
     return names;
   }

@@ -3,6 +3,24 @@ import { describe, expect, it } from 'vitest';
 
 import { JoinableQueue, Pipe, Process, Queue, QueueEmptyError, QueueFullError, SimpleQueue } from 'posix-multiprocessing';
 import * as fx from './fixtures/pipes.mjs';
+// Internals: a ring of a chosen (small) capacity, so that tests wrap it often.
+import { Ring } from '../dist/cjs/ring.js';
+
+const smallQueue = (capacity: number, maxsize = 0) => new Queue(Ring.create(maxsize, capacity) as unknown as number);
+const headerWord = (q: Queue, index: number) => {
+  const fd = fs.openSync(`/dev/shm${(q as any)._ref.segment}`, 'r');
+  const b = Buffer.alloc(4);
+  fs.readSync(fd, b, 0, 4, index * 4);
+  fs.closeSync(fd);
+  return b.readInt32LE(0);
+};
+const setHeaderWord = (q: Queue, index: number, value: number) => {
+  const fd = fs.openSync(`/dev/shm${(q as any)._ref.segment}`, 'r+');
+  const b = Buffer.alloc(4);
+  b.writeInt32LE(value, 0);
+  fs.writeSync(fd, b, 0, 4, index * 4);
+  fs.closeSync(fd);
+};
 
 
 /** [milliseconds taken, the value or the error]. */
@@ -135,11 +153,13 @@ describe('Queue in one process', () => {
     const dead = new Process({ target: fx.produceSync, args: [q, 0, 0] });
     dead.start();
     expect(await dead.join()).toBe(0);
-    // Forge what a SIGKILL inside the critical section leaves: the dead pid in the lock word.
+    // Forge what a SIGKILL inside a critical section leaves: the dead pid in the
+    // consumers' lock word (byte 128) and in the producers' (byte 64).
     const fd = fs.openSync(`/dev/shm${(q as any)._ref.segment}`, 'r+');
     const lockWord = Buffer.alloc(4);
     lockWord.writeInt32LE(dead.pid!, 0);
-    fs.writeSync(fd, lockWord, 0, 4, 0);
+    fs.writeSync(fd, lockWord, 0, 4, 128);
+    fs.writeSync(fd, lockWord, 0, 4, 64);
     fs.closeSync(fd);
     const t = performance.now();
     expect(q.getSync({ timeout: 5 })).toBe('before');
@@ -171,6 +191,143 @@ describe('Queue in one process', () => {
     expect(() => j.taskDone()).toThrow(expect.objectContaining({ code: 'ERR_MP_TASK_DONE' }));
     j.close();
   });
+});
+
+describe('Queue fast paths', () => {
+  const values: unknown[] = [
+    'plain ascii',
+    'x'.repeat(65), // past the short-text loop: latin1 write
+    'é€😀 non-ASCII',
+    'ÿ', // one UTF-16 unit, two UTF-8 bytes
+    '\ud800', // lone surrogates: JSON escapes them
+    'a\udc00b\ud83d',
+    '\u0000\n"\\\t',
+    'é'.repeat(100),
+    { i: 1, s: 'hello' },
+    { nested: [1, { b: 'é', c: [true, false, null] }], '': 0, '10': 'ten', '2': 'two' },
+    JSON.parse('{"__proto__": 5, "a": 1}'),
+    [1.5, -2, 1e300, 5e-324, 2 ** 53, -(2 ** 31)],
+    -0,
+    NaN,
+    Infinity,
+    -Infinity,
+    { z: -0 },
+    [NaN],
+    12345678901234567890n,
+    { big: 1n },
+    [, 1], // a hole: the v8 path keeps it
+    undefined,
+    { u: undefined },
+    new Date(5),
+    0,
+    '',
+    true,
+    null,
+  ];
+
+  it('every value comes back as structured clone gives it (JSON text, fallbacks, special numbers)', async () => {
+    const q = new Queue();
+    for (const v of values) q.putSync(v);
+    expect(q.qsize()).toBe(values.length);
+    for (const v of values) {
+      const got = q.getSync();
+      expect(got).toStrictEqual(v);
+      if (typeof v === 'number' && Object.is(v, -0)) expect(Object.is(got, -0)).toBe(true);
+    }
+    // the same across processes and through the async get
+    const echo = new Queue();
+    const p = new Process({ target: fx.echoQueue, args: [q, echo, values.length] });
+    p.start();
+    for (const v of values) await q.put(v);
+    for (const v of values) expect(await echo.get({ timeout: 20 })).toStrictEqual(v);
+    expect(await p.join(20)).toBe(0);
+    q.close();
+    echo.close();
+  }, 30_000);
+
+  it('records that end exactly at the end of the ring, or wrap in their header or data, come back intact', () => {
+    // A 512-byte ring: records of 16..128 bytes put with 0-2 others in it land
+    // on every 8-byte offset, ending at the ring's end and straddling it.
+    const q = smallQueue(512);
+    const kinds = [(n: number) => 'a'.repeat(n), (n: number) => 'é'.repeat(n >> 1), (n: number) => Buffer.alloc(n, n & 0xff), (n: number) => ({ n, s: 'b'.repeat(n >> 2) })];
+    const want: unknown[] = [];
+    const i32 = (q as any).ring.i32 as Int32Array; // header word 18: TAIL, a byte counter
+    let endsAtEnd = 0;
+    let straddles = 0;
+    for (let round = 0; round < 3000; round++) {
+      const n = (round * 13) % 110;
+      const v = kinds[round % kinds.length](n);
+      const before = i32[18];
+      q.putSync(v);
+      const after = i32[18];
+      if ((after & 511) === 0) endsAtEnd++;
+      else if ((before & ~511) !== (after & ~511)) straddles++;
+      want.push(v);
+      while (want.length > round % 3) expect(q.getSync()).toStrictEqual(want.shift());
+    }
+    while (want.length) expect(q.getSync()).toStrictEqual(want.shift());
+    expect(endsAtEnd).toBeGreaterThan(20);
+    expect(straddles).toBeGreaterThan(20);
+    expect(q.empty()).toBe(true);
+    expect(q.qsize()).toBe(0);
+    q.close();
+  });
+
+  it('maxsize, qsize, full and empty with split producer and consumer counts', () => {
+    const q = smallQueue(1024, 3);
+    expect(q.empty()).toBe(true);
+    for (let i = 0; i < 3; i++) q.putNowait(i);
+    expect(q.full()).toBe(true);
+    expect(q.qsize()).toBe(3);
+    expect(() => q.putNowait(3)).toThrow(QueueFullError);
+    expect(q.getNowait()).toBe(0);
+    expect(q.full()).toBe(false);
+    q.putNowait(3);
+    expect(() => q.putSync(4, { timeout: 0.05 })).toThrow(QueueFullError);
+    for (let i = 1; i < 4; i++) expect(q.getNowait()).toBe(i);
+    expect(q.empty()).toBe(true);
+    expect(() => q.getSync({ timeout: 0.05 })).toThrow(QueueEmptyError);
+    // room in the ring, not maxsize, is the limit: 1 KiB holds few 200-byte records
+    const r = smallQueue(1024);
+    let n = 0;
+    while (n < 100) {
+      try {
+        r.putNowait('y'.repeat(200));
+        n++;
+      } catch (err) {
+        expect(err).toBeInstanceOf(QueueFullError);
+        break;
+      }
+    }
+    expect(n).toBe(4);
+    expect(r.qsize()).toBe(4);
+    r.close();
+    q.close();
+  });
+
+  it('repairs the counts a SIGKILL between the commit and the count leaves', async () => {
+    const q = new Queue(5);
+    const dead = new Process({ target: fx.produceSync, args: [q, 0, 0] });
+    dead.start();
+    expect(await dead.join()).toBe(0);
+    for (let i = 0; i < 3; i++) q.putSync(i);
+    // A producer died after its record's TAIL store, before PUTS (word 19).
+    setHeaderWord(q, 16, dead.pid!);
+    setHeaderWord(q, 19, headerWord(q, 19) - 1);
+    q.putSync(3); // takes the lock over, repairs, then puts
+    expect(q.qsize()).toBe(4);
+    // A consumer died after its GETS store (word 35), before HEAD.
+    setHeaderWord(q, 32, dead.pid!);
+    setHeaderWord(q, 35, headerWord(q, 35) + 1);
+    expect(q.getSync()).toBe(0); // nothing lost
+    expect(q.qsize()).toBe(3);
+    q.putSync(4);
+    q.putSync(5);
+    expect(q.full()).toBe(true);
+    expect(() => q.putNowait(6)).toThrow(QueueFullError);
+    expect([1, 2, 3, 4, 5].map(() => q.getSync())).toEqual([1, 2, 3, 4, 5]);
+    q.close();
+  }, 20_000);
 });
 
 describe('Queue across processes', () => {
@@ -311,6 +468,34 @@ describe('Queue across processes', () => {
     q.close();
     results.close();
   }, 30_000);
+
+  it('4 producers x 2 consumers on a 4 KiB ring that wraps all the time: exactly once, FIFO per producer', async () => {
+    const n = 3000;
+    const q = smallQueue(4096);
+    const results = new Queue();
+    const consumers = [0, 1].map(() => new Process({ target: fx.consumeSync, args: [q, results] }));
+    const producers = [0, 1, 2, 3].map((id) => new Process({ target: fx.produceVarying, args: [q, id, n] }));
+    for (const p of [...consumers, ...producers]) p.start();
+    for (const p of producers) expect(await p.join(60)).toBe(0);
+    await q.put(null);
+    await q.put(null);
+    const seen = [0, 1, 2, 3].map(() => new Uint8Array(n));
+    for (let c = 0; c < 2; c++) {
+      const { got } = (await results.get({ timeout: 60 })) as { got: number[] };
+      const last = [-1, -1, -1, -1];
+      for (let k = 0; k < got.length; k += 2) {
+        const [p, i] = [got[k], got[k + 1]];
+        expect(i).toBeGreaterThan(last[p]);
+        last[p] = i;
+        seen[p][i]++;
+      }
+    }
+    for (const s of seen) expect(s.every((x) => x === 1)).toBe(true);
+    for (const p of consumers) expect(await p.join(20)).toBe(0);
+    expect(q.empty()).toBe(true);
+    q.close();
+    results.close();
+  }, 90_000);
 
   it('queues travel inside messages and arrive as the same queue', async () => {
     const q = new Queue();
