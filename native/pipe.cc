@@ -6,16 +6,20 @@
 //   socketpair() -> [fd, fd]            AF_UNIX, SOCK_STREAM
 //
 // And the I/O a Connection needs, syscall-shaped (framing is TypeScript's).
-// Connection fds are non-blocking: "would block" is a value (-1), never an
-// exception, so the async paths can fall back to the event loop and the sync
-// paths to poll().
+// Connection I/O never blocks unless asked to: "would block" is a value (-1),
+// never an exception, so the async paths can fall back to the event loop and
+// the sync paths to poll(). Pipe fds are O_NONBLOCK. Socket fds are left in
+// blocking mode and every call but a waiting recvmsg passes MSG_DONTWAIT: then
+// recvSync() can sleep in recvmsg itself, one syscall instead of poll() and
+// then recvmsg() (a syscall costs several us on a VM).
 //
-//   setNonblocking(fd); dup(fd) -> close-on-exec copy
+//   setNonblocking(fd, on = true); dup(fd) -> close-on-exec copy
 //   read(fd, buf, off, len, spinUs = 0) -> n | 0 (EOF) | -1 (would block)
 //   recvmsg(fd, buf, off, len, fdsOut[], spinUs = 0) -> same; fds received (SCM_RIGHTS) are pushed on fdsOut
-//        with spinUs, a read that would block is tried again for up to spinUs (SpinRead below)
+//        with spinUs > 0, a read that would block is tried again for up to spinUs (SpinRead below);
+//        recvmsg with spinUs < 0 waits for data if the fd is in blocking mode (else: -1 at once)
 //   write(fd, buf, off, len) -> n | -1 (would block)
-//   sendmsg(fd, buf, off, len, fds[]) -> n | -1; the fds ride with the first byte
+//   sendmsg(fd, buf, off, len, fds[]) -> n | -1; the fds ride with the first byte; never waits
 //   poll(fd, events, timeoutMs, spinUs = 0) -> revents   (1 readable, 2 writable, 4 hang-up/error)
 //        with spinUs, first polls without sleeping for up to spinUs (never past the timeout)
 //   new FdWatcher(fd, onEvents(events))  .start(events) .stop() .ref() .unref() .close()
@@ -110,8 +114,11 @@ bool WouldBlock(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
 
 Napi::Value SetNonblocking(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
+  bool on = info.Length() < 2 || info[1].ToBoolean().Value();
   int flags = fcntl(fd, F_GETFL);
-  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) ThrowSystemError(info.Env(), errno, "fcntl");
+  if (flags < 0) ThrowSystemError(info.Env(), errno, "fcntl");
+  int next = on ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
+  if (next != flags && fcntl(fd, F_SETFL, next) < 0) ThrowSystemError(info.Env(), errno, "fcntl");
   return info.Env().Undefined();
 }
 
@@ -192,11 +199,17 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
 #if defined(__linux__)
   flags |= MSG_CMSG_CLOEXEC;
 #endif
-  double spin = SpinArg(info, 5);
-  ssize_t n = SpinRead(spin, [&] {
-    msg.msg_controllen = sizeof(control);  // recvmsg shrinks it to what it filled
-    return recvmsg(fd, &msg, flags);
-  });
+  double spin = info.Length() > 5 && info[5].IsNumber() && info[5].As<Napi::Number>().DoubleValue() < 0 ? -1 : SpinArg(info, 5);
+  ssize_t n;
+  if (spin < 0) {
+    n = RetryEintr([&] { return recvmsg(fd, &msg, flags); });  // waits only on a blocking fd
+  } else {
+    flags |= MSG_DONTWAIT;
+    n = SpinRead(spin, [&] {
+      msg.msg_controllen = sizeof(control);  // recvmsg shrinks it to what it filled
+      return recvmsg(fd, &msg, flags);
+    });
+  }
   if (n < 0) {
     if (WouldBlock(errno)) return Napi::Number::New(env, -1);
     if (errno == ECONNRESET) return Napi::Number::New(env, 0);
@@ -242,7 +255,7 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
     fds.push_back(v.As<Napi::Number>().Int32Value());
   }
   if (fds.size() > 64) throw Napi::RangeError::New(env, "at most 64 fds per message");
-  if (span.length == 0) throw Napi::RangeError::New(env, "fds need at least one byte to travel with");
+  if (span.length == 0 && !fds.empty()) throw Napi::RangeError::New(env, "fds need at least one byte to travel with");
   alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * 64)];
   struct iovec iov = {span.data, span.length};
   struct msghdr msg;
@@ -259,7 +272,7 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
     c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
     memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
   }
-  int flags = 0;
+  int flags = MSG_DONTWAIT;
 #if defined(MSG_NOSIGNAL)
   flags |= MSG_NOSIGNAL;
 #endif

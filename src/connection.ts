@@ -132,7 +132,9 @@ export class Connection {
     this.#readable = readable;
     this.#writable = writable;
     this.#socket = socket;
-    binding.setNonblocking(fd);
+    // A socket stays in blocking mode so recvSync can wait inside recvmsg;
+    // every other call on it passes MSG_DONTWAIT (pipe.cc).
+    binding.setNonblocking(fd, !socket);
     finalizer.register(this, fd, this);
   }
 
@@ -234,10 +236,10 @@ export class Connection {
       while (this.#out.length > 0) {
         const chunk = this.#out[0];
         const left = chunk.buf.length - this.#outOffset;
-        const n =
-          chunk.fds.length > 0 && this.#outOffset === 0
-            ? binding.sendmsg(this.#fd, chunk.buf, 0, chunk.buf.length, chunk.fds)
-            : binding.write(this.#fd, chunk.buf, this.#outOffset, left);
+        // On a socket always sendmsg: it never waits (MSG_DONTWAIT), whatever the fd's mode.
+        const n = this.#socket
+          ? binding.sendmsg(this.#fd, chunk.buf, this.#outOffset, left, this.#outOffset === 0 ? chunk.fds : [])
+          : binding.write(this.#fd, chunk.buf, this.#outOffset, left);
         if (n < 0) break;
         if (chunk.fds.length > 0) closeFds(chunk.fds.splice(0)); // the kernel holds its own references now
         this.#outOffset += n;
@@ -431,8 +433,11 @@ export class Connection {
       // answer is rarely there yet, and poll() returns at once when it is.
       // With output queued, poll() must also watch for writability.
       if (started === 0) started = performance.now();
+      // On a socket with nothing to send, the sleep can be recvmsg itself
+      // (one syscall where poll() and recvmsg() are two).
       const spin = recorded || this.#out.length > 0 ? 0 : this.#spin.budget();
       let n = spin > 0 ? this.#fill(spin) : -1;
+      if (n < 0 && this.#socket && this.#out.length === 0) n = this.#fill(-1);
       if (n < 0) {
         this.#blockOnce(-1, 0);
         n = this.#fill();
@@ -466,7 +471,8 @@ export class Connection {
   }
 
   // Reads until the kernel has no more: >0 bytes read, 0 at end of stream, -1 nothing yet.
-  // spinUs: the first read keeps trying for up to that long (bounded; sync paths only).
+  // spinUs: the first read keeps trying for up to that long (bounded; sync
+  // paths only); -1: on a socket, the first read waits for data.
   #fill(spinUs = 0): number {
     let total = 0;
     for (;;) {

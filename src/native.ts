@@ -45,13 +45,13 @@ export interface Binding {
   ExitWatcher: new (pid: number, onExit: (exitCode: number) => void) => ExitWatcher;
   pipe(): [number, number];
   socketpair(): [number, number];
-  setNonblocking(fd: number): void;
+  setNonblocking(fd: number, on?: boolean): void;
   /** A close-on-exec duplicate of fd. */
   dup(fd: number): number;
   /** Bytes read, 0 at end of stream, -1 when it would block. */
   /** spinUs: a read that would block is tried again for up to that long first. */
   read(fd: number, buf: Uint8Array, offset: number, length: number, spinUs?: number): number;
-  /** As read(); fds that came along (SCM_RIGHTS) are pushed on fdsOut. */
+  /** As read(); fds that came along (SCM_RIGHTS) are pushed on fdsOut. spinUs -1: wait for data (blocking fd). */
   recvmsg(fd: number, buf: Uint8Array, offset: number, length: number, fdsOut: number[], spinUs?: number): number;
   /** Bytes written, -1 when it would block. */
   write(fd: number, buf: Uint8Array, offset: number, length: number): number;
