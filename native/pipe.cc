@@ -6,21 +6,29 @@
 //   socketpair() -> [fd, fd]            AF_UNIX, SOCK_STREAM
 //
 // And the I/O a Connection needs, syscall-shaped (framing is TypeScript's).
-// Connection fds are non-blocking: "would block" is a value (-1), never an
-// exception, so the async paths can fall back to the event loop and the sync
-// paths to poll().
+// Connection I/O never blocks unless asked to: "would block" is a value (-1),
+// never an exception, so the async paths can fall back to the event loop and
+// the sync paths to poll(). Pipe fds are O_NONBLOCK. Socket fds are left in
+// blocking mode and every call but a waiting recvmsg passes MSG_DONTWAIT: then
+// recvSync() can sleep in recvmsg itself, one syscall instead of poll() and
+// then recvmsg() (a syscall costs several us on a VM).
 //
-//   setNonblocking(fd); dup(fd) -> close-on-exec copy
-//   read(fd, buf, off, len) -> n | 0 (EOF) | -1 (would block)
-//   recvmsg(fd, buf, off, len, fdsOut[]) -> same; fds received (SCM_RIGHTS) are pushed on fdsOut
+//   setNonblocking(fd, on = true); dup(fd) -> close-on-exec copy
+//   read(fd, buf, off, len, spinUs = 0) -> n | 0 (EOF) | -1 (would block)
+//   recvmsg(fd, buf, off, len, fdsOut[], spinUs = 0) -> same; fds received (SCM_RIGHTS) are pushed on fdsOut
+//        with spinUs > 0, a read that would block is tried again for up to spinUs (SpinRead below);
+//        recvmsg with spinUs < 0 waits for data if the fd is in blocking mode (else: -1 at once)
 //   write(fd, buf, off, len) -> n | -1 (would block)
-//   sendmsg(fd, buf, off, len, fds[]) -> n | -1; the fds ride with the first byte
-//   poll(fd, events, timeoutMs) -> revents   (1 readable, 2 writable, 4 hang-up/error)
+//   sendmsg(fd, buf, off, len, fds[]) -> n | -1; the fds ride with the first byte; never waits
+//   poll(fd, events, timeoutMs, spinUs = 0) -> revents   (1 readable, 2 writable, 4 hang-up/error)
+//        with spinUs, first polls without sleeping for up to spinUs (never past the timeout)
 //   new FdWatcher(fd, onEvents(events))  .start(events) .stop() .ref() .unref() .close()
 //        uv_poll on the fd: readiness comes from the event loop, not the threadpool.
+//        .spin(us): for up to us, the loop polls without sleeping (see Spin below)
 #include <fcntl.h>
 #include <napi.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -106,8 +114,11 @@ bool WouldBlock(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
 
 Napi::Value SetNonblocking(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
+  bool on = info.Length() < 2 || info[1].ToBoolean().Value();
   int flags = fcntl(fd, F_GETFL);
-  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) ThrowSystemError(info.Env(), errno, "fcntl");
+  if (flags < 0) ThrowSystemError(info.Env(), errno, "fcntl");
+  int next = on ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
+  if (next != flags && fcntl(fd, F_SETFL, next) < 0) ThrowSystemError(info.Env(), errno, "fcntl");
   return info.Env().Undefined();
 }
 
@@ -120,10 +131,45 @@ Napi::Value Dup(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), copy);
 }
 
+int64_t NowNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+double SpinArg(const Napi::CallbackInfo& info, size_t i) {
+  if (info.Length() <= i || info[i].IsUndefined()) return 0;
+  if (!info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), "spinUs must be a number");
+  double us = info[i].As<Napi::Number>().DoubleValue();
+  return us > 0 ? us : 0;
+}
+
+// Calls attempt() (a non-blocking read: -1 with errno on failure) until it
+// does not report "would block" or spinUs have passed. Waking a sleeping
+// thread costs 10-20 us, and a syscall on this kind of VM several us, so when
+// the answer is near, asking again now (one syscall that returns the data) is
+// cheaper than poll() and then read(). Between tries the CPU is offered to
+// others (sched_yield): on a busy machine the peer we wait for may need it.
+// Bounded by spinUs; the caller's policy (src/spin.ts) chooses it.
+template <typename F>
+ssize_t SpinRead(double spin_us, F&& attempt) {
+  ssize_t n = RetryEintr(attempt);
+  if (n >= 0 || !WouldBlock(errno) || spin_us <= 0) return n;
+  const int64_t end = NowNs() + static_cast<int64_t>(spin_us * 1e3);
+  do {
+    sched_yield();
+    n = RetryEintr(attempt);
+    if (n >= 0 || !WouldBlock(errno)) return n;
+  } while (NowNs() < end);
+  errno = EAGAIN;
+  return -1;
+}
+
 Napi::Value Read(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
   Span span = SpanArg(info, 1);
-  ssize_t n = RetryEintr([&] { return read(fd, span.data, span.length); });
+  double spin = SpinArg(info, 4);
+  ssize_t n = SpinRead(spin, [&] { return read(fd, span.data, span.length); });
   if (n < 0) {
     if (WouldBlock(errno)) return Napi::Number::New(info.Env(), -1);
     // A reset peer is an end of stream for the reader, as for a pipe.
@@ -153,7 +199,17 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
 #if defined(__linux__)
   flags |= MSG_CMSG_CLOEXEC;
 #endif
-  ssize_t n = RetryEintr([&] { return recvmsg(fd, &msg, flags); });
+  double spin = info.Length() > 5 && info[5].IsNumber() && info[5].As<Napi::Number>().DoubleValue() < 0 ? -1 : SpinArg(info, 5);
+  ssize_t n;
+  if (spin < 0) {
+    n = RetryEintr([&] { return recvmsg(fd, &msg, flags); });  // waits only on a blocking fd
+  } else {
+    flags |= MSG_DONTWAIT;
+    n = SpinRead(spin, [&] {
+      msg.msg_controllen = sizeof(control);  // recvmsg shrinks it to what it filled
+      return recvmsg(fd, &msg, flags);
+    });
+  }
   if (n < 0) {
     if (WouldBlock(errno)) return Napi::Number::New(env, -1);
     if (errno == ECONNRESET) return Napi::Number::New(env, 0);
@@ -199,7 +255,7 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
     fds.push_back(v.As<Napi::Number>().Int32Value());
   }
   if (fds.size() > 64) throw Napi::RangeError::New(env, "at most 64 fds per message");
-  if (span.length == 0) throw Napi::RangeError::New(env, "fds need at least one byte to travel with");
+  if (span.length == 0 && !fds.empty()) throw Napi::RangeError::New(env, "fds need at least one byte to travel with");
   alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * 64)];
   struct iovec iov = {span.data, span.length};
   struct msghdr msg;
@@ -216,7 +272,7 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
     c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
     memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
   }
-  int flags = 0;
+  int flags = MSG_DONTWAIT;
 #if defined(MSG_NOSIGNAL)
   flags |= MSG_NOSIGNAL;
 #endif
@@ -228,28 +284,46 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
-int64_t NowMs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
-
 // Blocks the calling thread up to timeoutMs (negative: no limit) until the fd
 // is ready; 0 on timeout. Used by the Sync methods only.
+//
+// With spinUs > 0 it first asks poll() with a zero timeout, over and over, for
+// up to spinUs: waking a sleeping thread costs 10-20 us, and in a
+// request/response loop the answer often arrives sooner than that. The spin
+// is bounded by spinUs and by the deadline, so the caller's timeout holds and a
+// spin can not turn into an unbounded busy wait. How long to spin is the
+// caller's policy (src/spin.ts).
 Napi::Value Poll(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = FdArg(info, 0);
   int want = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 1;
   double timeout = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().DoubleValue() : -1;
-  const int64_t deadline = timeout < 0 ? -1 : NowMs() + static_cast<int64_t>(timeout);
+  double spin = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : 0;
+  const int64_t start = NowNs();
+  const int64_t deadline = timeout < 0 ? -1 : start + static_cast<int64_t>(timeout * 1e6);
+  int64_t spin_end = spin > 0 ? start + static_cast<int64_t>(spin * 1e3) : start;
+  if (deadline >= 0 && spin_end > deadline) spin_end = deadline;
   struct pollfd p = {fd, static_cast<short>(((want & 1) ? POLLIN : 0) | ((want & 2) ? POLLOUT : 0)), 0};
+  bool spinning = spin_end > start;
   for (;;) {
-    int64_t left = deadline < 0 ? -1 : deadline - NowMs();
-    if (deadline >= 0 && left < 0) left = 0;
-    int t = left < 0 ? -1 : (left > 2000000000 ? 2000000000 : static_cast<int>(left));
+    int t = 0;
+    if (spinning) {
+      spinning = NowNs() < spin_end;
+    }
+    if (!spinning) {
+      int64_t left_ns = deadline < 0 ? -1 : deadline - NowNs();
+      if (deadline >= 0 && left_ns < 0) left_ns = 0;
+      // Round up: a timeout must not end a fraction of a millisecond early.
+      int64_t left = left_ns < 0 ? -1 : (left_ns + 999999) / 1000000;
+      t = left < 0 ? -1 : (left > 2000000000 ? 2000000000 : static_cast<int>(left));
+    }
     int r = poll(&p, 1, t);
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) ThrowSystemError(env, errno, "poll");
+    if (r == 0 && spinning) {
+      sched_yield();
+      continue;
+    }
     int out = 0;
     if (p.revents & POLLIN) out |= 1;
     if (p.revents & POLLOUT) out |= 2;
@@ -266,7 +340,7 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     return DefineClass(env, "FdWatcher",
                        {InstanceMethod<&FdWatcher::Start>("start"), InstanceMethod<&FdWatcher::Stop>("stop"),
                         InstanceMethod<&FdWatcher::RefLoop>("ref"), InstanceMethod<&FdWatcher::UnrefLoop>("unref"),
-                        InstanceMethod<&FdWatcher::Close>("close")});
+                        InstanceMethod<&FdWatcher::Spin>("spin"), InstanceMethod<&FdWatcher::Close>("close")});
   }
 
   explicit FdWatcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FdWatcher>(info) {
@@ -304,6 +378,8 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     if (events & UV_READABLE) out |= 1;
     if (events & UV_WRITABLE) out |= 2;
     if (events & UV_DISCONNECT) out |= 4;
+    // What the spin waited for has come: let the loop sleep again.
+    if (out & (1 | 4)) self->StopSpin();
     try {
       self->callback_.MakeCallback(env.Global(), {Napi::Number::New(env, out)});
     } catch (const Napi::Error& e) {
@@ -338,8 +414,47 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     return info.Env().Undefined();
   }
 
+  // spin(us): for up to us microseconds (0 stops), the event loop does not
+  // sleep: an idle handle makes libuv poll with a zero timeout, so input on
+  // the fd is seen about a microsecond after it arrives instead of after a
+  // 10-20 us wake-up. The loop is not blocked: every iteration still runs
+  // timers, I/O callbacks and immediates; it only burns CPU, and only until
+  // the deadline (checked at each iteration) or the first readable event.
+  // The idle handle is unref'd: a spin never keeps the process alive.
+  Napi::Value Spin(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    double us = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 0;
+    if (poll_ == nullptr || !(us > 0)) {
+      StopSpin();
+      return env.Undefined();
+    }
+    if (idle_ == nullptr) {
+      idle_ = new uv_idle_t;
+      uv_idle_init(poll_->loop, idle_);
+      idle_->data = this;
+      uv_unref(reinterpret_cast<uv_handle_t*>(idle_));
+    }
+    spin_until_ = uv_hrtime() + static_cast<uint64_t>(us * 1e3);
+    uv_idle_start(idle_, OnIdle);
+    return env.Undefined();
+  }
+
+  static void OnIdle(uv_idle_t* handle) {
+    auto* self = static_cast<FdWatcher*>(handle->data);
+    if (self == nullptr || uv_hrtime() >= self->spin_until_) {
+      uv_idle_stop(handle);
+      return;
+    }
+    sched_yield();
+  }
+
+  void StopSpin() {
+    if (idle_ != nullptr) uv_idle_stop(idle_);
+  }
+
   Napi::Value Stop(const Napi::CallbackInfo& info) {
     if (poll_ != nullptr) uv_poll_stop(poll_);
+    StopSpin();
     Deactivate();
     return info.Env().Undefined();
   }
@@ -363,6 +478,12 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
 
   // The fd stays open: it belongs to the Connection, which closes it after this.
   void CloseHandle() {
+    if (idle_ != nullptr) {
+      uv_idle_stop(idle_);
+      idle_->data = nullptr;
+      uv_close(reinterpret_cast<uv_handle_t*>(idle_), [](uv_handle_t* h) { delete reinterpret_cast<uv_idle_t*>(h); });
+      idle_ = nullptr;
+    }
     if (poll_ == nullptr) return;
     uv_poll_stop(poll_);
     poll_->data = nullptr;
@@ -378,6 +499,8 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
 
   Napi::FunctionReference callback_;
   uv_poll_t* poll_ = nullptr;
+  uv_idle_t* idle_ = nullptr;
+  uint64_t spin_until_ = 0;
   bool active_ = false;
   bool hook_added_ = false;
 };

@@ -13,6 +13,7 @@
 import { binding, type FdWatcher } from './native';
 import { closedError, EOFError, stateError } from './errors';
 import { decode, encode, encodeJsonText, JSON_TAG_BYTE, registerTransferable, type CodecContext } from './serialize';
+import { SpinPolicy } from './spin';
 import { invalidType, outOfRange, validateTimeout } from './validate';
 
 const READABLE = 1;
@@ -113,6 +114,10 @@ export class Connection {
   #readError: unknown = null;
   #waiters: Waiter[] = [];
   #pollers: Poller[] = [];
+  /** How long receivers spin before sleeping (src/spin.ts). */
+  #spin = new SpinPolicy();
+  /** When the first async receiver started waiting for input (performance.now()), 0 if none does. */
+  #waitStart = 0;
 
   #out: Chunk[] = [];
   #outOffset = 0;
@@ -127,7 +132,9 @@ export class Connection {
     this.#readable = readable;
     this.#writable = writable;
     this.#socket = socket;
-    binding.setNonblocking(fd);
+    // A socket stays in blocking mode so recvSync can wait inside recvmsg;
+    // every other call on it passes MSG_DONTWAIT (pipe.cc).
+    binding.setNonblocking(fd, !socket);
     finalizer.register(this, fd, this);
   }
 
@@ -229,10 +236,10 @@ export class Connection {
       while (this.#out.length > 0) {
         const chunk = this.#out[0];
         const left = chunk.buf.length - this.#outOffset;
-        const n =
-          chunk.fds.length > 0 && this.#outOffset === 0
-            ? binding.sendmsg(this.#fd, chunk.buf, 0, chunk.buf.length, chunk.fds)
-            : binding.write(this.#fd, chunk.buf, this.#outOffset, left);
+        // On a socket always sendmsg: it never waits (MSG_DONTWAIT), whatever the fd's mode.
+        const n = this.#socket
+          ? binding.sendmsg(this.#fd, chunk.buf, this.#outOffset, left, this.#outOffset === 0 ? chunk.fds : [])
+          : binding.write(this.#fd, chunk.buf, this.#outOffset, left);
         if (n < 0) break;
         if (chunk.fds.length > 0) closeFds(chunk.fds.splice(0)); // the kernel holds its own references now
         this.#outOffset += n;
@@ -330,11 +337,18 @@ export class Connection {
     this.#checkReadable();
     const seconds = timeout === null ? undefined : validateTimeout(timeout);
     const deadline = seconds === undefined ? Infinity : performance.now() + seconds * 1000;
+    let started = 0;
     for (;;) {
-      if (this.#hasInput()) return true;
-      const left = deadline - performance.now();
+      if (this.#hasInput()) {
+        if (started !== 0) this.#spin.record((performance.now() - started) * 1000);
+        return true;
+      }
+      const now = performance.now();
+      const left = deadline - now;
       if (left <= 0) return false;
-      this.#blockOnce(left === Infinity ? -1 : Math.ceil(left));
+      // The spin is bounded by the timeout too (native poll()).
+      if (started === 0) started = now;
+      this.#blockOnce(left === Infinity ? -1 : left, this.#spin.budget());
     }
   }
 
@@ -361,6 +375,14 @@ export class Connection {
       this.#deliver();
     }
     this.#arm();
+    // Still waiting: keep the loop from sleeping for a short, bounded while,
+    // so input that comes soon is seen at once (FdWatcher.spin in pipe.cc;
+    // the loop keeps running everything else meanwhile).
+    if (this.#waiters.length > 0 && this.#waitStart === 0 && this.#watching & READABLE) {
+      this.#waitStart = performance.now();
+      const budget = this.#spin.budget();
+      if (budget > 0) this.#watcher!.spin(budget);
+    }
   }
 
   #deliver(): void {
@@ -368,6 +390,10 @@ export class Connection {
       const frame = this.#takeFrame();
       if (frame === null) break;
       const waiter = this.#waiters.shift()!;
+      if (this.#waitStart !== 0) {
+        this.#spin.record((performance.now() - this.#waitStart) * 1000);
+        this.#waitStart = 0;
+      }
       try {
         waiter.resolve(waiter.bytes ? this.#bytesOf(frame) : this.#decodeFrame(frame));
       } catch (err) {
@@ -375,6 +401,7 @@ export class Connection {
       }
     }
     if (this.#waiters.length > 0 && (this.#eof || this.#readError !== null)) {
+      this.#waitStart = 0;
       const err = this.#readError ?? eofError();
       for (const w of this.#waiters.splice(0)) w.reject(err);
     }
@@ -387,6 +414,8 @@ export class Connection {
   }
 
   #frameSync(): Frame {
+    let started = 0;
+    let recorded = false;
     for (;;) {
       this.#deliver(); // earlier async receivers come first
       if (this.#waiters.length === 0) {
@@ -398,19 +427,36 @@ export class Connection {
       }
       if (this.#readError !== null) throw this.#readError;
       if (this.#eof) throw eofError();
-      // Sleep first, then read: in a request/response loop the answer is
-      // rarely there yet, and poll() returns at once when it is.
-      this.#blockOnce(-1);
-      this.#fill();
+      // When recent answers came quickly (src/spin.ts), keep asking for a
+      // short while: one read returns the answer as soon as it is there.
+      // Otherwise (or if it does not come) wait first, then read: the
+      // answer is rarely there yet, and poll() returns at once when it is.
+      // With output queued, poll() must also watch for writability.
+      if (started === 0) started = performance.now();
+      // On a socket with nothing to send, the sleep can be recvmsg itself
+      // (one syscall where poll() and recvmsg() are two).
+      const spin = recorded || this.#out.length > 0 ? 0 : this.#spin.budget();
+      let n = spin > 0 ? this.#fill(spin) : -1;
+      if (n < 0 && this.#socket && this.#out.length === 0) n = this.#fill(-1);
+      if (n < 0) {
+        this.#blockOnce(-1, 0);
+        n = this.#fill();
+      }
+      if (n > 0 && !recorded) {
+        // Only the wait for the first bytes says how quickly the peer answers;
+        // the rest of a large frame is transfer time.
+        this.#spin.record((performance.now() - started) * 1000);
+        recorded = true;
+      }
     }
   }
 
   // Sleeps in poll() until the fd is readable, also writing queued output when
   // it is writable: a sync receive must not starve our own half-sent message,
   // which the peer may need before it answers.
-  #blockOnce(timeoutMs: number): void {
+  #blockOnce(timeoutMs: number, spinUs: number): void {
     const want = READABLE | (this.#out.length > 0 ? WRITABLE : 0);
-    const events = binding.poll(this.#fd, want, timeoutMs);
+    const events = binding.poll(this.#fd, want, timeoutMs, spinUs);
     if (this.#out.length > 0 && events & (WRITABLE | HANGUP)) this.#flush(false);
   }
 
@@ -425,15 +471,18 @@ export class Connection {
   }
 
   // Reads until the kernel has no more: >0 bytes read, 0 at end of stream, -1 nothing yet.
-  #fill(): number {
+  // spinUs: the first read keeps trying for up to that long (bounded; sync
+  // paths only); -1: on a socket, the first read waits for data.
+  #fill(spinUs = 0): number {
     let total = 0;
     for (;;) {
       this.#makeRoom();
       let n: number;
       try {
         n = this.#socket
-          ? binding.recvmsg(this.#fd, this.#in, this.#end, this.#in.length - this.#end, this.#inFds)
-          : binding.read(this.#fd, this.#in, this.#end, this.#in.length - this.#end);
+          ? binding.recvmsg(this.#fd, this.#in, this.#end, this.#in.length - this.#end, this.#inFds, spinUs)
+          : binding.read(this.#fd, this.#in, this.#end, this.#in.length - this.#end, spinUs);
+        spinUs = 0;
       } catch (err) {
         this.#readError = err;
         return total > 0 ? total : 0;

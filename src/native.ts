@@ -26,6 +26,8 @@ export interface FdWatcher {
   /** Whether the watch keeps the event loop alive. */
   ref(): void;
   unref(): void;
+  /** For up to us microseconds (0 stops), keep the loop polling without sleeping; ends at the first readable event. */
+  spin(us: number): void;
   /** Stop for good (the fd itself is not closed). */
   close(): void;
 }
@@ -53,18 +55,20 @@ export interface Binding {
   ExitWatcher: new (pid: number, onExit: (exitCode: number) => void) => ExitWatcher;
   pipe(): [number, number];
   socketpair(): [number, number];
-  setNonblocking(fd: number): void;
+  setNonblocking(fd: number, on?: boolean): void;
   /** A close-on-exec duplicate of fd. */
   dup(fd: number): number;
   /** Bytes read, 0 at end of stream, -1 when it would block. */
-  read(fd: number, buf: Uint8Array, offset: number, length: number): number;
-  /** As read(); fds that came along (SCM_RIGHTS) are pushed on fdsOut. */
-  recvmsg(fd: number, buf: Uint8Array, offset: number, length: number, fdsOut: number[]): number;
+  /** spinUs: a read that would block is tried again for up to that long first. */
+  read(fd: number, buf: Uint8Array, offset: number, length: number, spinUs?: number): number;
+  /** As read(); fds that came along (SCM_RIGHTS) are pushed on fdsOut. spinUs -1: wait for data (blocking fd). */
+  recvmsg(fd: number, buf: Uint8Array, offset: number, length: number, fdsOut: number[], spinUs?: number): number;
   /** Bytes written, -1 when it would block. */
   write(fd: number, buf: Uint8Array, offset: number, length: number): number;
   sendmsg(fd: number, buf: Uint8Array, offset: number, length: number, fds: number[]): number;
   /** Blocks up to timeoutMs (negative: no limit); revents bits: 1 readable, 2 writable, 4 hang-up/error. */
-  poll(fd: number, events: number, timeoutMs: number): number;
+  /** spinUs: poll without sleeping for up to that long first (bounded by timeoutMs too). */
+  poll(fd: number, events: number, timeoutMs: number, spinUs?: number): number;
   FdWatcher: new (fd: number, onEvents: (events: number) => void) => FdWatcher;
   shmOpen(name: string, create: boolean, exclusive: boolean, mode: number): number;
   shmUnlink(name: string): void;

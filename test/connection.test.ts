@@ -1,6 +1,8 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { Connection, Pipe, Process } from 'posix-multiprocessing';
+import { binding } from '../dist/cjs/native.js';
+import { SpinPolicy, spinConfig } from '../dist/cjs/spin.js';
 import * as fx from './fixtures/pipes.mjs';
 
 describe('Pipe / Connection in one process', () => {
@@ -234,6 +236,120 @@ describe('Pipe / Connection across processes', () => {
     carrier.close();
     mine.close();
   }, 20_000);
+});
+
+describe('receivers that spin before sleeping', () => {
+  // Spin whatever the machine's load, in the test process and in the children.
+  const saved = { ...spinConfig };
+  const env = { ...process.env, PMP_PIPE_SPIN_US: '100' } as Record<string, string>;
+  beforeAll(() => Object.assign(spinConfig, { limitUs: 100, loadGuard: false }));
+  afterAll(() => Object.assign(spinConfig, saved));
+
+  for (const sync of [true, false]) {
+    const mode = sync ? 'recvSync' : 'await recv';
+    it(`${mode}: quick, late and very late answers all arrive, in order, each once`, async () => {
+      const [a, b] = Pipe();
+      const p = new Process({ target: fx.echoAfter, args: [b, !sync], env });
+      p.start();
+      b.close();
+      const recv = () => (sync ? a.recvSync() : a.recv());
+      // Quick answers make the receiver spin; the late ones come after any spin
+      // has given up (the receiver then sleeps), the quick ones after them
+      // find the policy backing off and then spinning again.
+      const delays = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 30, 0, 0, 200, ...new Array(40).fill(0), 5, 0, 0];
+      for (const [i, d] of delays.entries()) {
+        a.send({ i, d });
+        expect(await recv()).toEqual({ i, d });
+      }
+      expect(a.pollSync(0)).toBe(false); // nothing extra arrived
+      a.send(null);
+      await p.join();
+      expect(p.exitCode).toBe(0);
+      a.close();
+    });
+
+    it(`${mode}: the end of stream during a spin ends the receive with ERR_MP_EOF`, async () => {
+      const [a, b] = Pipe();
+      const p = new Process({ target: fx.echoAfter, args: [b, !sync], env });
+      p.start();
+      b.close();
+      for (let i = 0; i < 30; i++) {
+        a.send({ i, d: 0 });
+        await (sync ? a.recvSync() : a.recv());
+      }
+      a.send({ close: true }); // the child closes as soon as it reads this
+      if (sync) expect(() => a.recvSync()).toThrow(expect.objectContaining({ code: 'ERR_MP_EOF' }));
+      else await expect(a.recv()).rejects.toMatchObject({ code: 'ERR_MP_EOF' });
+      await p.join();
+      a.close();
+    });
+  }
+
+  it('pollSync(t) and the native spins honour their bounds', () => {
+    const [a, b] = Pipe();
+    // Answers that are already there teach the policy that waits are short.
+    for (let i = 0; i < 50; i++) {
+      a.send(i);
+      expect(b.recvSync()).toBe(i);
+    }
+    let t = performance.now();
+    expect(b.pollSync(0)).toBe(false);
+    expect(b.pollSync(0.001)).toBe(false);
+    expect(performance.now() - t).toBeLessThan(1000);
+    t = performance.now();
+    expect(b.pollSync(0.05)).toBe(false);
+    expect(performance.now() - t).toBeGreaterThanOrEqual(49);
+    // A spin longer than the timeout ends with the timeout...
+    t = performance.now();
+    expect(binding.poll(b.fileno(), 1, 0, 10_000_000)).toBe(0);
+    expect(binding.poll(b.fileno(), 1, 20, 10_000_000)).toBe(0);
+    const took = performance.now() - t;
+    expect(took).toBeGreaterThanOrEqual(19);
+    expect(took).toBeLessThan(5000);
+    // ...and a spinning read ends after its spin, with "would block".
+    t = performance.now();
+    expect(binding.recvmsg(b.fileno(), Buffer.alloc(16), 0, 16, [], 20_000)).toBe(-1);
+    expect(performance.now() - t).toBeGreaterThanOrEqual(19);
+    // Data that is there is returned by the first try.
+    a.send('x');
+    expect(b.pollSync(0)).toBe(true);
+    expect(b.recvSync()).toBe('x');
+    expect(() => binding.recvmsg(b.fileno(), Buffer.alloc(16), 0, 16, [], 'x')).toThrow(TypeError);
+    a.close();
+    b.close();
+  });
+
+  it('the spin policy spins after short waits, backs off after misses and long waits, and recovers', () => {
+    const p = new SpinPolicy(() => false);
+    expect(p.budget()).toBeGreaterThan(0);
+    for (let i = 0; i < 10; i++) p.record(5);
+    const short = p.budget();
+    expect(short).toBeGreaterThanOrEqual(10);
+    expect(short).toBeLessThanOrEqual(100);
+    // A spin that ran out: the next two waits sleep at once, then it tries again.
+    p.record(short + 1);
+    expect(p.budget()).toBe(0);
+    expect(p.budget()).toBe(0);
+    const again = p.budget();
+    expect(again).toBeGreaterThan(0);
+    // A second miss in a row: four waits without spinning.
+    p.record(again + 1);
+    expect([p.budget(), p.budget(), p.budget(), p.budget()]).toEqual([0, 0, 0, 0]);
+    expect(p.budget()).toBeGreaterThan(0);
+    p.record(1);
+    // A slow peer: no spinning at all...
+    for (let i = 0; i < 10; i++) p.record(1_000_000);
+    for (let i = 0; i < 10; i++) expect(p.budget()).toBe(0);
+    // ...until answers come quickly again (measured while sleeping: answer + wake-up).
+    for (let i = 0; i < 10; i++) p.record(30);
+    expect(p.budget()).toBeGreaterThan(0);
+    // On a machine with no CPU to spare, never.
+    let busy = false;
+    const q = new SpinPolicy(() => busy);
+    expect(q.budget()).toBeGreaterThan(0);
+    busy = true;
+    expect(q.budget()).toBe(0);
+  });
 });
 
 describe('received values own their memory', () => {
