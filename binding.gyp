@@ -24,7 +24,8 @@
         "native/process.cc",
         "native/pipe.cc",
         "native/shm.cc",
-        "native/futex.cc"
+        "native/futex.cc",
+        "native/fdshare.cc"
       ],
       "conditions": [
         ["OS=='linux'", { "libraries": ["-lrt", "-lpthread"] }]

@@ -13,6 +13,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitPipe(env, exports, data);
   InitShm(env, exports, data);
   InitFutex(env, exports, data);
+  InitFdShare(env, exports, data);
   return exports;
 }
 

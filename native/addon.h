@@ -19,5 +19,6 @@ void InitProcess(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitPipe(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitShm(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitFutex(Napi::Env env, Napi::Object exports, AddonData* data);
+void InitFdShare(Napi::Env env, Napi::Object exports, AddonData* data);
 
 }  // namespace pmp
