@@ -204,7 +204,16 @@ describe('Pool', () => {
       returned.close();
       expect(await pool.apply(tasks.add, [1, 1])).toBe(2);
     });
-  }, 20_000);
+    // A worker that exits after each task: its result is decoded (the fd
+    // fetched) before the pool lets the worker go.
+    await withPool({ processes: 1, maxTasksPerChild: 1 }, async (pool) => {
+      for (let i = 0; i < 3; i++) {
+        const conn = (await pool.apply(tasks.makeConnection, [])) as Connection;
+        expect(await conn.recv()).toBe('from the worker');
+        conn.close();
+      }
+    });
+  }, 30_000);
 
   it('an initializer that throws breaks the pool instead of respawning forever', async () => {
     const pool = new Pool({ processes: 2, initializer: tasks.badInit });
