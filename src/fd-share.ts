@@ -22,7 +22,8 @@ const FETCH_TIMEOUT_MS = 2000;
 export type FdRef = { i: number } | { a: string; k: number };
 
 // The sharer's own fds live as long as the process, like the resource
-// tracker's pipe; the leak checks in test/support/leaks.ts ask for them here.
+// tracker's pipe; the leak checks in test/support/leaks.ts ask for them here
+// (and tests for the number of offers not yet claimed).
 const kSharer = Symbol.for('posix-multiprocessing.fd-sharer');
 (globalThis as Record<symbol, unknown>)[kSharer] ??= {
   ownFds: (): number[] => binding.fdShareOwnFds(),
@@ -76,9 +77,4 @@ function fetchFd(address: string, key: number, what: string): number {
 export function withdrawOffers(keys: readonly number[] | undefined): void {
   if (!keys) return;
   for (const k of keys) binding.fdShareWithdraw(k);
-}
-
-/** Offers not yet claimed in this process (tests, diagnostics). */
-export function heldOffers(): number {
-  return binding.fdShareHeld();
 }
