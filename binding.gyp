@@ -25,7 +25,8 @@
         "native/pipe.cc",
         "native/shm.cc",
         "native/futex.cc",
-        "native/semaphore.cc"
+        "native/semaphore.cc",
+        "native/fdshare.cc"
       ],
       "conditions": [
         ["OS=='linux'", { "libraries": ["-lrt", "-lpthread"] }]

@@ -14,6 +14,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitShm(env, exports, data);
   InitFutex(env, exports, data);
   InitSemaphore(env, exports, data);
+  InitFdShare(env, exports, data);
   return exports;
 }
 

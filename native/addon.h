@@ -23,5 +23,6 @@ void InitPipe(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitShm(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitFutex(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitSemaphore(Napi::Env env, Napi::Object exports, AddonData* data);
+void InitFdShare(Napi::Env env, Napi::Object exports, AddonData* data);
 
 }  // namespace pmp

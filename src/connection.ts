@@ -11,6 +11,7 @@
 // sends and returns does not lose its last message).
 
 import { binding, type FdWatcher } from './native';
+import { decodeFd, encodeFd, type FdRef, withdrawOffers } from './fd-share';
 import { closedError, EOFError, stateError } from './errors';
 import { decode, encode, encodeJsonText, JSON_TAG_BYTE, registerTransferable, type CodecContext } from './serialize';
 import { SpinPolicy } from './spin';
@@ -172,13 +173,21 @@ export class Connection {
         return;
       }
     }
-    const ctx: CodecContext = { fds: [] };
-    let body = encode(obj, ctx);
-    if (ctx.fds.length > 0) {
-      if (!this.#socket) {
-        throw new TypeError('a Connection or other fd-carrying object can only be sent over a duplex Pipe (a socket)');
-      }
+    // A pipe cannot pass fds: a Connection in the message goes through the fd sharer.
+    const ctx: CodecContext = { fds: [], carriesFds: this.#socket };
+    let body: Buffer;
+    try {
+      body = encode(obj, ctx);
       if (ctx.fds.length > 64) throw new RangeError('at most 64 fd-carrying objects per message');
+      if (ctx.fds.length > 0 && !this.#socket) {
+        // Only a transferable that ignores ctx.carriesFds gets here.
+        throw new TypeError('this object can only be sent over a duplex Pipe (a socket): its fds cannot travel through a pipe');
+      }
+    } catch (err) {
+      withdrawOffers(ctx.offers);
+      throw err;
+    }
+    if (ctx.fds.length > 0) {
       const tagged = Buffer.allocUnsafe(body.length + 2);
       tagged[0] = FD_TAG;
       tagged[1] = ctx.fds.length;
@@ -187,7 +196,12 @@ export class Connection {
     }
     // Duplicates travel, so closing a sent Connection right after send() is
     // safe even when the message waits in our queue; they are closed once sent.
-    this.#sendFrame(body, ctx.fds.map((fd) => binding.dup(fd)), true);
+    try {
+      this.#sendFrame(body, ctx.fds.map((fd) => binding.dup(fd)), true);
+    } catch (err) {
+      withdrawOffers(ctx.offers);
+      throw err;
+    }
   }
 
   /** Sends bytes as one message; offset and size select a part of buf. */
@@ -686,18 +700,16 @@ export class Connection {
   }
 
   static {
-    // A Connection travels as its fd (placed in a child, or passed with
-    // SCM_RIGHTS); the receiver owns its copy.
+    // A Connection travels as its fd (placed in a child, passed with
+    // SCM_RIGHTS, or through the fd sharer where the channel cannot carry
+    // fds); the receiver owns its copy.
     registerTransferable('Connection', Connection, {
       encode(conn, ctx) {
         if (conn.#closed) throw closedError('Connection');
-        ctx.fds.push(conn.#fd);
-        return { i: ctx.fds.length - 1, r: conn.#readable, w: conn.#writable, s: conn.#socket };
+        return { ...encodeFd(conn.#fd, ctx), r: conn.#readable, w: conn.#writable, s: conn.#socket };
       },
-      decode(data: { i: number; r: boolean; w: boolean; s: boolean }, ctx) {
-        const fd = ctx.fds[data.i];
-        if (fd === undefined) throw stateError('a Connection arrived without its fd', 'ERR_MP_PROTOCOL');
-        return new Connection(fd, data.r, data.w, data.s);
+      decode(data: FdRef & { r: boolean; w: boolean; s: boolean }, ctx) {
+        return new Connection(decodeFd(data, ctx, 'Connection'), data.r, data.w, data.s);
       },
     });
   }

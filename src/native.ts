@@ -105,6 +105,16 @@ export interface Binding {
   ): SemWaitHandle;
   /** SEM_VALUE_MAX. */
   readonly semValueMax: number;
+  /** Keeps a duplicate of fd for one receiver: [address, key] (fdshare.cc). */
+  fdShareOffer(fd: number): [string, number];
+  /** Closes an offer nobody claimed; false if it was claimed already. */
+  fdShareWithdraw(key: number): boolean;
+  /** Fetches an offered fd from the process at address (each step bounded by timeoutMs). */
+  fdShareFetch(address: string, key: number, timeoutMs: number): number;
+  /** The sharer's own fds (listening socket, wake pipe); empty until first used. */
+  fdShareOwnFds(): number[];
+  /** Offers not yet claimed. */
+  fdShareHeld(): number;
 }
 
 function load(): Binding {

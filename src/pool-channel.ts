@@ -6,7 +6,8 @@
 // behind a length ('V', u32, bytes).
 import * as net from 'node:net';
 
-import { decode, encode, encodeJson, registerTransferable } from './serialize';
+import { decodeFd, encodeFd, type FdRef, withdrawOffers } from './fd-share';
+import { type CodecContext, decode, encode, encodeJson, registerTransferable } from './serialize';
 
 const JSON_FRAME = 0x4a; // 'J'
 const BINARY_FRAME = 0x56; // 'V'
@@ -20,11 +21,10 @@ export class InheritedFd {
 
 registerTransferable('pmp.InheritedFd', InheritedFd, {
   encode(handle, ctx) {
-    ctx.fds.push(handle.fd);
-    return ctx.fds.length - 1;
+    return encodeFd(handle.fd, ctx);
   },
-  decode(index: number, ctx) {
-    return new InheritedFd(ctx.fds[index]);
+  decode(ref: FdRef, ctx) {
+    return new InheritedFd(decodeFd(ref, ctx, 'file descriptor'));
   },
 });
 
@@ -61,15 +61,25 @@ export class Channel {
     if (json !== null) {
       this.#text += 'J' + json + '\n';
     } else {
-      const fds: number[] = [];
-      const body = encode(msg, { fds });
-      if (fds.length > 0) {
-        // The pool's channel is a libuv stream, which cannot carry fds.
-        const e = new TypeError(
-          'a Connection cannot travel to or from a pool task; pass it to a Process, or send it over another Connection',
-        ) as TypeError & { code: string };
-        e.code = 'ERR_MP_DATA_CLONE';
-        throw e;
+      // The pool's channel is a libuv stream, which cannot carry fds: a
+      // Connection in a task or result travels through the fd sharer. An
+      // offer whose message the peer never reads (it died) stays open in this
+      // process until it exits, as in CPython.
+      const ctx: CodecContext = { fds: [], carriesFds: false };
+      let body: Buffer;
+      try {
+        body = encode(msg, ctx);
+        if (ctx.fds.length > 0) {
+          // Only a transferable that ignores ctx.carriesFds gets here.
+          const e = new TypeError(
+            'this object cannot travel to or from a pool task: its fds can only travel in Process args or over a duplex Pipe',
+          ) as TypeError & { code: string };
+          e.code = 'ERR_MP_DATA_CLONE';
+          throw e;
+        }
+      } catch (err) {
+        withdrawOffers(ctx.offers);
+        throw err;
       }
       const head = Buffer.allocUnsafe(5);
       head[0] = BINARY_FRAME;

@@ -9,7 +9,8 @@
 // attempt and the sleep makes the sleep return at once: no lost wake-ups.
 import { closedError, QueueEmptyError, QueueFullError, stateError } from './errors';
 import { DONE, GET_SEQ, GET_WAITERS, PUT_SEQ, PUT_WAITERS, Ring, type RingRef } from './ring';
-import { decode, encode, encodeJsonText, registerTransferable } from './serialize';
+import { withdrawOffers } from './fd-share';
+import { type CodecContext, decode, encode, encodeJsonText, registerTransferable } from './serialize';
 import { validateBoolean, validateInteger, validateObject, validateSignal, validateTimeout } from './validate';
 import { type WaitResult, type WaitWord, waitAsync, waitSync, wakeOne } from './wait-word';
 
@@ -68,15 +69,42 @@ function waitOptions(options: unknown, async: boolean): Wait {
 /** A message ready for the ring: JSON text (the fast path) or codec bytes. */
 type Encoded = string | Uint8Array;
 
+// A Connection on a queue travels through the fd sharer (fd-share.ts): the ring
+// holds its address and key, and the process that put it must still be alive
+// when it is taken. The offers a message made are remembered so that a put that
+// fails (full, timed out, closed) closes them instead of leaving them open.
+const offersOf = new WeakMap<Uint8Array, number[]>();
+
 function encodeMessage(obj: unknown): Encoded {
   const text = encodeJsonText(obj);
   if (text !== undefined) return text;
-  const ctx = { fds: [] as number[] };
-  const bytes = encode(obj, ctx);
-  if (ctx.fds.length > 0) {
-    throw new TypeError('a Connection cannot be put on a queue: pass it in Process args or send it over a duplex Pipe');
+  const ctx: CodecContext = { fds: [], carriesFds: false };
+  let bytes: Uint8Array;
+  try {
+    bytes = encode(obj, ctx);
+    if (ctx.fds.length > 0) {
+      // Only a transferable that ignores ctx.carriesFds gets here.
+      throw new TypeError('this object cannot be put on a queue: its fds can only travel in Process args or over a duplex Pipe');
+    }
+  } catch (err) {
+    withdrawOffers(ctx.offers);
+    throw err;
   }
+  if (ctx.offers) offersOf.set(bytes, ctx.offers);
   return bytes;
+}
+
+/** A put of m failed: the fds it offered will never be claimed. */
+function putFailed(m: Encoded): void {
+  if (typeof m !== 'string') withdrawOffers(offersOf.get(m));
+}
+
+function putOrWithdraw(m: Encoded, p: Promise<void>): Promise<void> {
+  if (typeof m === 'string' || !offersOf.has(m)) return p;
+  return p.catch((err) => {
+    putFailed(m);
+    throw err;
+  });
 }
 
 /** Runs async operations one after another, in call order. */
@@ -308,22 +336,37 @@ export class Queue<T = unknown> extends QueueBase<T> {
 
   /** Puts obj on the queue, waiting while it is full (block/timeout). */
   put(obj: T, options?: QueueWaitOptions): Promise<void> {
+    let m: Encoded | undefined;
     try {
       const wait = waitOptions(options, true);
-      return this.putBytes(encodeMessage(obj), wait);
+      m = encodeMessage(obj);
+      return putOrWithdraw(m, this.putBytes(m, wait));
     } catch (err) {
+      if (m !== undefined) putFailed(m);
       return Promise.reject(err);
     }
   }
 
   putSync(obj: T, options?: Omit<QueueWaitOptions, 'signal'>): void {
     const wait = waitOptions(options, false);
-    this.putBytesSync(encodeMessage(obj), wait);
+    const m = encodeMessage(obj);
+    try {
+      this.putBytesSync(m, wait);
+    } catch (err) {
+      putFailed(m);
+      throw err;
+    }
   }
 
   /** Puts obj or throws QueueFullError at once. */
   putNowait(obj: T): void {
-    this.putBytesSync(encodeMessage(obj), { block: false, deadline: 0 });
+    const m = encodeMessage(obj);
+    try {
+      this.putBytesSync(m, { block: false, deadline: 0 });
+    } catch (err) {
+      putFailed(m);
+      throw err;
+    }
   }
 
   /** Resolves with the oldest item, waiting while the queue is empty (block/timeout);
@@ -409,15 +452,24 @@ export class SimpleQueue<T = unknown> extends QueueBase<T> {
   }
 
   put(obj: T): Promise<void> {
+    let m: Encoded | undefined;
     try {
-      return this.putBytes(encodeMessage(obj), { block: true, deadline: Infinity });
+      m = encodeMessage(obj);
+      return putOrWithdraw(m, this.putBytes(m, { block: true, deadline: Infinity }));
     } catch (err) {
+      if (m !== undefined) putFailed(m);
       return Promise.reject(err);
     }
   }
 
   putSync(obj: T): void {
-    this.putBytesSync(encodeMessage(obj), { block: true, deadline: Infinity });
+    const m = encodeMessage(obj);
+    try {
+      this.putBytesSync(m, { block: true, deadline: Infinity });
+    } catch (err) {
+      putFailed(m);
+      throw err;
+    }
   }
 
   get(): Promise<T> {

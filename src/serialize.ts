@@ -22,6 +22,12 @@ const v8 = (): typeof V8 => (v8Module ??= require('node:v8') as typeof V8);
  *  the fds to pass alongside the bytes; the decoder receives them in order. */
 export interface CodecContext {
   fds: number[];
+  /** false: the channel cannot pass fds (a queue, the pool's channel, a one-way
+   *  pipe), so they travel through this process's fd sharer (fd-share.ts). */
+  carriesFds?: boolean;
+  /** Keys of the fds offered to the sharer while encoding, so that a transport
+   *  can withdraw them when the message is never delivered. */
+  offers?: number[];
 }
 
 export interface Transferable<T> {

@@ -149,10 +149,15 @@ describe('Pipe / Connection in one process', () => {
     expect(await d2.recv()).toBe('still d1');
     later.close();
     d2.close();
-    const [r] = Pipe(false);
-    const [, w] = Pipe(false);
-    expect(() => w.send(r)).toThrow(TypeError); // fds only travel over sockets
-    for (const c of [a, b, c1, c2, conn, r, w]) c.close();
+    // A one-way pipe cannot carry fds: the Connection goes through the fd sharer.
+    const [r, w] = Pipe(false);
+    const [e1, e2] = Pipe();
+    w.send({ conn: e1 });
+    e1.close();
+    const viaPipe = (r.recvSync() as { conn: Connection }).conn;
+    viaPipe.send('over a one-way pipe');
+    expect(await e2.recv()).toBe('over a one-way pipe');
+    for (const c of [a, b, c1, c2, conn, r, w, e2, viaPipe]) c.close();
   });
 });
 

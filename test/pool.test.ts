@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { AsyncResult, Pool, Queue, TimeoutError, WorkerCrashedError } from 'posix-multiprocessing';
+import { AsyncResult, Connection, Pipe, Pool, Queue, TimeoutError, WorkerCrashedError } from 'posix-multiprocessing';
 import * as tasks from './fixtures/pool.mjs';
 import { chaos } from './support/chaos';
 
@@ -184,12 +184,36 @@ describe('Pool', () => {
     expect(new Set(pids).size).toBe(3);
   }, 70_000);
 
-  it('a Connection cannot travel to or from a task: the task rejects, the parent survives', async () => {
+  it('a Connection travels to a task and back from one, working (through the fd sharer)', async () => {
     await withPool({ processes: 1 }, async (pool) => {
-      await expect(pool.apply(tasks.makeConnection, [])).rejects.toMatchObject({ code: 'ERR_MP_DATA_CLONE' });
+      const [mine, theirs] = Pipe();
+      const done = pool.apply(tasks.echoOnConnection, [theirs]);
+      theirs.close(); // the task has its own duplicate
+      mine.send('ping');
+      const answer = (await mine.recv()) as { pid: number; echo: string };
+      expect(answer.echo).toBe('ping');
+      expect(pool.pids).toContain(answer.pid);
+      mine.send(null);
+      expect(await done).toBe(answer.pid);
+      mine.close();
+
+      const returned = (await pool.apply(tasks.makeConnection, [])) as Connection;
+      expect(returned).toBeInstanceOf(Connection);
+      expect(await returned.recv()).toBe('from the worker');
+      await expect(returned.recv()).rejects.toMatchObject({ code: 'ERR_MP_EOF' });
+      returned.close();
       expect(await pool.apply(tasks.add, [1, 1])).toBe(2);
     });
-  });
+    // A worker that exits after each task: its result is decoded (the fd
+    // fetched) before the pool lets the worker go.
+    await withPool({ processes: 1, maxTasksPerChild: 1 }, async (pool) => {
+      for (let i = 0; i < 3; i++) {
+        const conn = (await pool.apply(tasks.makeConnection, [])) as Connection;
+        expect(await conn.recv()).toBe('from the worker');
+        conn.close();
+      }
+    });
+  }, 30_000);
 
   it('an initializer that throws breaks the pool instead of respawning forever', async () => {
     const pool = new Pool({ processes: 2, initializer: tasks.badInit });

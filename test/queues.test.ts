@@ -131,9 +131,11 @@ describe('Queue in one process', () => {
     expect(() => q.putSync(1, { timeout: -1 })).toThrow(RangeError);
     expect(() => q.getSync({ block: 'no' as any })).toThrow(TypeError);
     await expect(q.get({ timeout: 'x' as any })).rejects.toThrow(TypeError);
+    // A Connection is not refused (it travels through the fd sharer: test/fd-transfer.test.ts);
+    // a closed one is.
     const [a, b] = Pipe();
-    expect(() => q.putSync({ conn: a })).toThrow(TypeError);
     a.close();
+    expect(() => q.putSync({ conn: a })).toThrow(expect.objectContaining({ code: 'ERR_MP_CLOSED' }));
     b.close();
     const ac = new AbortController();
     const aborted = q.get({ signal: ac.signal });

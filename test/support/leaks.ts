@@ -75,7 +75,12 @@ afterAll(async () => {
 // globalThis by src/resource-tracker.ts.
 function trackerFds(): Set<string> {
   const state = (globalThis as Record<symbol, { fd?: number } | undefined>)[Symbol.for('posix-multiprocessing.resource-tracker')];
-  return new Set(state && typeof state.fd === 'number' && state.fd >= 0 ? [String(state.fd)] : []);
+  const fds = new Set(state && typeof state.fd === 'number' && state.fd >= 0 ? [String(state.fd)] : []);
+  // The fd sharer's listening socket and wake pipe live as long as the process
+  // too (src/fd-share.ts); the duplicates it holds are not listed, so they count.
+  const sharer = (globalThis as Record<symbol, { ownFds(): number[] } | undefined>)[Symbol.for('posix-multiprocessing.fd-sharer')];
+  for (const fd of sharer?.ownFds() ?? []) fds.add(String(fd));
+  return fds;
 }
 
 // An fd is leaked when it is open now and was not before, or now points at
