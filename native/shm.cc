@@ -4,6 +4,10 @@
 //   shmOpen(name, create, exclusive, mode) -> fd      (close-on-exec)
 //   shmUnlink(name)
 //   ftruncate(fd, size); fstatSize(fd) -> size
+//   mmap(fd, size, ownFd) -> ArrayBuffer over MAP_SHARED memory; with ownFd the
+//                          fd is closed together with the unmapping
+//   unmap(buffer)          detaches an mmap() buffer: every view becomes length 0,
+//                          and the memory is unmapped. Idempotent; also done by GC.
 //   new Mapping(fd, size)  .buffer: ArrayBuffer over MAP_SHARED memory
 //                          (callers keep size <= buffer.constants.MAX_LENGTH:
 //                          N-API aborts the process on a longer external buffer)
@@ -20,6 +24,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <v8.h>
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
 #include <string>
 
 #include "addon.h"
@@ -29,11 +38,24 @@ namespace pmp {
 
 namespace {
 
-std::string NameArg(const Napi::CallbackInfo& info, size_t i) {
+// A name in a stack buffer: one N-API call instead of Utf8Value's two (length,
+// then copy) and a heap string; a create/attach/unlink cycle converts three.
+struct Name {
+  char text[512];  // names are at most 255 bytes (NAME_MAX); longer ones take the slow path
+  std::string long_text;
+  const char* c_str() const { return long_text.empty() ? text : long_text.c_str(); }
+};
+
+void NameArg(const Napi::CallbackInfo& info, size_t i, Name* out) {
   if (info.Length() <= i || !info[i].IsString()) throw Napi::TypeError::New(info.Env(), "name must be a string");
-  std::string name = info[i].As<Napi::String>().Utf8Value();
-  if (name.find('\0') != std::string::npos) throw Napi::TypeError::New(info.Env(), "name must not contain NUL");
-  return name;
+  size_t length = 0;
+  napi_status status = napi_get_value_string_utf8(info.Env(), info[i], out->text, sizeof out->text, &length);
+  if (status != napi_ok) throw Napi::Error::New(info.Env(), "cannot read name");
+  // A full buffer may mean a cut name: read it whole (the OS will refuse it).
+  if (length + 1 >= sizeof out->text) out->long_text = info[i].As<Napi::String>().Utf8Value();
+  const char* text = out->c_str();
+  size_t n = out->long_text.empty() ? length : out->long_text.size();
+  if (std::memchr(text, '\0', n) != nullptr) throw Napi::TypeError::New(info.Env(), "name must not contain NUL");
 }
 
 int FdArg(const Napi::CallbackInfo& info, size_t i) {
@@ -52,13 +74,14 @@ size_t SizeArg(const Napi::CallbackInfo& info, size_t i) {
 
 Napi::Value ShmOpen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  std::string name = NameArg(info, 0);
+  Name name;
+  NameArg(info, 0, &name);
   bool create = info.Length() > 1 && info[1].ToBoolean();
   bool exclusive = info.Length() > 2 && info[2].ToBoolean();
   mode_t mode = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().Uint32Value() & 07777 : 0600;
   int flags = O_RDWR | (create ? O_CREAT : 0) | (exclusive ? O_EXCL : 0);
   int fd = RetryEintr([&] { return shm_open(name.c_str(), flags, mode); });
-  if (fd < 0) ThrowSystemError(env, errno, "shm_open", name);
+  if (fd < 0) ThrowSystemError(env, errno, "shm_open", name.c_str());
   // No fcntl(FD_CLOEXEC) here: POSIX requires shm_open to set it (glibc,
   // musl and macOS do), and a create+attach cycle is a dozen syscalls in all.
   if (create) {
@@ -69,8 +92,9 @@ Napi::Value ShmOpen(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value ShmUnlink(const Napi::CallbackInfo& info) {
-  std::string name = NameArg(info, 0);
-  if (shm_unlink(name.c_str()) != 0) ThrowSystemError(info.Env(), errno, "shm_unlink", name);
+  Name name;
+  NameArg(info, 0, &name);
+  if (shm_unlink(name.c_str()) != 0) ThrowSystemError(info.Env(), errno, "shm_unlink", name.c_str());
   return info.Env().Undefined();
 }
 
@@ -88,6 +112,54 @@ Napi::Value FstatSize(const Napi::CallbackInfo& info) {
   struct stat st;
   if (fstat(fd, &st) != 0) ThrowSystemError(info.Env(), errno, "fstat");
   return Napi::Number::New(info.Env(), static_cast<double>(st.st_size));
+}
+
+// mmap() hands out a plain ArrayBuffer whose V8 backing store owns the mapping:
+// V8 calls Release exactly once, when the last reference to the memory is gone.
+// That is at once when unmap() detaches the buffer (nothing else holds it), or
+// later, on whatever thread V8 sweeps on, when the buffer is dropped
+// unclosed, or when something that borrowed the memory (an async crypto or
+// zlib job, a transfer) lets go of it after a detach. So the memory is never
+// unmapped twice, never unmapped while still reachable, and there is no
+// finalizer keyed by an address that a later mmap may have reused. This is
+// what makes a create/attach cycle cheap: no wrapper object, no weak handle, no
+// deferred callback, unlike an N-API external ArrayBuffer (which Node builds as
+// a Buffer with a weak reference, a cleanup hook and a SetImmediate on free).
+//
+// The one place the addon leaves Node-API: N-API has no way to make an
+// ArrayBuffer over foreign memory with a plain deleter. A napi_value is the
+// address of a V8 handle slot in every Node release (Node's own
+// v8impl::JsValueFromV8LocalValue is this cast).
+void Release(void* data, size_t length, void* fd_plus_one) {
+  munmap(data, length);
+  // Not retried on EINTR: on Linux the fd is gone even then.
+  if (fd_plus_one != nullptr) close(static_cast<int>(reinterpret_cast<intptr_t>(fd_plus_one) - 1));
+}
+
+Napi::Value Mmap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  size_t size = SizeArg(info, 1);
+  bool own_fd = info.Length() > 2 && info[2].ToBoolean();
+  if (size == 0) throw Napi::RangeError::New(env, "cannot map 0 bytes");
+  // V8 aborts the process on a longer ArrayBuffer (and a Uint8Array over it
+  // could not be made); this is buffer.constants.MAX_LENGTH.
+  if (size > v8::TypedArray::kMaxLength) throw Napi::RangeError::New(env, "size is larger than an ArrayBuffer can be");
+  void* addr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (addr == MAP_FAILED) ThrowSystemError(env, errno, "mmap");
+  void* deleter_data = own_fd ? reinterpret_cast<void*>(static_cast<intptr_t>(fd) + 1) : nullptr;
+  std::unique_ptr<v8::BackingStore> store = v8::ArrayBuffer::NewBackingStore(addr, size, Release, deleter_data);
+  v8::Local<v8::ArrayBuffer> buffer = v8::ArrayBuffer::New(v8::Isolate::GetCurrent(), std::move(store));
+  return Napi::Value(env, reinterpret_cast<napi_value>(*buffer));
+}
+
+Napi::Value Unmap(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsArrayBuffer()) throw Napi::TypeError::New(info.Env(), "buffer must be an ArrayBuffer");
+  Napi::ArrayBuffer buffer = info[0].As<Napi::ArrayBuffer>();
+  // Detaching drops the buffer's reference to its backing store; Release runs
+  // as soon as no one else holds it (normally right here).
+  if (!buffer.IsDetached()) buffer.Detach();
+  return info.Env().Undefined();
 }
 
 // The memory outlives the Mapping object if JS still holds the ArrayBuffer, so
@@ -179,6 +251,8 @@ void InitShm(Napi::Env env, Napi::Object exports, AddonData* data) {
   exports.Set("shmUnlink", Napi::Function::New<ShmUnlink>(env, "shmUnlink"));
   exports.Set("ftruncate", Napi::Function::New<Ftruncate>(env, "ftruncate"));
   exports.Set("fstatSize", Napi::Function::New<FstatSize>(env, "fstatSize"));
+  exports.Set("mmap", Napi::Function::New<Mmap>(env, "mmap"));
+  exports.Set("unmap", Napi::Function::New<Unmap>(env, "unmap"));
   exports.Set("Mapping", Mapping::Define(env));
 }
 

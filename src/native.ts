@@ -75,6 +75,13 @@ export interface Binding {
   ftruncate(fd: number, size: number): void;
   fstatSize(fd: number): number;
   Mapping: new (fd: number, size: number) => Mapping;
+  /**
+   * The fd's first `size` bytes, MAP_SHARED. With ownFd the fd is closed when
+   * the memory is unmapped: by unmap(), or by GC if the buffer is dropped.
+   */
+  mmap(fd: number, size: number, ownFd: boolean): ArrayBuffer;
+  /** Detaches a buffer from mmap() (every view becomes length 0) and unmaps it. Idempotent. */
+  unmap(buffer: ArrayBuffer): void;
   /** Blocks while the word at byteOffset equals expected (timeoutMs < 0: no limit). */
   futexWait(buffer: ArrayBuffer, byteOffset: number, expected: number, timeoutMs: number): 'ok' | 'timed-out' | 'not-equal';
   futexWake(buffer: ArrayBuffer, byteOffset: number, count: number): number;

@@ -4,7 +4,9 @@
 // process of the tree is gone, even after SIGKILL. See docs/cleanup.md.
 //
 // Protocol: one JSON line per message on a pipe, {"op":"REGISTER"|"UNREGISTER",
-// "kind","name"[,"pid"]} (pid: unlink as soon as that process is gone). Each line is far below PIPE_BUF, so writes from many
+// "kind","name"[,"pid"][,"family":true]} (pid: unlink as soon as that process
+// is gone; family: name is a prefix, and every name starting with it is the
+// tracker's to unlink, see trackFamily). Each line is far below PIPE_BUF, so writes from many
 // processes never interleave. The tracker reads until EOF, which the kernel
 // delivers only when the last process holding the write end has exited: that
 // is the definition of "the program tree is gone", crash or not.
@@ -133,6 +135,41 @@ function send(op: 'REGISTER' | 'UNREGISTER', name: string, kind: TrackedKind, pi
     });
   }
   s.stream.write(JSON.stringify(pid === undefined ? { op, kind, name } : { op, kind, name, pid }) + '\n');
+}
+
+/**
+ * Registers a family of names: at the end of the tree the tracker unlinks
+ * every existing shm name that starts with `prefix` (Linux only: it lists
+ * /dev/shm). One message then covers all the random names a process creates,
+ * instead of a REGISTER and an UNREGISTER each (two pipe writes and the
+ * tracker's work for them, more than half the cost of a create/unlink cycle).
+ *
+ * True only when the message is known to be in the pipe, where it survives a
+ * SIGKILL of the whole tree: the caller may then create names of the family
+ * without telling the tracker, since each of them comes into existence after
+ * its registration. On false (pipe full, or output of ours still queued, so
+ * that our line could not go out whole and at once) the caller registers
+ * names one by one, as before, and may try again later.
+ */
+export function trackFamily(prefix: string, kind: TrackedKind): boolean {
+  const s = state();
+  if (s.broken) return false;
+  const fd = ensureRunning();
+  if (fd < 0) return false;
+  // Queued output means a line of ours may be half in the pipe: a direct
+  // write now would land inside it. (Order does not matter otherwise: a
+  // family shares no key with any single name.)
+  if (s.stream && s.stream.writableLength > 0) return false;
+  const line = Buffer.from(JSON.stringify({ op: 'REGISTER', kind, name: prefix, family: true }) + '\n');
+  try {
+    // Non-blocking, so a full pipe is an answer (-1), not a stall; a libuv
+    // stream on this fd sets the same flag. A line below PIPE_BUF is written
+    // whole or not at all.
+    if (!s.stream) binding.setNonblocking(fd);
+    return binding.write(fd, line, 0, line.length) === line.length;
+  } catch {
+    return false; // EPIPE: the tracker is gone; the stream will notice on its next write
+  }
 }
 
 export interface TrackOptions {

@@ -6,8 +6,8 @@ import { constants as bufferConstants } from 'node:buffer';
 import { randomBytes } from 'node:crypto';
 
 import { closedError, stateError } from './errors';
-import { binding, type Mapping } from './native';
-import { track, untrack } from './resource-tracker';
+import { binding } from './native';
+import { track, trackFamily, untrack } from './resource-tracker';
 import { registerTransferable } from './serialize';
 import { invalidType, outOfRange, validateBoolean, validateInteger, validateObject } from './validate';
 
@@ -63,32 +63,59 @@ export function checkMappable(size: number, what: string): void {
 let pool = Buffer.alloc(0);
 let poolAt = 0;
 
-function randomName(): string {
-  // The creator's pid says where a leftover came from; 48 random bits make an
-  // O_EXCL collision a non-event; at most 26 bytes fit macOS's 31-byte limit.
+function randomHex(): string {
   if (poolAt + 6 > pool.length) {
     pool = randomBytes(6 * 256);
     poolAt = 0;
   }
   poolAt += 6;
-  return `/pmp_${process.pid}_${pool.toString('hex', poolAt - 6, poolAt)}`;
+  return pool.toString('hex', poolAt - 6, poolAt);
 }
 
-// A SharedMemory dropped without close() still gives its fd back.
-const fdReaper = new FinalizationRegistry<number>((fd) => {
-  try {
-    binding.closeFd(fd);
-  } catch {
-    // already closed
-  }
-});
+function randomName(): string {
+  // The creator's pid says where a leftover came from; 48 random bits make an
+  // O_EXCL collision a non-event; at most 26 bytes fit macOS's 31-byte limit.
+  return `/pmp_${process.pid}_${randomHex()}`;
+}
+
+// Tracked random names on Linux belong to this process's family,
+// /pmp_<pid>_<family token>_<hex>, registered with the tracker once (see
+// trackFamily). The token keeps the family apart from names of an earlier
+// process with the same pid, from untracked random names, and from names
+// chosen by hand.
+const canTrackFamily = process.platform === 'linux';
+let family: string | undefined;
+
+/** Whether this process's family is registered (registering it if need be). */
+function joinFamily(): boolean {
+  if (family !== undefined) return true;
+  if (!canTrackFamily) return false;
+  const prefix = `/pmp_${process.pid}_${randomBytes(4).toString('hex')}_`;
+  if (!trackFamily(prefix, 'shm')) return false;
+  family = prefix;
+  return true;
+}
+
+/**
+ * Maps the whole segment and hands the fd over to the mapping: V8 unmaps the
+ * memory and closes the fd together, exactly once, when close() detaches the
+ * buffer or when a SharedMemory dropped without close() is collected. (That
+ * replaces a FinalizationRegistry entry per segment, which cost more than the
+ * mmap.)
+ */
+function mapShared(fd: number, size: number): ArrayBuffer {
+  return binding.mmap(fd, size, true);
+}
 
 export class SharedMemory {
   #name: string; // with the leading '/'
   #size: number;
+  // Owned by #mapping: the unmapping closes it (see mapShared).
   #fd: number;
-  #mapping: Mapping | undefined;
+  #mapping: ArrayBuffer | undefined;
   #buf: Uint8Array | undefined;
+  // Registered with the tracker under its own name (a name of the family
+  // needs no messages at all: the tracker finds it by prefix).
   #tracked: boolean;
   #unlinked = false;
 
@@ -98,16 +125,18 @@ export class SharedMemory {
     const size = opts.size === undefined ? 0 : validateInteger(opts.size, 'options.size', 0);
     const mode = opts.mode === undefined ? 0o600 : validateInteger(opts.mode, 'options.mode', 0, 0o777);
     if (opts.track !== undefined) validateBoolean(opts.track, 'options.track');
-    let name: string;
-    if (opts.name === undefined || opts.name === null) {
-      if (!create) throw invalidType('options.name', 'a string (a name is required unless options.create is true)', opts.name);
-      name = randomName();
-    } else {
-      name = normalizeShmName(opts.name);
-    }
+    const random = opts.name === undefined || opts.name === null;
+    if (random && !create) throw invalidType('options.name', 'a string (a name is required unless options.create is true)', opts.name);
+    let name = random ? '' : normalizeShmName(opts.name);
     if (create && size === 0) throw outOfRange('options.size', 'a positive integer when creating a segment', size);
     if (create) checkMappable(size, 'options.size');
-    this.#tracked = create && (opts.track ?? opts.name == null);
+    const tracked = create && (opts.track ?? random);
+    // A tracked random name comes from the family when it can (then there is
+    // nothing to tell the tracker, now or at unlink()), else stands alone.
+    const inFamily = random && tracked && joinFamily();
+    const draw = (): string => (inFamily ? family + randomHex() : randomName());
+    if (random) name = draw();
+    this.#tracked = tracked && !inFamily;
 
     // A random name that collides (astronomically unlikely) is simply drawn again.
     let fd: number;
@@ -116,8 +145,8 @@ export class SharedMemory {
         fd = binding.shmOpen(name, create, create, mode);
         break;
       } catch (err) {
-        if (create && opts.name == null && (err as { code?: string }).code === 'EEXIST' && attempt < 8) {
-          name = randomName();
+        if (random && (err as { code?: string }).code === 'EEXIST' && attempt < 8) {
+          name = draw();
           continue;
         }
         throw err;
@@ -130,7 +159,7 @@ export class SharedMemory {
         throw stateError(`cannot map shared memory '${name.slice(1)}': it has size 0`, 'ERR_MP_SHM_EMPTY');
       }
       checkMappable(this.#size, create ? 'options.size' : `the size of shared memory '${name.slice(1)}'`);
-      this.#mapping = new binding.Mapping(fd, this.#size);
+      this.#mapping = mapShared(fd, this.#size);
     } catch (err) {
       binding.closeFd(fd);
       if (create) {
@@ -146,7 +175,6 @@ export class SharedMemory {
     // The fd stays open so that buf can check, with one fstat, that no peer
     // has truncated the segment (an access beyond its end would be SIGBUS).
     this.#fd = fd;
-    fdReaper.register(this, fd, this);
     if (this.#tracked) track(name, 'shm');
   }
 
@@ -185,17 +213,17 @@ export class SharedMemory {
         'ERR_MP_SHM_TRUNCATED',
       );
     }
-    return (this.#buf ??= new Uint8Array(this.#mapping!.buffer));
+    return (this.#buf ??= new Uint8Array(this.#mapping!));
   }
 
   /** Unmaps this process's view (every view of buf becomes length 0). The segment lives on. Idempotent. */
   close(): void {
     if (!this.#mapping) return;
-    this.#mapping.unmap();
+    // Detaching unmaps and closes the fd at once (later only if something
+    // still borrows the memory, e.g. an async job writing from a view).
+    binding.unmap(this.#mapping);
     this.#mapping = undefined;
     this.#buf = undefined;
-    fdReaper.unregister(this);
-    binding.closeFd(this.#fd);
     this.#fd = -1;
   }
 

@@ -4,6 +4,7 @@
 // and warns about it, as CPython's resource_tracker does. Names registered
 // with an owner pid (process-lifetime objects: heap segments) are unlinked as
 // soon as that process is gone, which is what its normal exit would have done.
+import * as fs from 'node:fs';
 import * as net from 'node:net';
 
 import { binding } from './native';
@@ -34,6 +35,8 @@ interface Entry {
   kind: string;
   name: string;
   pid?: number;
+  /** name is a prefix: every shm name starting with it is ours (resource-tracker.ts trackFamily). */
+  family?: boolean;
 }
 const registered = new Map<string, Entry>();
 
@@ -49,6 +52,7 @@ function handle(line: string): void {
   if (msg.op === 'REGISTER') {
     const entry: Entry = { kind: msg.kind, name: msg.name };
     if (typeof msg.pid === 'number' && Number.isInteger(msg.pid) && msg.pid > 0) entry.pid = msg.pid;
+    if ((msg as { family?: unknown }).family === true) entry.family = true;
     registered.set(key, entry);
   } else if (msg.op === 'UNREGISTER') {
     registered.delete(key);
@@ -107,11 +111,27 @@ function checkOwners(): void {
   }
 }
 
+// The members of a family that still exist. Only shm families are registered,
+// and only on Linux, where every shm name is an entry of /dev/shm.
+function members(family: Entry): Entry[] {
+  if (family.kind !== 'shm') return [family]; // reported as having no unlinker
+  const body = family.name.slice(1);
+  let entries: string[];
+  try {
+    entries = fs.readdirSync('/dev/shm');
+  } catch {
+    return [];
+  }
+  return entries.filter((e) => e.startsWith(body)).map((e) => ({ kind: 'shm', name: `/${e}` }));
+}
+
 function cleanUp(): void {
   const done: string[] = [];
   for (const entry of registered.values()) {
-    const d = unlink(entry);
-    if (d) done.push(d);
+    for (const one of entry.family ? members(entry) : [entry]) {
+      const d = unlink(one);
+      if (d) done.push(d);
+    }
   }
   registered.clear();
   warn(`${done.length} named object(s) were still registered when the program ended and have been cleaned up`, done);

@@ -84,6 +84,32 @@ describe('resource tracker', () => {
     }
   }, 30_000);
 
+  it('tracked random names need no message each, yet a SIGKILL right after create() leaves none; other names are not touched', async () => {
+    const file = path.join(os.tmpdir(), `pmp-family-${process.pid}.json`);
+    const run = start('shm-family.mjs', [file], 1);
+    run.lines.catch(() => {}); // it prints nothing: the report is the file
+    expect(await run.exited).toBeNull(); // killed itself
+    const [json, last] = fs.readFileSync(file, 'utf8').split('\n');
+    fs.rmSync(file);
+    const { kept, unlinked, untracked, lookalike } = JSON.parse(json);
+    try {
+      // One family per process: /pmp_<pid>_<token>_<hex>, so the tracker finds them by prefix.
+      const family = kept[0].slice(0, -12);
+      expect(family).toMatch(/^pmp_\d+_[0-9a-f]{8}_$/);
+      for (const name of [...kept, ...unlinked, last]) expect(name.startsWith(family)).toBe(true);
+      expect(untracked.startsWith(family)).toBe(false);
+      expect(await waitFor(() => [...kept, last].every((n) => !exists(n)), 5000)).toBe(true);
+      expect(await waitFor(() => [...kept, last].every((n) => run.stderr().includes(n)), 3000)).toBe(true);
+      for (const name of unlinked) expect(run.stderr()).not.toContain(name); // gone before the end: nothing to report
+      expect(exists(untracked)).toBe(true);
+      // A hand-chosen name outside the family that happens to look alike.
+      expect(lookalike.startsWith(family)).toBe(false);
+      expect(exists(lookalike)).toBe(true);
+    } finally {
+      for (const name of [untracked, lookalike]) if (exists(name)) SharedMemory.open(name).unlink();
+    }
+  }, 30_000);
+
   it('a program that forgets unlink() exiting normally: the tracker unlinks and warns; heap segments go at exit', async () => {
     const run = start('shm-forget.mjs', [], 1);
     const [report] = await run.lines;

@@ -4,9 +4,11 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { Process, SharedMemory } from 'posix-multiprocessing';
+import { binding } from '../dist/cjs/native.js';
 import * as shmTargets from './fixtures/shm.mjs';
 
 const peerScript = path.join(__dirname, 'fixtures', 'programs', 'shm-peer.mjs');
+const gcScript = path.join(__dirname, 'fixtures', 'programs', 'shm-gc.cjs');
 const exists = (name: string) => fs.existsSync(`/dev/shm/${name}`);
 // Names carry our pid, as the package's random names do, so the leak check can attribute them.
 const uniqueName = (tag: string) => `pmp_${process.pid}_${tag}_${Math.random().toString(16).slice(2, 8)}`;
@@ -153,6 +155,73 @@ describe('SharedMemory: create, attach, close, unlink', () => {
       shm.unlink();
     }
   });
+});
+
+describe('mmap() and unmap(), the native mapping', () => {
+  const mappedHere = (name: string) =>
+    fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes(`/dev/shm/${name}`)).length;
+  const fdOpen = (fd: number) => fs.existsSync(`/proc/self/fd/${fd}`);
+
+  it('unmap() detaches every view, unmaps at once, closes an owned fd, and a second unmap() is a no-op', () => {
+    const name = uniqueName('mmap');
+    const fd = binding.shmOpen(`/${name}`, true, true, 0o600);
+    try {
+      binding.ftruncate(fd, 8192);
+      const keep = binding.shmOpen(`/${name}`, false, false, 0);
+      const owned = binding.mmap(fd, 8192, true);
+      const borrowed = binding.mmap(keep, 4096, false);
+      const view = new Uint8Array(owned);
+      view[4097] = 9;
+      expect(new Uint8Array(borrowed).length).toBe(4096);
+      expect(mappedHere(name)).toBe(2);
+      binding.unmap(owned);
+      expect(owned.byteLength).toBe(0);
+      expect(view.length).toBe(0);
+      expect(view[4097]).toBeUndefined(); // a detached view reads nothing, never the unmapped address
+      expect(fdOpen(fd)).toBe(false);
+      expect(mappedHere(name)).toBe(1);
+      binding.unmap(owned);
+      expect(mappedHere(name)).toBe(1);
+      binding.unmap(borrowed);
+      expect(mappedHere(name)).toBe(0);
+      expect(fdOpen(keep)).toBe(true); // not owned: still the caller's
+      expect(binding.fstatSize(keep)).toBe(8192);
+      binding.closeFd(keep);
+    } finally {
+      binding.shmUnlink(`/${name}`);
+    }
+  });
+
+  it('refuses bad arguments with TypeError/RangeError, and a bad fd with EBADF', () => {
+    expect(() => binding.mmap('3' as any, 4096, false)).toThrow(TypeError);
+    expect(() => binding.mmap(-1, 4096, false)).toThrow(RangeError);
+    expect(() => binding.mmap(0, 0, false)).toThrow(RangeError);
+    expect(() => binding.mmap(0, 2 ** 40, false)).toThrow(RangeError); // longer than an ArrayBuffer: no abort
+    expect(() => binding.mmap(987654, 4096, true)).toThrow(expect.objectContaining({ code: 'EBADF', syscall: 'mmap' }));
+    expect(() => binding.unmap(new Uint8Array(4) as any)).toThrow(TypeError);
+    expect(() => binding.unmap(undefined as any)).toThrow(TypeError);
+  });
+
+  it('mappings dropped without unmap() or close() are unmapped and their fds closed by GC, without a crash', async () => {
+    const name = uniqueName('gc');
+    const result = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
+      const child = spawn(process.execPath, ['--expose-gc', gcScript, name], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (d) => (stdout += d));
+      child.stderr.on('data', (d) => (stderr += d));
+      child.on('error', reject);
+      child.on('close', (code) => resolve({ code, stdout, stderr }));
+    });
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    const seen = JSON.parse(result.stdout);
+    expect(seen.mappedBefore).toBe(401); // the owner's mapping and 400 dropped ones
+    expect(seen.mappedAfter).toBe(1);
+    expect(seen.extraFds).toBe(0);
+    expect(seen.sum).toBe(2 * 19900); // what the dropped mappings wrote is in the segment
+    expect(exists(name)).toBe(false);
+  }, 30000);
 });
 
 describe('SharedMemory across processes', () => {
