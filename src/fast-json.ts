@@ -50,7 +50,15 @@ let pos = 0;
  *  a Buffer (for latin1Slice). Never throws. */
 export function decodeFast(bytes: Uint8Array, start: number, end: number): unknown {
   pos = start;
-  const v = value(bytes as RawBytes, end, 0);
+  // The ring calls this with its consumers' lock held: a throw here (a stack
+  // overflow, when a caller is already deep) must not skip the unlock, so it
+  // is turned into a refusal, and the caller's usual path reports it.
+  let v: unknown;
+  try {
+    v = value(bytes as RawBytes, end, 0);
+  } catch {
+    return NOT_FAST;
+  }
   if (v === NOT_FAST || pos !== end) return NOT_FAST;
   return v;
 }
