@@ -8,7 +8,7 @@
 // (wait-word.ts). The word is read before the attempt, so a change between the
 // attempt and the sleep makes the sleep return at once: no lost wake-ups.
 import { closedError, QueueEmptyError, QueueFullError, stateError } from './errors';
-import { DONE, GET_SEQ, GET_WAITERS, PUT_SEQ, PUT_WAITERS, Ring, type RingRef } from './ring';
+import { Decoded, DONE, GET_SEQ, GET_WAITERS, PUT_SEQ, PUT_WAITERS, Ring, type RingRef } from './ring';
 import { withdrawOffers } from './fd-share';
 import { type CodecContext, decode, encode, encodeJsonText, registerTransferable } from './serialize';
 import { validateBoolean, validateInteger, validateObject, validateSignal, validateTimeout } from './validate';
@@ -40,7 +40,8 @@ interface Wait {
   signal?: AbortSignal;
 }
 
-function decodeMessage(m: Encoded): unknown {
+function decodeMessage(m: Got): unknown {
+  if (m instanceof Decoded) return m.value;
   return typeof m === 'string' ? JSON.parse(m) : decode(m);
 }
 
@@ -68,6 +69,8 @@ function waitOptions(options: unknown, async: boolean): Wait {
 
 /** A message ready for the ring: JSON text (the fast path) or codec bytes. */
 type Encoded = string | Uint8Array;
+/** What a get takes off the ring: that, or the value already decoded (ring.ts). */
+type Got = Encoded | Decoded;
 
 // A Connection on a queue travels through the fd sharer (fd-share.ts): the ring
 // holds its address and key, and the process that put it must still be alive
@@ -229,7 +232,7 @@ abstract class QueueBase<T> {
     }
   }
 
-  protected getBytesSync(wait: Wait): Encoded {
+  protected getBytesSync(wait: Wait): Got {
     const ring = this.ring;
     const got = ring.tryGet();
     if (got !== null) return got;
@@ -273,7 +276,7 @@ abstract class QueueBase<T> {
     return this.#getLine.run(() => this.#getLoop(wait)).then(decodeMessage) as Promise<T>;
   }
 
-  async #getLoop(wait: Wait): Promise<Encoded> {
+  async #getLoop(wait: Wait): Promise<Got> {
     for (;;) {
       const ring = this.ring;
       const got = ring.tryGet();

@@ -35,6 +35,7 @@ import * as fs from 'node:fs';
 import { track, untrack } from './resource-tracker';
 import { createSegment } from './segment';
 import { JSON_TAG_BYTE } from './serialize';
+import { decodeFast, NOT_FAST } from './fast-json';
 import { binding, type Mapping } from './native';
 import { type WaitWord, waitSync, wakeAll, wakeOne } from './wait-word';
 
@@ -122,6 +123,11 @@ const allocRaw = (n: number) => Buffer.allocUnsafe(n) as RawBuffer;
 // Short JSON text is written with a loop: cheaper than a call into C++ for
 // the tens of bytes a typical message has.
 const SHORT_TEXT = 64;
+
+/** A message the ring decoded itself (the fast JSON decoder, fast-json.ts). */
+export class Decoded {
+  constructor(readonly value: unknown) {}
+}
 
 export class Ring {
   readonly ref: RingRef;
@@ -465,8 +471,9 @@ export class Ring {
   }
 
   /** Takes the oldest message: its encoded bytes, or (JSON fast path) the JSON
-   *  text after the tag byte; null when the queue is empty. */
-  tryGet(): Uint8Array | string | null {
+   *  text after the tag byte, or the value itself when the fast decoder could
+   *  read it; null when the queue is empty. */
+  tryGet(): Uint8Array | string | Decoded | null {
     const i32 = this.i32;
     // Empty, seen without the lock and mostly without reading the producers' line.
     const seen = Atomics.load(i32, HEAD);
@@ -488,9 +495,15 @@ export class Ring {
     const len = word & LENGTH_MASK;
     const putNumber = this.#view.getInt32(at + 4, true);
     const start = (at + RECORD_HEADER) & this.#mask;
-    let out: Buffer | string;
+    let out: Buffer | string | Decoded;
     if ((word & FLAG_SPILL) === 0 && len > 0 && this.#bytes[start] === JSON_TAG_BYTE && start + len <= this.#capacity) {
-      out = word & FLAG_ASCII ? this.#bytes.latin1Slice(start + 1, start + len) : this.#bytes.utf8Slice(start + 1, start + len);
+      // Decoded in place, before HEAD moves on and producers may reuse the
+      // bytes. decodeFast runs no user code and never throws, so the lock is
+      // always released; it declines (NOT_FAST) anything it cannot decode
+      // exactly as JSON.parse would, and then the text goes to JSON.parse.
+      const fast = word & FLAG_ASCII ? decodeFast(this.#bytes, start + 1, start + len) : NOT_FAST;
+      if (fast !== NOT_FAST) out = new Decoded(fast);
+      else out = word & FLAG_ASCII ? this.#bytes.latin1Slice(start + 1, start + len) : this.#bytes.utf8Slice(start + 1, start + len);
     } else {
       out = Buffer.allocUnsafe(len);
       this.#copyOut(out, start);
@@ -509,7 +522,7 @@ export class Ring {
       Atomics.add(i32, PUT_SEQ, 1);
       wakeOne(this.#putSeq);
     }
-    if (typeof out === 'string') return out;
+    if (typeof out === 'string' || out instanceof Decoded) return out;
     return word & FLAG_SPILL ? readSpill(out.toString()) : out;
   }
 
