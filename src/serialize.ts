@@ -176,7 +176,7 @@ function prepare(value: unknown, ctx: CodecContext, seen: Map<object, unknown>):
     if (value instanceof AggregateError) props.errors = prepare(value.errors, ctx, seen);
     for (const key of Object.keys(value)) {
       if (key !== 'cause' && key !== 'stack' && key !== 'message') {
-        props[key] = prepare((value as unknown as Record<string, unknown>)[key], ctx, seen);
+        defineOwn(props, key, prepare((value as unknown as Record<string, unknown>)[key], ctx, seen));
       }
     }
     out.props = props;
@@ -207,9 +207,16 @@ function prepare(value: unknown, ctx: CodecContext, seen: Map<object, unknown>):
   if (Object.prototype.hasOwnProperty.call(value, MARK)) out = { [MARK]: 'Object', d: body };
   seen.set(value, out);
   for (const key of Object.keys(value)) {
-    body[key] = prepare((value as Record<string, unknown>)[key], ctx, seen);
+    defineOwn(body, key, prepare((value as Record<string, unknown>)[key], ctx, seen));
   }
   return out;
+}
+
+// Assignment of an own '__proto__' key would set the copy's prototype instead
+// of copying the property; structured clone keeps it as a data property.
+function defineOwn(target: Record<string, unknown>, key: string, v: unknown): void {
+  if (key === '__proto__') Object.defineProperty(target, key, { value: v, writable: true, enumerable: true, configurable: true });
+  else target[key] = v;
 }
 
 const errorConstructors: Record<string, ErrorConstructor> = {
@@ -235,7 +242,7 @@ function reviveError(data: Record<string, any>, ctx: CodecContext, seen: Map<obj
   if ('cause' in data) define('cause', revive(data.cause, ctx, seen));
   for (const key of Object.keys(data.props ?? {})) {
     if (key === 'name') continue;
-    (err as unknown as Record<string, unknown>)[key] = revive(data.props[key], ctx, seen);
+    defineOwn(err as unknown as Record<string, unknown>, key, revive(data.props[key], ctx, seen));
   }
   return err;
 }

@@ -106,6 +106,18 @@ describe('encode/decode', () => {
     expect(roundTrip(sys)).toMatchObject({ code: 'ENOENT', errno: -2, syscall: 'open', path: '/x' });
   });
 
+  it("an own '__proto__' key stays a data property on the general path (objects and errors)", () => {
+    const obj = JSON.parse('{"__proto__": {"x": 1}, "n": -0}');
+    const back = decode(encode(obj)) as Record<string, unknown>;
+    expect(Object.getPrototypeOf(back)).toBe(Object.prototype);
+    expect(Object.getOwnPropertyDescriptor(back, '__proto__')?.value).toEqual({ x: 1 });
+    expect(Object.is(back.n, -0)).toBe(true);
+    const err = Object.defineProperty(new Error('e'), '__proto__', { value: 7, enumerable: true, writable: true, configurable: true });
+    const errBack = decode(encode(err)) as Error;
+    expect(errBack).toBeInstanceOf(Error);
+    expect(Object.getOwnPropertyDescriptor(errBack, '__proto__')?.value).toBe(7);
+  });
+
   it('functions and symbols are refused with ERR_MP_DATA_CLONE', () => {
     expect(() => encode({ f() {} })).toThrow(expect.objectContaining({ name: 'TypeError', code: 'ERR_MP_DATA_CLONE' }));
     expect(() => encode([Symbol('x')])).toThrow(expect.objectContaining({ code: 'ERR_MP_DATA_CLONE' }));
