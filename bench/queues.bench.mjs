@@ -163,7 +163,7 @@ async function main() {
     const ratio = higherIsBetter ? ours / theirs : theirs / ours;
     rows.push({ scenario, unit, ours, [competitor]: theirs, ratio });
     if (json) console.log(JSON.stringify({ scenario, unit, ours: +ours.toFixed(2), [competitor]: +theirs.toFixed(2), ratio: +ratio.toFixed(2) }));
-    else console.log(`${scenario.padEnd(34)} ours ${ours.toFixed(1).padStart(12)} ${unit.padEnd(8)} ${competitor.padEnd(14)} ${theirs.toFixed(1).padStart(12)}   ×${ratio.toFixed(2)} ${higherIsBetter ? '(higher is better)' : '(lower is better)'}`);
+    else console.log(`${scenario.padEnd(34)} ours ${ours.toFixed(1).padStart(12)} ${unit.padEnd(8)} ${competitor.padEnd(14)} ${theirs.toFixed(1).padStart(12)}   ×${ratio.toFixed(2)} ${higherIsBetter ? '(higher is better)' : '(their time / ours: higher is better)'}`);
   };
   const small = await oursSmall(SMALL_N);
   const smallAsync = await oursSmallAsync(SMALL_N);
