@@ -7,7 +7,9 @@
 //   mmap(fd, size, ownFd) -> ArrayBuffer over MAP_SHARED memory; with ownFd the
 //                          fd is closed together with the unmapping
 //   unmap(buffer)          detaches an mmap() buffer: every view becomes length 0,
-//                          and the memory is unmapped. Idempotent; also done by GC.
+//                          then the memory is unmapped (and an owned fd closed).
+//                          Idempotent; also done by GC. Any other ArrayBuffer is
+//                          refused with a TypeError.
 //   new Mapping(fd, size)  .buffer: ArrayBuffer over MAP_SHARED memory
 //                          (callers keep size <= buffer.constants.MAX_LENGTH:
 //                          N-API aborts the process on a longer external buffer)
@@ -24,12 +26,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <v8.h>
-
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <unordered_map>
 
 #include "addon.h"
 #include "errors.h"
@@ -114,26 +115,61 @@ Napi::Value FstatSize(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(st.st_size));
 }
 
-// mmap() hands out a plain ArrayBuffer whose V8 backing store owns the mapping:
-// V8 calls Release exactly once, when the last reference to the memory is gone.
-// That is at once when unmap() detaches the buffer (nothing else holds it), or
-// later, on whatever thread V8 sweeps on, when the buffer is dropped
-// unclosed, or when something that borrowed the memory (an async crypto or
-// zlib job, a transfer) lets go of it after a detach. So the memory is never
-// unmapped twice, never unmapped while still reachable, and there is no
-// finalizer keyed by an address that a later mmap may have reused. This is
-// what makes a create/attach cycle cheap: no wrapper object, no weak handle, no
-// deferred callback, unlike an N-API external ArrayBuffer (which Node builds as
-// a Buffer with a weak reference, a cleanup hook and a SetImmediate on free).
+// mmap() hands out an external ArrayBuffer (napi_create_external_arraybuffer)
+// over the mapping. Its finalize hint is a small heap record of what the
+// buffer holds; the record, not the address, decides what gets released, so
+// a late finalizer can never munmap or close something that a later mmap() or
+// open() reused:
 //
-// The one place the addon leaves Node-API: N-API has no way to make an
-// ArrayBuffer over foreign memory with a plain deleter. A napi_value is the
-// address of a V8 handle slot in every Node release (Node's own
-// v8impl::JsValueFromV8LocalValue is this cast).
-void Release(void* data, size_t length, void* fd_plus_one) {
-  munmap(data, length);
+//   unmap(buffer)  finds the record by the buffer's data address (see Live),
+//                  marks it released, detaches the buffer (every view becomes
+//                  length 0, so nothing in JS can reach the range any more),
+//                  and only then munmaps and closes the owned fd.
+//   finalizer      runs exactly once per buffer, on the JS thread, when the
+//                  buffer is gone (collected, or detached and let go, or the
+//                  environment is torn down); it munmaps/closes only if the
+//                  record is not yet released, and deletes the record.
+//
+// The record is touched by unmap() only before the detach, so even a Node
+// that ran the finalizer synchronously inside the detach could not make
+// unmap() read a freed record. This stays within Node-API, so one prebuilt
+// binary serves every Node major (V8's BackingStore API would tie it to one).
+struct Record {
+  void* addr;
+  size_t length;
+  int fd;  // closed with the mapping; -1 when the caller keeps it
+  bool released = false;
+};
+
+// Buffers not yet released, by data address. While a record is here its range
+// is still mapped, so no other mapping can share its address, and the only
+// live, attached ArrayBuffer whose data is that address is the one mmap()
+// made for it (JS cannot make another over foreign memory). So the address of
+// an attached buffer finds its record without a wrapper object per buffer;
+// napi_wrap would add a weak reference and a property to every mapping.
+// Finalizers and unmap() run on the thread of the environment that made the
+// buffer, and each worker has its own thread, hence thread_local.
+thread_local std::unordered_map<void*, Record*> live;
+
+// buffer.constants.MAX_LENGTH: Node's Buffer refuses a longer external
+// buffer, and it differs between Node majors (2^32 in Node 20), so it is read
+// from Node at load time rather than from V8's headers. Until then, and where
+// process.getBuiltinModule is missing, 2^32 - 1 is below every major's limit.
+thread_local double max_length = 4294967295.0;
+
+void Release(void* addr, size_t length, int fd) {
+  munmap(addr, length);
   // Not retried on EINTR: on Linux the fd is gone even then.
-  if (fd_plus_one != nullptr) close(static_cast<int>(reinterpret_cast<intptr_t>(fd_plus_one) - 1));
+  if (fd >= 0) close(fd);
+}
+
+void FinalizeMapping(napi_env env, void* data, void* hint) {
+  Record* record = static_cast<Record*>(hint);
+  if (!record->released) {
+    live.erase(record->addr);
+    Release(record->addr, record->length, record->fd);
+  }
+  delete record;
 }
 
 Napi::Value Mmap(const Napi::CallbackInfo& info) {
@@ -142,24 +178,48 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   size_t size = SizeArg(info, 1);
   bool own_fd = info.Length() > 2 && info[2].ToBoolean();
   if (size == 0) throw Napi::RangeError::New(env, "cannot map 0 bytes");
-  // V8 aborts the process on a longer ArrayBuffer (and a Uint8Array over it
-  // could not be made); this is buffer.constants.MAX_LENGTH.
-  if (size > v8::TypedArray::kMaxLength) throw Napi::RangeError::New(env, "size is larger than an ArrayBuffer can be");
+  if (static_cast<double>(size) > max_length) throw Napi::RangeError::New(env, "size is larger than an ArrayBuffer can be");
   void* addr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (addr == MAP_FAILED) ThrowSystemError(env, errno, "mmap");
-  void* deleter_data = own_fd ? reinterpret_cast<void*>(static_cast<intptr_t>(fd) + 1) : nullptr;
-  std::unique_ptr<v8::BackingStore> store = v8::ArrayBuffer::NewBackingStore(addr, size, Release, deleter_data);
-  v8::Local<v8::ArrayBuffer> buffer = v8::ArrayBuffer::New(v8::Isolate::GetCurrent(), std::move(store));
-  return Napi::Value(env, reinterpret_cast<napi_value>(*buffer));
+  Record* record = new Record{addr, size, own_fd ? fd : -1};
+  live[addr] = record;
+  napi_value buffer;
+  napi_status status = napi_create_external_arraybuffer(env, addr, size, FinalizeMapping, record, &buffer);
+  if (status != napi_ok) {
+    // Node may or may not have run (or queued) the finalizer on this path.
+    // If it has not released the mapping, do it here; the record is left
+    // alive (a few bytes, on a path the size check makes unreachable in
+    // practice) so that a queued finalizer cannot touch freed memory.
+    auto it = live.find(addr);
+    if (it != live.end() && it->second == record) {
+      live.erase(it);
+      record->released = true;
+      Release(addr, size, record->fd);
+    }
+    NAPI_THROW_IF_FAILED(env, status, Napi::Value());
+  }
+  return Napi::Value(env, buffer);
 }
 
 Napi::Value Unmap(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsArrayBuffer()) throw Napi::TypeError::New(info.Env(), "buffer must be an ArrayBuffer");
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsArrayBuffer()) throw Napi::TypeError::New(env, "buffer must be an ArrayBuffer");
   Napi::ArrayBuffer buffer = info[0].As<Napi::ArrayBuffer>();
-  // Detaching drops the buffer's reference to its backing store; Release runs
-  // as soon as no one else holds it (normally right here).
-  if (!buffer.IsDetached()) buffer.Detach();
-  return info.Env().Undefined();
+  if (buffer.IsDetached()) return env.Undefined();  // unmapped before: idempotent
+  auto it = live.find(buffer.Data());
+  if (it == live.end()) throw Napi::TypeError::New(env, "buffer must be an ArrayBuffer made by mmap()");
+  // Everything unmap() needs from the record is taken before the detach, the
+  // point after which the finalizer may run and delete it.
+  Record* record = it->second;
+  live.erase(it);
+  record->released = true;
+  void* addr = record->addr;
+  size_t length = record->length;
+  int fd = record->fd;
+  // Detach first: after this no JS view can reach the address range.
+  buffer.Detach();
+  Release(addr, length, fd);
+  return env.Undefined();
 }
 
 // The memory outlives the Mapping object if JS still holds the ArrayBuffer, so
@@ -244,9 +304,30 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
   Napi::Reference<Napi::ArrayBuffer> buffer_;
 };
 
+// Reads buffer.constants.MAX_LENGTH through process.getBuiltinModule (Node
+// 20.16+); anything missing leaves the conservative default. Any exception is
+// cleared: loading the addon must not fail over a bound.
+void ReadMaxLength(Napi::Env env) {
+  Napi::Value process = env.Global().Get("process");
+  if (!process.IsObject()) return;
+  Napi::Value get = process.As<Napi::Object>().Get("getBuiltinModule");
+  if (!get.IsFunction()) return;
+  Napi::Value module = get.As<Napi::Function>().Call(process, {Napi::String::New(env, "buffer")});
+  if (!module.IsObject()) return;
+  Napi::Value constants = module.As<Napi::Object>().Get("constants");
+  if (!constants.IsObject()) return;
+  Napi::Value value = constants.As<Napi::Object>().Get("MAX_LENGTH");
+  if (value.IsNumber() && value.As<Napi::Number>().DoubleValue() > 0) max_length = value.As<Napi::Number>().DoubleValue();
+}
+
 }  // namespace
 
 void InitShm(Napi::Env env, Napi::Object exports, AddonData* data) {
+  try {
+    ReadMaxLength(env);
+  } catch (const Napi::Error&) {
+    // Keep the default (see ReadMaxLength).
+  }
   exports.Set("shmOpen", Napi::Function::New<ShmOpen>(env, "shmOpen"));
   exports.Set("shmUnlink", Napi::Function::New<ShmUnlink>(env, "shmUnlink"));
   exports.Set("ftruncate", Napi::Function::New<Ftruncate>(env, "ftruncate"));

@@ -97,9 +97,10 @@ function joinFamily(): boolean {
 }
 
 /**
- * Maps the whole segment and hands the fd over to the mapping: V8 unmaps the
- * memory and closes the fd together, exactly once, when close() detaches the
- * buffer or when a SharedMemory dropped without close() is collected. (That
+ * Maps the whole segment and hands the fd over to the mapping: the addon
+ * unmaps the memory and closes the fd together, exactly once, when close()
+ * detaches the buffer or when a SharedMemory dropped without close() is
+ * collected (native/shm.cc). (That
  * replaces a FinalizationRegistry entry per segment, which cost more than the
  * mmap.)
  */
@@ -219,8 +220,7 @@ export class SharedMemory {
   /** Unmaps this process's view (every view of buf becomes length 0). The segment lives on. Idempotent. */
   close(): void {
     if (!this.#mapping) return;
-    // Detaching unmaps and closes the fd at once (later only if something
-    // still borrows the memory, e.g. an async job writing from a view).
+    // Detaches every view, then unmaps and closes the fd at once.
     binding.unmap(this.#mapping);
     this.#mapping = undefined;
     this.#buf = undefined;

@@ -9,6 +9,7 @@ import * as shmTargets from './fixtures/shm.mjs';
 
 const peerScript = path.join(__dirname, 'fixtures', 'programs', 'shm-peer.mjs');
 const gcScript = path.join(__dirname, 'fixtures', 'programs', 'shm-gc.cjs');
+const reuseScript = path.join(__dirname, 'fixtures', 'programs', 'shm-reuse.cjs');
 const exists = (name: string) => fs.existsSync(`/dev/shm/${name}`);
 // Names carry our pid, as the package's random names do, so the leak check can attribute them.
 const uniqueName = (tag: string) => `pmp_${process.pid}_${tag}_${Math.random().toString(16).slice(2, 8)}`;
@@ -200,7 +201,33 @@ describe('mmap() and unmap(), the native mapping', () => {
     expect(() => binding.mmap(987654, 4096, true)).toThrow(expect.objectContaining({ code: 'EBADF', syscall: 'mmap' }));
     expect(() => binding.unmap(new Uint8Array(4) as any)).toThrow(TypeError);
     expect(() => binding.unmap(undefined as any)).toThrow(TypeError);
+    // An ArrayBuffer that mmap() did not make is refused and left as it was.
+    const plain = new ArrayBuffer(16);
+    expect(() => binding.unmap(plain)).toThrow(TypeError);
+    expect(plain.byteLength).toBe(16);
   });
+
+  it("a late finalizer never unmaps or closes what a later mmap() or shmOpen() reused", async () => {
+    const name = uniqueName('reuse');
+    const child = spawn(process.execPath, ['--expose-gc', reuseScript, name], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const code = await new Promise((resolve, reject) => {
+      child.on('error', reject);
+      child.on('close', resolve);
+    });
+    expect(stderr).toBe('');
+    expect(code).toBe(0);
+    const seen = JSON.parse(stdout);
+    expect(seen.collected).toBe(100); // every unmapped buffer was collected and finalized
+    expect(seen.sum).toBe(100 * 100); // all map one segment: each live mapping reads the 100 bytes written through them
+    expect(seen.openFds).toBe(100);
+    expect(seen.mapped).toBe(100);
+    expect(seen.mappedAfter).toBe(0);
+    expect(exists(name)).toBe(false);
+  }, 30000);
 
   it('mappings dropped without unmap() or close() are unmapped and their fds closed by GC, without a crash', async () => {
     const name = uniqueName('gc');
