@@ -97,6 +97,17 @@ function spinDone(s: Spin, ok: boolean): boolean {
   return ok;
 }
 
+// A waiter that spun out and slept, but got what it waited for within SPIN_MS
+// of starting, would have been served by a full spin: the other side was quick
+// and only the wake-up cost time. Without this the budget could never grow
+// back when both sides of a handoff have shrunk theirs: each would sleep, each
+// wait would then last a wake-up, longer than the shrunken spin, and the pair
+// would stay asleep on an idle machine. Under load waits last longer than
+// SPIN_MS and the budget stays small.
+function tookAfterSleep(s: Spin, start: number): void {
+  if (performance.now() - start <= SPIN_MS) s.ms = SPIN_MS;
+}
+
 // The spin polls with a plain atomic load and tries the CAS only when the
 // word looks free (test-and-test-and-set: a failing CAS would take the cache
 // line away from the holder for nothing), and pauses between polls for a
@@ -369,14 +380,17 @@ function lockAcquireSync(w: Words, at: number, deadline: number, spin: Spin): Go
   const i = w.base + at;
   if (deadline === NO_WAIT) return lockTry(i32, i);
   if (spin.holdBack !== 0) holdBack(i32, i, spin, deadline);
-  if (deadline > performance.now() && spinLock(i32, i, spin)) return Got.Yes;
+  const start = performance.now();
+  if (deadline > start && spinLock(i32, i, spin)) return Got.Yes;
   let slept = false;
   const since = performance.now();
   for (;;) {
     const v = lockStep(i32, i, deadline, since);
     if (v === AGAIN) continue;
-    if (v === TOOK) return Got.Yes;
-    if (v === TOOK_DEAD) return Got.OwnerDied;
+    if (v === TOOK || v === TOOK_DEAD) {
+      if (slept) tookAfterSleep(spin, start);
+      return v === TOOK ? Got.Yes : Got.OwnerDied;
+    }
     if (v === TIMED_OUT) {
       if (slept) passOn(w, at);
       return Got.No;
@@ -390,14 +404,17 @@ async function lockAcquireAsync(w: Words, at: number, deadline: number, spin: Sp
   const i32 = w.i32;
   const i = w.base + at;
   if (spin.holdBack !== 0) await holdBackAsync(i32, i, spin, deadline);
-  if (deadline > performance.now() && spinLock(i32, i, spin)) return Got.Yes;
+  const start = performance.now();
+  if (deadline > start && spinLock(i32, i, spin)) return Got.Yes;
   let slept = false;
   const since = performance.now();
   for (;;) {
     const v = lockStep(i32, i, deadline, since);
     if (v === AGAIN) continue;
-    if (v === TOOK) return Got.Yes;
-    if (v === TOOK_DEAD) return Got.OwnerDied;
+    if (v === TOOK || v === TOOK_DEAD) {
+      if (slept) tookAfterSleep(spin, start);
+      return v === TOOK ? Got.Yes : Got.OwnerDied;
+    }
     if (v === TIMED_OUT) {
       if (slept) passOn(w, at);
       return Got.No;
@@ -682,11 +699,15 @@ export class Semaphore extends SyncObject {
     const deadline = options === undefined ? Infinity : parseAcquireSync(options);
     if (this.#try(w)) return true;
     if (deadline === NO_WAIT) return false;
-    if (deadline > performance.now() && this.#spin(w)) return true;
+    const start = performance.now();
+    if (deadline > start && this.#spin(w)) return true;
     Atomics.add(w.i32, w.base + 1, 1);
     try {
-      for (;;) {
-        if (this.#try(w)) return true;
+      for (let slept = false; ; slept = true) {
+        if (this.#try(w)) {
+          if (slept) tookAfterSleep(this.#budget, start);
+          return true;
+        }
         if (performance.now() >= deadline) return false;
         checkResult(waitSync(w, 0, 0, msLeft(deadline)), 'Semaphore');
       }
@@ -701,11 +722,15 @@ export class Semaphore extends SyncObject {
     if (signal?.aborted) throw abortError(signal);
     if (this.#try(w)) return true;
     const deadline = deadlineOf(timeout);
-    if (deadline > performance.now() && this.#spin(w)) return true;
+    const start = performance.now();
+    if (deadline > start && this.#spin(w)) return true;
     Atomics.add(w.i32, w.base + 1, 1);
     try {
-      for (;;) {
-        if (this.#try(w)) return true;
+      for (let slept = false; ; slept = true) {
+        if (this.#try(w)) {
+          if (slept) tookAfterSleep(this.#budget, start);
+          return true;
+        }
         if (performance.now() >= deadline) return false;
         const r = await waitAsync(w, 0, 0, msLeft(deadline), signal);
         if (r === 'aborted') {
