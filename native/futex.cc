@@ -41,6 +41,7 @@ extern "C" int __ulock_wake(uint32_t operation, void* addr, uint64_t wake_value)
 
 #include "addon.h"
 #include "errors.h"
+#include "waiter_pool.h"
 
 namespace pmp {
 
@@ -250,58 +251,17 @@ void CallJs(Napi::Env env, Napi::Function, void*, Job* job) {
   // released any more, so the job is leaked rather than freed.
 }
 
-// A small pool: a thread that finished a wait takes the next job or, idle for
-// a while, exits. Jobs never queue behind a busy thread (each may wait without
-// limit), so a new thread starts whenever none is idle.
-class WaiterPool {
- public:
-  static WaiterPool& Get() {
-    static WaiterPool* pool = new WaiterPool();  // never destroyed: detached threads use it
-    return *pool;
-  }
-
-  void Submit(Job* job) {
-    std::unique_lock<std::mutex> lock(mu_);
-    jobs_.push_back(job);
-    if (idle_ > static_cast<int>(jobs_.size()) - 1) {
-      cv_.notify_one();
-      return;
-    }
-    lock.unlock();
-    std::thread(&WaiterPool::Run, this).detach();
-  }
-
- private:
-  void Run() {
-    std::unique_lock<std::mutex> lock(mu_);
-    for (;;) {
-      if (jobs_.empty()) {
-        ++idle_;
-        bool got = cv_.wait_for(lock, std::chrono::seconds(10), [this] { return !jobs_.empty(); });
-        --idle_;
-        if (!got) return;
-      }
-      Job* job = jobs_.front();
-      jobs_.pop_front();
-      lock.unlock();
-      // The 250 ms slice bounds how long a cancel can go unnoticed if it lands
-      // between the flag check and the kernel wait.
-      job->result = Wait(job->addr, job->expected, job->timeout_ms, &job->cancelled, 250);
-      {
-        std::lock_guard<std::mutex> guard(job->state->mu);
-        // When the environment is gone the job is leaked: its references
-        // cannot be released off the JS thread, nor after teardown.
-        if (job->state->alive) job->state->tsfn.NonBlockingCall(job);
-      }
-      lock.lock();
-    }
-  }
-
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Job*> jobs_;
-  int idle_ = 0;
-};
+// What a pool thread does with a job: the wait, then the report to the JS
+// thread.
+void RunJob(Job* job) {
+  // The 250 ms slice bounds how long a cancel can go unnoticed if it lands
+  // between the flag check and the kernel wait.
+  job->result = Wait(job->addr, job->expected, job->timeout_ms, &job->cancelled, 250);
+  std::lock_guard<std::mutex> guard(job->state->mu);
+  // When the environment is gone the job is leaked: its references
+  // cannot be released off the JS thread, nor after teardown.
+  if (job->state->alive) job->state->tsfn.NonBlockingCall(job);
+}
 
 class WaitHandle : public Napi::ObjectWrap<WaitHandle> {
  public:
@@ -370,7 +330,7 @@ Napi::Value FutexWaitAsync(const Napi::CallbackInfo& info) {
   WaitHandle::Unwrap(handle)->Attach(job);
   st->jobs.insert(job);
   if (st->pending++ == 0) st->tsfn.Ref(env);
-  WaiterPool::Get().Submit(job);
+  WaiterPool::Get().Submit([job] { RunJob(job); });
   return handle;
 }
 

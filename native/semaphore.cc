@@ -40,6 +40,7 @@
 
 #include "addon.h"
 #include "errors.h"
+#include "waiter_pool.h"
 
 #ifndef SEM_VALUE_MAX
 #define SEM_VALUE_MAX INT_MAX
@@ -389,63 +390,22 @@ WaitResult RunJob(Job* job) {
   }
 }
 
-// Its threads are detached and may outlive every environment; they never
-// return into unmapped code because InitFutex (always run, see addon.cc) pins
-// this library for the life of the process.
-class WaiterPool {
- public:
-  static WaiterPool& Get() {
-    static WaiterPool* pool = new WaiterPool();  // never destroyed: detached threads use it
-    return *pool;
-  }
-
-  void Submit(Job* job) {
-    std::unique_lock<std::mutex> lock(mu_);
-    jobs_.push_back(job);
-    if (idle_ > static_cast<int>(jobs_.size()) - 1) {
-      cv_.notify_one();
-      return;
-    }
-    lock.unlock();
-    std::thread(&WaiterPool::Run, this).detach();
-  }
-
- private:
-  void Run() {
-    std::unique_lock<std::mutex> lock(mu_);
-    for (;;) {
-      if (jobs_.empty()) {
-        ++idle_;
-        bool got = cv_.wait_for(lock, std::chrono::seconds(10), [this] { return !jobs_.empty(); });
-        --idle_;
-        if (!got) return;
-      }
-      Job* job = jobs_.front();
-      jobs_.pop_front();
-      lock.unlock();
-      WaitResult r = RunJob(job);
-      if (r == WaitResult::kOk) {
-        int waiting = kWaiting;
-        if (!job->phase.compare_exchange_strong(waiting, kTaken)) {
-          sem_post(job->sem->sem);  // cancelled while we waited: not ours to keep
-          r = WaitResult::kCancelled;
-        }
-      }
-      job->result = r;
-      {
-        std::lock_guard<std::mutex> guard(job->state->mu);
-        // Undeliverable (the environment is gone): give the unit back.
-        if (!(job->state->alive && job->state->tsfn.NonBlockingCall(job) == napi_ok)) GiveBack(job);
-      }
-      lock.lock();
+// What a pool thread does with a job: the wait, then the report to the JS
+// thread, or the unit given back when nobody can take it.
+void RunPooledJob(Job* job) {
+  WaitResult r = RunJob(job);
+  if (r == WaitResult::kOk) {
+    int waiting = kWaiting;
+    if (!job->phase.compare_exchange_strong(waiting, kTaken)) {
+      sem_post(job->sem->sem);  // cancelled while we waited: not ours to keep
+      r = WaitResult::kCancelled;
     }
   }
-
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Job*> jobs_;
-  int idle_ = 0;
-};
+  job->result = r;
+  std::lock_guard<std::mutex> guard(job->state->mu);
+  // Undeliverable (the environment is gone): give the unit back.
+  if (!(job->state->alive && job->state->tsfn.NonBlockingCall(job) == napi_ok)) GiveBack(job);
+}
 
 class WaitHandle : public Napi::ObjectWrap<WaitHandle> {
  public:
@@ -503,7 +463,7 @@ Napi::Value SemWaitAsync(const Napi::CallbackInfo& info) {
   WaitHandle::Unwrap(handle)->Attach(job);
   st->jobs.insert(job);
   if (st->pending++ == 0) st->tsfn.Ref(env);
-  WaiterPool::Get().Submit(job);
+  WaiterPool::Get().Submit([job] { RunPooledJob(job); });
   return handle;
 }
 

@@ -11,6 +11,7 @@
 import { closedError, stateError } from './errors';
 import { binding, type SemHandle } from './native';
 import { registerTransferable } from './serialize';
+import { withAcquired, withAcquiredSync } from './sync/with-lock';
 import { abortError, validateMode } from './sync/words';
 import type { AcquireOptions, AcquireSyncOptions, NamedOptions, Semaphore } from './synchronize';
 import {
@@ -210,24 +211,12 @@ class PosixSemaphore {
     return false;
   }
 
-  async withLock<T>(fn: () => T | Promise<T>): Promise<T> {
-    if (typeof fn !== 'function') throw invalidType('fn', 'a function', fn);
-    await this.acquire();
-    try {
-      return await fn();
-    } finally {
-      this.release();
-    }
+  withLock<T>(fn: () => T | Promise<T>): Promise<T> {
+    return withAcquired(this, fn);
   }
 
   withLockSync<T>(fn: () => T): T {
-    if (typeof fn !== 'function') throw invalidType('fn', 'a function', fn);
-    this.acquireSync();
-    try {
-      return fn();
-    } finally {
-      this.release();
-    }
+    return withAcquiredSync(this, fn);
   }
 
   /**

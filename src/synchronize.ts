@@ -11,6 +11,7 @@ import { BrokenBarrierError, closedError, stateError } from './errors';
 import { importTarget, pickExport, requireModule } from './import-target';
 import { locate, type TargetRef } from './locate';
 import { linkPosixSemaphore, openPosixSemaphore, posixRequested, unlinkPosixSemaphore, type SemaphoreOptions } from './posix-semaphore';
+import { withAcquired, withAcquiredSync } from './sync/with-lock';
 import { registerTransferable } from './serialize';
 import {
   PID,
@@ -463,24 +464,12 @@ abstract class LockBase extends SyncObject {
   }
 
   /** Acquires, runs fn (sync or async) and always releases. */
-  async withLock<T>(fn: () => T | Promise<T>): Promise<T> {
-    if (typeof fn !== 'function') throw invalidType('fn', 'a function', fn);
-    await this.acquire();
-    try {
-      return await fn();
-    } finally {
-      this.release();
-    }
+  withLock<T>(fn: () => T | Promise<T>): Promise<T> {
+    return withAcquired(this, fn);
   }
 
   withLockSync<T>(fn: () => T): T {
-    if (typeof fn !== 'function') throw invalidType('fn', 'a function', fn);
-    this.acquireSync();
-    try {
-      return fn();
-    } finally {
-      this.release();
-    }
+    return withAcquiredSync(this, fn);
   }
 
   abstract [kOwned](): boolean;
@@ -780,24 +769,12 @@ export class Semaphore extends SyncObject {
     return this.getValue() === 0;
   }
 
-  async withLock<T>(fn: () => T | Promise<T>): Promise<T> {
-    if (typeof fn !== 'function') throw invalidType('fn', 'a function', fn);
-    await this.acquire();
-    try {
-      return await fn();
-    } finally {
-      this.release();
-    }
+  withLock<T>(fn: () => T | Promise<T>): Promise<T> {
+    return withAcquired(this, fn);
   }
 
   withLockSync<T>(fn: () => T): T {
-    if (typeof fn !== 'function') throw invalidType('fn', 'a function', fn);
-    this.acquireSync();
-    try {
-      return fn();
-    } finally {
-      this.release();
-    }
+    return withAcquiredSync(this, fn);
   }
 }
 
