@@ -376,6 +376,36 @@ function passOn(w: Words, at: number): void {
   }
 }
 
+// The turns of an acquire after its spin, shared by the sync and async forms,
+// which differ only in how they sleep: a result (DONE_BASE - Got), or the word
+// value to sleep on (always > 0).
+const DONE_BASE = -10;
+
+interface Turn {
+  readonly start: number; // when the acquire began (for tookAfterSleep)
+  readonly since: number; // when it stopped spinning (for the STARVING mark)
+  slept: boolean;
+}
+
+function lockTurn(w: Words, at: number, deadline: number, spin: Spin, t: Turn): number {
+  const i32 = w.i32;
+  const i = w.base + at;
+  for (;;) {
+    const v = lockStep(i32, i, deadline, t.since);
+    if (v === AGAIN) continue;
+    if (v === TOOK || v === TOOK_DEAD) {
+      if (t.slept) tookAfterSleep(spin, t.start);
+      return DONE_BASE - (v === TOOK ? Got.Yes : Got.OwnerDied);
+    }
+    if (v === TIMED_OUT) {
+      if (t.slept) passOn(w, at);
+      return DONE_BASE - Got.No;
+    }
+    t.slept = true;
+    return v;
+  }
+}
+
 function lockAcquireSync(w: Words, at: number, deadline: number, spin: Spin): Got {
   const i32 = w.i32;
   const i = w.base + at;
@@ -383,20 +413,10 @@ function lockAcquireSync(w: Words, at: number, deadline: number, spin: Spin): Go
   if (spin.holdBack !== 0) holdBack(i32, i, spin, deadline);
   const start = performance.now();
   if (deadline > start && spinLock(i32, i, spin)) return Got.Yes;
-  let slept = false;
-  const since = performance.now();
+  const t: Turn = { start, since: performance.now(), slept: false };
   for (;;) {
-    const v = lockStep(i32, i, deadline, since);
-    if (v === AGAIN) continue;
-    if (v === TOOK || v === TOOK_DEAD) {
-      if (slept) tookAfterSleep(spin, start);
-      return v === TOOK ? Got.Yes : Got.OwnerDied;
-    }
-    if (v === TIMED_OUT) {
-      if (slept) passOn(w, at);
-      return Got.No;
-    }
-    slept = true;
+    const v = lockTurn(w, at, deadline, spin, t);
+    if (v <= DONE_BASE) return (DONE_BASE - v) as Got;
     checkResult(waitSync(w, at, v, sliceMs(v, deadline)), 'lock');
   }
 }
@@ -407,20 +427,10 @@ async function lockAcquireAsync(w: Words, at: number, deadline: number, spin: Sp
   if (spin.holdBack !== 0) await holdBackAsync(i32, i, spin, deadline);
   const start = performance.now();
   if (deadline > start && spinLock(i32, i, spin)) return Got.Yes;
-  let slept = false;
-  const since = performance.now();
+  const t: Turn = { start, since: performance.now(), slept: false };
   for (;;) {
-    const v = lockStep(i32, i, deadline, since);
-    if (v === AGAIN) continue;
-    if (v === TOOK || v === TOOK_DEAD) {
-      if (slept) tookAfterSleep(spin, start);
-      return v === TOOK ? Got.Yes : Got.OwnerDied;
-    }
-    if (v === TIMED_OUT) {
-      if (slept) passOn(w, at);
-      return Got.No;
-    }
-    slept = true;
+    const v = lockTurn(w, at, deadline, spin, t);
+    if (v <= DONE_BASE) return (DONE_BASE - v) as Got;
     const r = await waitAsync(w, at, v, sliceMs(v, deadline), signal);
     if (r === 'aborted') {
       passOn(w, at);
