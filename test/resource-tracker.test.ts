@@ -48,6 +48,18 @@ async function waitFor(check: () => boolean, ms: number): Promise<boolean> {
   return check();
 }
 
+
+// Opens only to unlink, and closes: the fd must not wait for GC, or the
+// file's fd leak check sees it.
+function unlinkByName(name: string): void {
+  const shm = SharedMemory.open(name);
+  try {
+    shm.unlink();
+  } finally {
+    shm.close();
+  }
+}
+
 describe('resource tracker', () => {
   it('SIGKILL of a whole program tree holding segments: within seconds /dev/shm holds none of them', async () => {
     const run = start('shm-tree.mjs', [], 3);
@@ -80,7 +92,7 @@ describe('resource tracker', () => {
       expect(exists(untracked)).toBe(true);
       expect(run.stderr()).not.toContain(untracked);
     } finally {
-      SharedMemory.open(untracked).unlink();
+      unlinkByName(untracked);
     }
   }, 30_000);
 
@@ -106,7 +118,7 @@ describe('resource tracker', () => {
       expect(lookalike.startsWith(family)).toBe(false);
       expect(exists(lookalike)).toBe(true);
     } finally {
-      for (const name of [untracked, lookalike]) if (exists(name)) SharedMemory.open(name).unlink();
+      for (const name of [untracked, lookalike]) if (exists(name)) unlinkByName(name);
     }
   }, 30_000);
 
@@ -130,7 +142,7 @@ describe('resource tracker', () => {
       expect(await waitFor(() => !exists(report.names[0]), 5000)).toBe(true);
       expect(exists(name)).toBe(true);
     } finally {
-      SharedMemory.open(name).unlink();
+      unlinkByName(name);
     }
     expect(exists(name)).toBe(false);
   }, 30_000);
