@@ -158,3 +158,150 @@ function object(b: RawBytes, end: number, depth: number): unknown {
     if (c !== 0x2c) return NOT_FAST; // ,
   }
 }
+
+// ---- the writing side --------------------------------------------------------
+//
+// encodeFast is the put side's counterpart: one walk over the value that
+// checks it is plain JSON data and writes its JSON text as bytes at once,
+// where the general path walks it to check (serialize.ts isJsonSafe), builds a
+// string with JSON.stringify, measures it and then copies it. For a small
+// message that is most of a put.
+//
+// It writes exactly what JSON.stringify would, for the values it accepts, and
+// accepts only values the general path would also send as JSON (so what a
+// consumer gets does not depend on which path a message took):
+// - numbers: finite and not -0; int32s by a digit loop, others as String(v)
+//   (the same shortest round-trip form JSON.stringify uses);
+// - strings (keys too): bytes 0x20-0x7e without '"' or '\' (no escapes,
+//   no UTF-8); booleans; null;
+// - arrays without holes; objects whose prototype is Object.prototype, keys
+//   in for-in order (JSON.stringify's order), the codec's marker key refused;
+// - anything else (undefined, functions, symbols, bigints, class instances,
+//   Dates, buffers, non-ASCII or escaped text), depth > 32 or text longer
+//   than ENCODE_LIMIT → -1, and the caller takes the general path.
+
+/** Longest text encodeFast writes; the output buffer needs ENCODE_SLACK more. */
+export const ENCODE_LIMIT = 4096;
+// Checks happen at each value (a string checks its own length): between two
+// checks at most a number (25 bytes) and the closing brackets of every open
+// level (33) are written unchecked.
+export const ENCODE_SLACK = 128;
+const ENCODE_DEPTH = 32;
+const MARK = '\u0000pmp'; // serialize.ts: keys of the codec's own envelopes
+
+let wpos = 0;
+
+/** Writes value's JSON text into out from 0; returns its length, or -1 when
+ *  the general path must encode it. out.length must be ENCODE_LIMIT + ENCODE_SLACK. */
+export function encodeFast(value: unknown, out: Uint8Array): number {
+  wpos = 0;
+  try {
+    return write(value, out, 0) ? wpos : -1;
+  } catch {
+    // A getter that throws, or a stack overflow: the general path reports it.
+    return -1;
+  }
+}
+
+function write(v: unknown, out: Uint8Array, depth: number): boolean {
+  if (wpos > ENCODE_LIMIT) return false;
+  switch (typeof v) {
+    case 'string':
+      return writeString(v, out);
+    case 'number':
+      return writeNumber(v, out);
+    case 'boolean':
+      return v ? writeWord(out, 0x74, 0x72, 0x75, 0x65, -1) : writeWord(out, 0x66, 0x61, 0x6c, 0x73, 0x65);
+    case 'object':
+      if (v === null) return writeWord(out, 0x6e, 0x75, 0x6c, 0x6c, -1);
+      if (depth >= ENCODE_DEPTH) return false;
+      if (Array.isArray(v)) return writeArray(v, out, depth);
+      if (Object.getPrototypeOf(v) !== proto) return false;
+      return writeObject(v as Record<string, unknown>, out, depth);
+    default:
+      return false;
+  }
+}
+
+function writeWord(out: Uint8Array, c0: number, c1: number, c2: number, c3: number, c4: number): boolean {
+  out[wpos] = c0;
+  out[wpos + 1] = c1;
+  out[wpos + 2] = c2;
+  out[wpos + 3] = c3;
+  if (c4 < 0) {
+    wpos += 4;
+  } else {
+    out[wpos + 4] = c4;
+    wpos += 5;
+  }
+  return true;
+}
+
+function writeString(s: string, out: Uint8Array): boolean {
+  const n = s.length;
+  if (wpos + n + 2 > ENCODE_LIMIT) return false;
+  let p = wpos;
+  out[p++] = Q;
+  for (let k = 0; k < n; k++) {
+    const c = s.charCodeAt(k);
+    if (c < 0x20 || c > 0x7e || c === Q || c === BACKSLASH) return false;
+    out[p++] = c;
+  }
+  out[p++] = Q;
+  wpos = p;
+  return true;
+}
+
+function writeNumber(v: number, out: Uint8Array): boolean {
+  if ((v | 0) === v) {
+    if (v === 0 && 1 / v < 0) return false; // -0: JSON would turn it into 0
+    let p = wpos;
+    let u = v;
+    if (u < 0) {
+      out[p++] = 0x2d;
+      u = -u; // at most 2^31: still exact, and (u / 10) | 0 stays in range
+    }
+    let digits = 1;
+    for (let t = u; t >= 10; t = (t / 10) | 0) digits++;
+    p += digits;
+    wpos = p;
+    do {
+      const q = (u / 10) | 0;
+      out[--p] = 0x30 + (u - q * 10);
+      u = q;
+    } while (u > 0);
+    return true;
+  }
+  if (!Number.isFinite(v)) return false;
+  const t = String(v);
+  for (let k = 0; k < t.length; k++) out[wpos + k] = t.charCodeAt(k);
+  wpos += t.length;
+  return true;
+}
+
+function writeArray(a: unknown[], out: Uint8Array, depth: number): boolean {
+  out[wpos++] = 0x5b; // [
+  for (let i = 0; i < a.length; i++) {
+    if (i > 0) out[wpos++] = 0x2c;
+    if (!(i in a) || !write(a[i], out, depth + 1)) return false;
+  }
+  out[wpos++] = 0x5d; // ]
+  return true;
+}
+
+function writeObject(o: Record<string, unknown>, out: Uint8Array, depth: number): boolean {
+  out[wpos++] = 0x7b; // {
+  // Object.keys, not for-in: own enumerable keys in JSON.stringify's order,
+  // and nothing someone made enumerable on Object.prototype.
+  const keys = Object.keys(o);
+  for (let k = 0; k < keys.length; k++) {
+    const key = keys[k];
+    if (key === MARK) return false;
+    if (k > 0) out[wpos++] = 0x2c;
+    if (!writeString(key, out)) return false;
+    out[wpos++] = 0x3a; // :
+    if (!write(o[key], out, depth + 1)) return false;
+  }
+  out[wpos++] = 0x7d; // }
+  return true;
+}

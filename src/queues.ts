@@ -11,6 +11,7 @@ import { closedError, QueueEmptyError, QueueFullError, stateError } from './erro
 import { Decoded, DONE, GET_SEQ, GET_WAITERS, PUT_SEQ, PUT_WAITERS, Ring, type RingRef } from './ring';
 import { withdrawOffers } from './fd-share';
 import { type CodecContext, decode, encode, encodeJsonText, registerTransferable } from './serialize';
+import { ENCODE_LIMIT, ENCODE_SLACK, encodeFast } from './fast-json';
 import { validateBoolean, validateInteger, validateObject, validateSignal, validateTimeout } from './validate';
 import { type WaitResult, type WaitWord, waitAsync, waitSync, wakeOne } from './wait-word';
 
@@ -95,6 +96,19 @@ function encodeMessage(obj: unknown): Encoded {
   }
   if (ctx.offers) offersOf.set(bytes, ctx.offers);
   return bytes;
+}
+
+// Where encodeFast writes a message before the ring takes a copy. One per
+// process is enough: the text is copied in before anything else can run.
+const scratch = new Uint8Array(ENCODE_LIMIT + ENCODE_SLACK);
+
+/** Puts obj if it is small plain JSON data and there is room now, in one walk
+ *  (fast-json.ts encodeFast). false: nothing was put; take the general path
+ *  (which encodes again: it is taken only when the message is not plain data,
+ *  or the queue is full and the put will wait anyway). */
+function tryPutFast(ring: Ring, obj: unknown): boolean {
+  const n = encodeFast(obj, scratch);
+  return n >= 0 && ring.tryPutAscii(scratch, n);
 }
 
 /** A put of m failed: the fds it offered will never be claimed. */
@@ -200,6 +214,16 @@ abstract class QueueBase<T> {
       }
       if (tryPut(ring, bytes)) return;
     }
+  }
+
+  /** The fast path of put(): not while earlier async puts wait in line. */
+  protected putFast(obj: unknown): boolean {
+    return !this.#putLine.busy && tryPutFast(this.ring, obj);
+  }
+
+  /** The fast path of putSync() and putNowait(). */
+  protected putFastSync(obj: unknown): boolean {
+    return tryPutFast(this.ring, obj);
   }
 
   // Async puts (and gets) of one handle wait in line, so that puts issued
@@ -342,6 +366,7 @@ export class Queue<T = unknown> extends QueueBase<T> {
     let m: Encoded | undefined;
     try {
       const wait = waitOptions(options, true);
+      if (this.putFast(obj)) return Promise.resolve();
       m = encodeMessage(obj);
       return putOrWithdraw(m, this.putBytes(m, wait));
     } catch (err) {
@@ -352,6 +377,7 @@ export class Queue<T = unknown> extends QueueBase<T> {
 
   putSync(obj: T, options?: Omit<QueueWaitOptions, 'signal'>): void {
     const wait = waitOptions(options, false);
+    if (this.putFastSync(obj)) return;
     const m = encodeMessage(obj);
     try {
       this.putBytesSync(m, wait);
@@ -363,6 +389,7 @@ export class Queue<T = unknown> extends QueueBase<T> {
 
   /** Puts obj or throws QueueFullError at once. */
   putNowait(obj: T): void {
+    if (this.putFastSync(obj)) return;
     const m = encodeMessage(obj);
     try {
       this.putBytesSync(m, { block: false, deadline: 0 });
@@ -457,6 +484,7 @@ export class SimpleQueue<T = unknown> extends QueueBase<T> {
   put(obj: T): Promise<void> {
     let m: Encoded | undefined;
     try {
+      if (this.putFast(obj)) return Promise.resolve();
       m = encodeMessage(obj);
       return putOrWithdraw(m, this.putBytes(m, { block: true, deadline: Infinity }));
     } catch (err) {
@@ -466,6 +494,7 @@ export class SimpleQueue<T = unknown> extends QueueBase<T> {
   }
 
   putSync(obj: T): void {
+    if (this.putFastSync(obj)) return;
     const m = encodeMessage(obj);
     try {
       this.putBytesSync(m, { block: true, deadline: Infinity });

@@ -374,6 +374,24 @@ export class Ring {
     return ok;
   }
 
+  /** The fastest path: JSON text already written as ASCII bytes, src[0, n)
+   *  (fast-json.ts encodeFast), copied in behind the tag byte. */
+  tryPutAscii(src: Uint8Array, n: number): boolean {
+    const length = 1 + n;
+    if (RECORD_HEADER + pad8(length) > this.#capacity / 2) {
+      return this.tryPutJson(Buffer.from(src.buffer, src.byteOffset, n).toString('latin1'));
+    }
+    const at = this.#reserve(length, FLAG_ASCII);
+    if (at < 0) return false;
+    const bytes = this.#bytes;
+    bytes[at] = JSON_TAG_BYTE;
+    if (at + length > this.#capacity) this.#copyIn(src.subarray(0, n), (at + 1) & this.#mask);
+    else if (n > SHORT_TEXT) bytes.set(src.subarray(0, n), at + 1);
+    else for (let k = 0, o = at + 1; k < n; k++, o++) bytes[o] = src[k];
+    this.#commit(length);
+    return true;
+  }
+
   /** The JSON fast path: tag byte and text written straight into the ring. */
   tryPutJson(text: string): boolean {
     const chars = text.length;

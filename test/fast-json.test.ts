@@ -7,7 +7,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 
 import { Queue } from 'posix-multiprocessing';
 // Internal: tested through the package's own build.
-import { decodeFast, NOT_FAST } from '../dist/cjs/fast-json.js';
+import { decodeFast, encodeFast, ENCODE_LIMIT, ENCODE_SLACK, NOT_FAST } from '../dist/cjs/fast-json.js';
+import { encodeJsonText } from '../dist/cjs/serialize.js';
 
 // The bytes as the ring holds them: tag byte, then the text (ASCII only: the
 // ring offers the fast decoder only records flagged all-ASCII).
@@ -156,6 +157,118 @@ describe('fast JSON decoder', () => {
       // The generated values are plain data the codec carries exactly.
       sameShape(q.getSync(), v);
     }
+    q.close();
+  });
+});
+
+// The put side's one-pass writer: whatever it writes must be JSON.stringify's
+// text byte for byte, and it may take only what the general path would also
+// send as JSON.
+describe('fast JSON encoder', () => {
+  const out = new Uint8Array(ENCODE_LIMIT + ENCODE_SLACK);
+  const enc = (v: unknown): string | null => {
+    const n = encodeFast(v, out);
+    return n < 0 ? null : Buffer.from(out.buffer, 0, n).toString('latin1');
+  };
+
+  it('writes what JSON.stringify writes for generated values, and takes the common ones', () => {
+    const r = rng(7);
+    let taken = 0;
+    let ascii = 0;
+    for (let n = 0; n < 20000; n++) {
+      const v = gen(r, 0);
+      const text = enc(v);
+      const general = encodeJsonText(v);
+      if (general !== undefined && /^[\x20-\x7e]*$/.test(general) && !/\\/.test(general)) ascii++;
+      if (text === null) continue;
+      taken++;
+      expect(general, text).toBeDefined();
+      expect(text).toBe(general);
+    }
+    expect(ascii).toBeGreaterThan(5000);
+    // Everything plain, ASCII and without escapes is taken.
+    expect(taken).toBe(ascii);
+  });
+
+  it('writes the common message shapes', () => {
+    for (const v of [{ i: 1, s: 'hello' }, {}, [], [1, [2, [3]]], { a: { b: { c: null } }, t: true, f: false }, 0, 7, -7, 'x', null,
+      true, 2 ** 31 - 1, -(2 ** 31), 2 ** 31, -(2 ** 31) - 1, 1.5, -2.5e-7, 1e21, 2 ** 53, Number.MAX_VALUE, 5e-324,
+      { 2: 1, 1: 2, b: 3, a: 4 }, { ['__proto__']: 1 }, Object.defineProperty({}, '__proto__', { value: { x: 1 }, enumerable: true })]) {
+      expect(enc(v), JSON.stringify(v)).toBe(JSON.stringify(v));
+    }
+  });
+
+  it('leaves to the general path what is not plain ASCII JSON', () => {
+    class Point {
+      x = 1;
+    }
+    const holes = [1, , 3]; // eslint-disable-line no-sparse-arrays
+    const refused = [undefined, () => 1, Symbol('s'), 1n, -0, NaN, Infinity, -Infinity, { a: -0 }, [undefined], { a: undefined },
+      new Date(0), new Map(), new Set(), new Uint8Array(2), new Point(), Object.create(null), holes, 'é', 'a"b', 'a\\b', 'tab\t',
+      '\u007f', { é: 1 }, { 'a"': 1 }, { '\u0000pmp': 'x' }, { toJSON: () => 1 }, [new Date(0)], { a: { b: [1, 2n] } }];
+    refused.forEach((v, k) => expect(encodeFast(v, out), `refused[${k}]`).toBe(-1));
+  });
+
+  it('stops at its depth and length limits', () => {
+    const nest = (d: number): unknown => (d === 0 ? 1 : { a: nest(d - 1) });
+    expect(enc(nest(32))).toBe(JSON.stringify(nest(32)));
+    expect(enc(nest(33))).toBeNull();
+    const arr = (d: number): unknown => (d === 0 ? 1 : [arr(d - 1)]);
+    expect(enc(arr(32))).toBe(JSON.stringify(arr(32)));
+    expect(enc(arr(33))).toBeNull();
+    expect(enc('x'.repeat(ENCODE_LIMIT - 2))).toBe(JSON.stringify('x'.repeat(ENCODE_LIMIT - 2)));
+    expect(enc('x'.repeat(ENCODE_LIMIT - 1))).toBeNull();
+    // Many numbers: the limit is checked per value, and the slack covers the rest.
+    const many = Array.from({ length: 2000 }, (_, i) => -1e300 * (i + 1));
+    expect(enc(many)).toBeNull();
+    const fits = Array.from({ length: 150 }, () => -1.2345678901234567e-300);
+    expect(enc(fits)).toBe(JSON.stringify(fits));
+    expect(enc({ a: nest(31), b: 'x'.repeat(ENCODE_LIMIT) })).toBeNull();
+  });
+
+  it('reads each property once, and a throwing getter reaches the caller through the general path', () => {
+    let reads = 0;
+    const v = {
+      get x() {
+        reads++;
+        return 1;
+      },
+    };
+    expect(enc(v)).toBe('{"x":1}');
+    expect(reads).toBe(1);
+    const bad = {
+      get x(): number {
+        throw new Error('getter failed');
+      },
+    };
+    expect(encodeFast(bad, out)).toBe(-1);
+    const q = new Queue();
+    expect(() => q.putSync(bad)).toThrow('getter failed');
+    expect(q.empty()).toBe(true);
+    q.close();
+  });
+
+  describe('with an enumerable property added to Object.prototype', () => {
+    afterEach(() => {
+      delete (Object.prototype as any).zz;
+    });
+    it('writes own keys only, as JSON.stringify does', () => {
+      (Object.prototype as any).zz = 5;
+      expect(enc({ a: 1 })).toBe('{"a":1}');
+    });
+  });
+
+  it('keeps every message intact through many wraps of the ring, short and long', () => {
+    const q = new Queue();
+    const r = rng(3);
+    for (let n = 0; n < 60000; n++) {
+      const v = { n, s: 'y'.repeat(Math.floor(r() * 300)), a: [n, -n, n / 4] };
+      q.putSync(v);
+      if (n % 3 === 0) q.putSync(n);
+      expect(q.getSync()).toEqual(v);
+      if (n % 3 === 0) expect(q.getSync()).toBe(n);
+    }
+    expect(q.empty()).toBe(true);
     q.close();
   });
 });
