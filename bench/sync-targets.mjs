@@ -19,18 +19,20 @@ export function incrementLoop(lock, barrier, ref, n, slot) {
   c[1 + slot] = Math.round((performance.now() - t0) * 1000);
 }
 
-/** The other end of the ping-pong: n times, await ping.acquire() then pong.release(). */
-export async function pong(ping, pongSem, n) {
-  for (let i = 0; i < n; i++) {
+/** The other end of the ping-pong: await ping.acquire() then pong.release(), until stop is set. */
+export async function pong(ping, pongSem, stop) {
+  for (;;) {
     await ping.acquire();
+    if (stop.isSet()) return;
     pongSem.release();
   }
 }
 
 /** The same with acquireSync(): the thread sleeps in the kernel. */
-export function pongSync(ping, pongSem, n) {
-  for (let i = 0; i < n; i++) {
+export function pongSync(ping, pongSem, stop) {
+  for (;;) {
     ping.acquireSync();
+    if (stop.isSet()) return;
     pongSem.release();
   }
 }

@@ -9,22 +9,24 @@ import * as path from 'node:path';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const self = fileURLToPath(import.meta.url);
 const TRIALS = 3;
+/** Ping-pong scenarios run untimed this long first, on both sides. */
+const WARM_MS = 300;
 
 const scenarios = [
   { scenario: 'uncontended acquireSync()+release() pair', key: 'pair', unit: 'ns/pair', n: 2_000_000, py: 1_000_000, better: 'lower' },
   { scenario: 'tryAcquire (acquireSync({blocking:false}))+release() pair', key: 'try', unit: 'ns/pair', n: 2_000_000, py: 1_000_000, better: 'lower' },
   { scenario: '2 processes x 200,000 locked increments', key: 'increments', unit: 'ms', n: 200_000, py: 200_000, better: 'lower' },
-  { scenario: 'async acquire() handoff latency between two processes (Semaphore ping-pong, one way)', key: 'handoff', unit: 'us', n: 2_000, py: 2_000, better: 'lower' },
-  { scenario: 'acquireSync() handoff latency between two processes (Semaphore ping-pong, one way)', key: 'handoff-sync', unit: 'us', n: 2_000, py: 2_000, pyKey: 'handoff', better: 'lower' },
+  { scenario: 'async acquire() handoff latency between two processes (Semaphore ping-pong, one way)', key: 'handoff', unit: 'us', n: 10_000, py: 10_000, better: 'lower' },
+  { scenario: 'acquireSync() handoff latency between two processes (Semaphore ping-pong, one way)', key: 'handoff-sync', unit: 'us', n: 10_000, py: 10_000, pyKey: 'handoff', better: 'lower' },
   // Semaphore({ name, posix: true }): a sem_t from sem_open, as CPython's mp.Semaphore is.
   { scenario: 'POSIX named Semaphore acquireSync()+release() pair (vs mp.Semaphore)', key: 'posix-pair', unit: 'ns/pair', n: 1_000_000, py: 1_000_000, pyKey: 'sem-pair', better: 'lower' },
-  { scenario: 'POSIX named Semaphore acquireSync() handoff latency between two processes (one way)', key: 'posix-handoff-sync', unit: 'us', n: 2_000, py: 2_000, pyKey: 'handoff', better: 'lower' },
-  { scenario: 'POSIX named Semaphore async acquire() handoff latency between two processes (one way)', key: 'posix-handoff', unit: 'us', n: 2_000, py: 2_000, pyKey: 'handoff', better: 'lower' },
+  { scenario: 'POSIX named Semaphore acquireSync() handoff latency between two processes (one way)', key: 'posix-handoff-sync', unit: 'us', n: 10_000, py: 10_000, pyKey: 'handoff', better: 'lower' },
+  { scenario: 'POSIX named Semaphore async acquire() handoff latency between two processes (one way)', key: 'posix-handoff', unit: 'us', n: 10_000, py: 10_000, pyKey: 'handoff', better: 'lower' },
 ];
 
 // ---- one trial (in a fresh process) ------------------------------------------
 async function trial(key, n) {
-  const { Lock, Semaphore, Barrier, Process } = await import('../dist/esm/index.mjs');
+  const { Lock, Semaphore, Barrier, Event, Process } = await import('../dist/esm/index.mjs');
   if (key === 'pair' || key === 'try') {
     const lock = new Lock();
     const opts = key === 'try' ? { blocking: false } : undefined;
@@ -61,7 +63,8 @@ async function trial(key, n) {
     const posix = key.startsWith('posix-');
     const names = [`pmp-bench-${process.pid}-ping`, `pmp-bench-${process.pid}-pong`];
     const [ping, pong] = names.map((name) => (posix ? new Semaphore(0, { name, posix: true }) : new Semaphore(0)));
-    const p = new Process({ target: sync ? targets.pongSync : targets.pong, args: [ping, pong, n] });
+    const stop = new Event();
+    const p = new Process({ target: sync ? targets.pongSync : targets.pong, args: [ping, pong, stop] });
     p.start();
     // The child opens them by name on arrival; once it answers, the names can go.
     if (posix) {
@@ -69,13 +72,18 @@ async function trial(key, n) {
       if (sync) pong.acquireSync(); else await pong.acquire();
       for (const name of names) Semaphore.unlink(name, { posix: true });
     }
-    for (let i = posix ? 1 : 0; i < 20; i++) { ping.release(); if (sync) pong.acquireSync(); else await pong.acquire(); }
+    // Both sides warm up for WARM_MS first (JIT, spin estimates), as CPython's does.
+    const round = sync ? () => { ping.release(); pong.acquireSync(); } : async () => { ping.release(); await pong.acquire(); };
+    const warmEnd = performance.now() + WARM_MS;
+    while (performance.now() < warmEnd) await round();
     const t0 = performance.now();
-    if (sync) for (let i = 0; i < n - 20; i++) { ping.release(); pong.acquireSync(); }
-    else for (let i = 0; i < n - 20; i++) { ping.release(); await pong.acquire(); }
+    if (sync) for (let i = 0; i < n; i++) { ping.release(); pong.acquireSync(); }
+    else for (let i = 0; i < n; i++) { ping.release(); await pong.acquire(); }
     const dt = performance.now() - t0;
+    stop.set();
+    ping.release();
     await p.join();
-    return (dt * 1000) / (n - 20) / 2;
+    return (dt * 1000) / n / 2;
   }
   throw new Error(`unknown scenario ${key}`);
 }

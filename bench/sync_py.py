@@ -45,21 +45,28 @@ def increments(n):
     assert value.value == 2 * n, value.value
     return max(out[0], out[1]) * 1000
 
-def pong(ping, pong_sem, n):
-    for _ in range(n):
-        ping.acquire(); pong_sem.release()
+def pong(ping, pong_sem, stop):
+    while True:
+        ping.acquire()
+        if stop.is_set():
+            return
+        pong_sem.release()
+
+WARM_S = 0.3  # as bench/sync.bench.mjs: both sides warm up first
 
 def handoff(n):
-    ping = mp.Semaphore(0); pong_sem = mp.Semaphore(0)
-    p = mp.Process(target=pong, args=(ping, pong_sem, n)); p.start()
-    for _ in range(20):  # warm-up rounds are part of n on the other side
+    ping = mp.Semaphore(0); pong_sem = mp.Semaphore(0); stop = mp.Event()
+    p = mp.Process(target=pong, args=(ping, pong_sem, stop)); p.start()
+    warm_end = time.perf_counter() + WARM_S
+    while time.perf_counter() < warm_end:
         ping.release(); pong_sem.acquire()
     t0 = time.perf_counter()
-    for _ in range(n - 20):
+    for _ in range(n):
         ping.release(); pong_sem.acquire()
     dt = time.perf_counter() - t0
+    stop.set(); ping.release()
     p.join()
-    return dt * 1e6 / (n - 20) / 2
+    return dt * 1e6 / n / 2
 
 if __name__ == '__main__':
     name, n = sys.argv[1], int(sys.argv[2])

@@ -1,33 +1,52 @@
-// How long a receiver busy-polls before it sleeps, adapted to how long its
-// recent waits took.
+// How long a waiter busy-polls before it sleeps, adapted to how its recent
+// waits went. Used by pipe receivers (src/connection.ts) and by the async
+// waits of the synchronization primitives (src/sync/words.ts).
 //
-// Waking a sleeping process costs 10-20 µs on a VM, and a request/response
-// round trip has two such wake-ups. When the answer usually comes within a few
-// tens of µs, polling without sleeping for a little longer than that catches it
-// about a microsecond after it arrives. When the other side is slow (a worker
-// that computes, a server idle between requests), spinning only burns CPU, so
-// the budget goes to zero: a receiver spins only while its recent waits were
-// short.
+// Waking a sleeping process costs 10-20 µs on a VM, an async wait that slept
+// on an addon thread two such wake-ups, and a request/response round trip
+// has two waits. When the answer comes within a few tens of µs, polling for a
+// while catches it a microsecond or so after it arrives. Spinning for about
+// as long as sleeping would cost and then sleeping is never worse than twice
+// the better of the two (the classic competitive bound), so the budget is
+// the limit (100 µs by default) while answers come within it.
 //
-// Every spin is bounded (spinConfig.limitUs), whatever this estimate says, and the
-// waits themselves are measured whether or not they spun, so a connection
-// whose answers become fast again starts spinning again: a slept wait measures
-// the answer time plus one wake-up, which is still well under the limit.
+// The budget follows the waits: a wait answered within the limit, spun or
+// slept, sets it back to the full limit (a peer that is quick again is
+// spun for at once: a slept wait measures the answer plus the wake-up, still
+// within the limit on an idle machine); a wait longer than the limit halves
+// it, down to MIN_SPIN_US, so a slow peer (a worker that computes, a server
+// idle between requests) costs a few µs of polling per wait. An earlier
+// policy stopped spinning altogether after misses; two processes in a
+// ping-pong then kept each other asleep, each one's sleep making the other's
+// next wait long (handoffs of 20-50 µs instead of 5).
+//
+// Every spin is bounded by the limit, and a loaded machine (load average
+// above CPUs + 1) does not spin at all: the peer may need the CPU we would burn.
 
 import { availableParallelism, loadavg } from 'node:os';
 
 const CPUS = availableParallelism();
-/** A spin lasts this many times the recent average wait, so ordinary jitter is still caught. */
-const HEADROOM = 3;
-const MIN_SPIN_US = 10;
+/** The least a spin lasts (while the limit is not 0): a few polls, for slow peers. */
+const MIN_SPIN_US = 5;
 
-/** Process-wide settings, read when a spin is planned (tests change them). */
+export interface SpinConfig {
+  /** Upper bound of one spin, µs (0: never spin). */
+  limitUs: number;
+  /** Whether a loaded machine turns spinning off. */
+  loadGuard: boolean;
+}
+
+/** Process-wide settings, read when a spin is planned (tests change them):
+ *  receivers on a pipe (PMP_PIPE_SPIN_US)... */
 export const spinConfig = configFromEnv(process.env.PMP_PIPE_SPIN_US);
+/** ...and the async waits of the synchronization primitives (PMP_ASYNC_SPIN_US),
+ *  which watch their word from the event loop (sync/words.ts waitAsync). */
+export const asyncWaitSpinConfig = configFromEnv(process.env.PMP_ASYNC_SPIN_US);
 
-// PMP_PIPE_SPIN_US sets the upper bound of one spin in µs (default 100; 0
+// Each variable sets the upper bound of one spin in µs (default 100; 0
 // disables spinning). Set explicitly, it also turns the load guard off: the
 // user has chosen.
-function configFromEnv(raw: string | undefined): { limitUs: number; loadGuard: boolean } {
+function configFromEnv(raw: string | undefined): SpinConfig {
   const env = raw === undefined || raw.trim() === '' ? NaN : Number(raw);
   if (Number.isFinite(env) && env >= 0) return { limitUs: env, loadGuard: false };
   // With one CPU the peer can not run while we spin: spinning only delays it.
@@ -41,8 +60,8 @@ let busy = false;
 // machine it takes time from the process we wait for. The load average (read
 // at most once a second: one sysinfo() call) is the signal. Our own two
 // spinning processes count in it for up to 2, so the bar is CPUS + 1.
-function machineBusy(): boolean {
-  if (!spinConfig.loadGuard) return false;
+function machineBusy(config: SpinConfig): boolean {
+  if (!config.loadGuard) return false;
   const now = performance.now();
   if (now - busyCheckedAt >= 1000) {
     busyCheckedAt = now;
@@ -52,52 +71,28 @@ function machineBusy(): boolean {
 }
 
 export class SpinPolicy {
+  readonly #config: SpinConfig;
   readonly #busy: () => boolean;
-  /** Exponentially weighted average of recent waits, µs. Starts optimistic. */
-  #average = 0;
-  /** The budget budget() last gave, µs. */
-  #last = 0;
-  /** Spins in a row that ended without input. */
-  #misses = 0;
-  /** Waits left that sleep at once after a miss. */
-  #skip = 0;
+  /** The next spin's length, µs, before the limit is applied. Starts optimistic. */
+  #budget = Infinity;
 
   /** busy: whether the machine is too loaded to spin (tests replace it). */
-  constructor(busy: () => boolean = machineBusy) {
-    this.#busy = busy;
+  constructor(busy?: () => boolean, config: SpinConfig = spinConfig) {
+    this.#config = config;
+    this.#busy = busy ?? (() => machineBusy(config));
   }
 
   /** How long to spin before sleeping for the next wait, µs (0: sleep at once). */
   budget(): number {
-    this.#last = 0;
-    const limit = spinConfig.limitUs;
-    if (limit === 0 || this.#average >= limit || this.#busy()) return 0;
-    if (this.#skip > 0) {
-      this.#skip--;
-      return 0;
-    }
-    this.#last = Math.min(limit, Math.max(MIN_SPIN_US, this.#average * HEADROOM));
-    return this.#last;
+    const limit = this.#config.limitUs;
+    if (limit === 0 || this.#busy()) return 0;
+    return Math.min(limit, Math.max(MIN_SPIN_US, this.#budget));
   }
 
-  /** Records how long a wait lasted until input arrived, µs. */
+  /** Records how long a wait lasted until what it waited for came, µs. */
   record(waitUs: number): void {
-    // A spin that ran out is pure loss, and on an oversubscribed machine it
-    // also keeps the peer from running: after each miss in a row, sleep at
-    // once for twice as many waits (up to 256) before trying again.
-    if (this.#last > 0) {
-      if (waitUs > this.#last) {
-        this.#misses = Math.min(this.#misses + 1, 8);
-        this.#skip = 2 ** this.#misses;
-      } else {
-        this.#misses = 0;
-      }
-      this.#last = 0;
-    }
-    // A wait of seconds says "slow peer" as well as one of 4× the limit does;
-    // capping it lets the average come back within a few messages when the
-    // peer speeds up again.
-    const w = Math.min(Math.max(waitUs, 0), 4 * Math.max(spinConfig.limitUs, MIN_SPIN_US));
-    this.#average += (w - this.#average) / 4;
+    const limit = this.#config.limitUs;
+    if (waitUs <= limit) this.#budget = limit;
+    else this.#budget = Math.max(MIN_SPIN_US, Math.min(this.#budget, limit) / 2);
   }
 }

@@ -13,6 +13,7 @@ import { locate, type TargetRef } from './locate';
 import { linkPosixSemaphore, openPosixSemaphore, posixRequested, unlinkPosixSemaphore, type SemaphoreOptions } from './posix-semaphore';
 import { withAcquired, withAcquiredSync } from './sync/with-lock';
 import { registerTransferable } from './serialize';
+import { asyncWaitSpinConfig, SpinPolicy } from './spin';
 import {
   PID,
   TID,
@@ -90,8 +91,10 @@ interface Spin {
   ms: number;
   /** Set by a release that found STARVING: hold back until then (a performance.now() time; 0: no). */
   holdBack: number;
+  /** How long async waits watch their word from the event loop before sleeping (sync/words.ts waitAsync). */
+  loop: SpinPolicy;
 }
-const newSpin = (): Spin => ({ ms: SPIN_MS, holdBack: 0 });
+const newSpin = (): Spin => ({ ms: SPIN_MS, holdBack: 0, loop: new SpinPolicy(undefined, asyncWaitSpinConfig) });
 
 function spinDone(s: Spin, ok: boolean): boolean {
   s.ms = ok ? Math.min(SPIN_MS, s.ms * 2) : Math.max(MIN_SPIN_MS, s.ms / 2);
@@ -431,7 +434,7 @@ async function lockAcquireAsync(w: Words, at: number, deadline: number, spin: Sp
   for (;;) {
     const v = lockTurn(w, at, deadline, spin, t);
     if (v <= DONE_BASE) return (DONE_BASE - v) as Got;
-    const r = await waitAsync(w, at, v, sliceMs(v, deadline), signal);
+    const r = await waitAsync(w, at, v, sliceMs(v, deadline), signal, spin.loop);
     if (r === 'aborted') {
       passOn(w, at);
       throw abortError(signal!);
@@ -731,7 +734,7 @@ export class Semaphore extends SyncObject {
           return true;
         }
         if (performance.now() >= deadline) return false;
-        const r = await waitAsync(w, 0, 0, msLeft(deadline), signal);
+        const r = await waitAsync(w, 0, 0, msLeft(deadline), signal, this.#budget.loop);
         if (r === 'aborted') {
           if (Atomics.load(w.i32, w.base) > 0 && Atomics.load(w.i32, w.base + 1) > 1) wake(w, 0, 1);
           throw abortError(signal!);
@@ -795,6 +798,9 @@ export class BoundedSemaphore extends Semaphore {}
 // Words: [flag, sleepers].
 
 export class Event extends SyncObject {
+  /** How long async waits watch the word from the event loop (sync/words.ts). */
+  readonly #loop = new SpinPolicy(undefined, asyncWaitSpinConfig);
+
   constructor(options?: NamedOptions) {
     super('Event', options, () => {});
   }
@@ -843,7 +849,7 @@ export class Event extends SyncObject {
       for (;;) {
         if (Atomics.load(w.i32, w.base) === 1) return true;
         if (performance.now() >= deadline) return false;
-        const r = await waitAsync(w, 0, 0, msLeft(deadline), signal);
+        const r = await waitAsync(w, 0, 0, msLeft(deadline), signal, this.#loop);
         if (r === 'aborted') throw abortError(signal!);
         checkResult(r, 'Event');
       }
@@ -871,6 +877,8 @@ const MAX_SLEEPERS = 0xffff;
 
 export class Condition extends SyncObject {
   readonly #lock: Lock | RLock;
+  /** How long async waits watch the word from the event loop (sync/words.ts). */
+  readonly #loop = new SpinPolicy(undefined, asyncWaitSpinConfig);
 
   constructor(lock?: Lock | RLock | NamedOptions, options?: NamedOptions) {
     // new Condition({ name }) names the condition, as every other class is named.
@@ -1007,7 +1015,7 @@ export class Condition extends SyncObject {
           notified = this.#leave(w);
           break;
         }
-        const r = await waitAsync(w, C_SEQ, seq, msLeft(deadline), signal);
+        const r = await waitAsync(w, C_SEQ, seq, msLeft(deadline), signal, this.#loop);
         if (r === 'aborted') {
           // A notification that raced with the abort is passed on, not lost.
           if (this.#leave(w)) this.#giveBack(w);
@@ -1282,7 +1290,7 @@ export class Barrier extends SyncObject {
       const a = this.#arrive(w);
       if (a.kind === 'busy') {
         if (performance.now() >= deadline) throw new BrokenBarrierError('timed out waiting at the barrier');
-        const r = await waitAsync(w, B_SEQ, a.seq, msLeft(deadline), signal);
+        const r = await waitAsync(w, B_SEQ, a.seq, msLeft(deadline), signal, this.#spin.loop);
         if (r === 'aborted') throw abortError(signal!);
         continue;
       }
@@ -1305,7 +1313,7 @@ export class Barrier extends SyncObject {
           if (typeof again === 'number') return again;
           throw new BrokenBarrierError('timed out waiting at the barrier');
         }
-        const r = await waitAsync(w, B_SEQ, c.seq, msLeft(deadline), signal);
+        const r = await waitAsync(w, B_SEQ, c.seq, msLeft(deadline), signal, this.#spin.loop);
         if (r === 'aborted') {
           // Python has no cancellation; leaving a barrier half-filled would
           // deadlock the others, so an abort breaks it, as a timeout does.

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import {
   Barrier,
@@ -15,6 +15,7 @@ import {
   Semaphore,
 } from 'posix-multiprocessing';
 import heapModule from '../dist/cjs/heap.js';
+import { asyncWaitSpinConfig } from '../dist/cjs/spin.js';
 import * as fx from './fixtures/sync.mjs';
 import * as targets from './fixtures/targets.mjs';
 
@@ -500,6 +501,70 @@ describe('AbortSignal', () => {
     const b = new Barrier(2);
     await expect(b.wait({ signal: abortSoon() })).rejects.toMatchObject({ name: 'AbortError' });
     expect(b.broken).toBe(true);
+  });
+});
+
+describe('async waits that first watch their word from the event loop', () => {
+  // A watch long enough that everything below happens during it, on any load.
+  const saved = { ...asyncWaitSpinConfig };
+  beforeAll(() => Object.assign(asyncWaitSpinConfig, { limitUs: 300_000, loadGuard: false }));
+  afterAll(() => Object.assign(asyncWaitSpinConfig, saved));
+
+  it('a change made by another process ends the wait, and the loop keeps running meanwhile', async () => {
+    const e = new Event();
+    const p = new Process({ target: fx.setEventLater, args: [e, 150] });
+    p.start();
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 10);
+    expect(await e.wait({ timeout: 20 })).toBe(true);
+    clearInterval(timer);
+    expect(ticks).toBeGreaterThanOrEqual(3);
+    expect(await p.join()).toBe(0);
+  }, 30_000);
+
+  it('a timeout shorter than the watch ends it on time', async () => {
+    const e = new Event();
+    const s = new Semaphore(0);
+    const lock = new Lock();
+    lock.acquireSync();
+    for (const wait of [() => e.wait(0.05), () => s.acquire({ timeout: 0.05 }), () => lock.acquire({ timeout: 0.05 })]) {
+      const t0 = performance.now();
+      expect(await wait()).toBe(false);
+      const took = performance.now() - t0;
+      expect(took).toBeGreaterThanOrEqual(45);
+      expect(took).toBeLessThan(2000);
+    }
+    lock.release();
+  });
+
+  it('an abort during the watch rejects at once and leaves no waiter behind', async () => {
+    const abortNext = () => {
+      const ac = new AbortController();
+      setImmediate(() => ac.abort(new Error('stop')));
+      return ac.signal;
+    };
+    const took = async (p: Promise<unknown>) => {
+      const t0 = performance.now();
+      await expect(p).rejects.toMatchObject({ name: 'AbortError', code: 'ABORT_ERR' });
+      return performance.now() - t0;
+    };
+    const s = new Semaphore(0);
+    expect(await took(s.acquire({ signal: abortNext() }))).toBeLessThan(250);
+    s.release();
+    expect(s.acquireSync({ timeout: 0 })).toBe(true);
+    const e = new Event();
+    expect(await took(e.wait({ signal: abortNext() }))).toBeLessThan(250);
+    const lock = new Lock();
+    lock.acquireSync();
+    expect(await took(lock.acquire({ signal: abortNext() }))).toBeLessThan(250);
+    lock.release();
+    expect(lock.acquireSync({ timeout: 0 })).toBe(true);
+    lock.release();
+    const cond = new Condition(new Lock());
+    await cond.acquire();
+    expect(await took(cond.wait({ signal: abortNext() }))).toBeLessThan(250);
+    expect(cond.locked()).toBe(true);
+    cond.release();
   });
 });
 
