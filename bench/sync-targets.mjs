@@ -6,9 +6,15 @@ function ints(ref) {
   return new Int32Array(block.buffer, block.offset, block.size / 4);
 }
 
-/** Waits at the barrier, then n locked increments; stores its elapsed µs in c[1 + slot]. */
-export function incrementLoop(lock, barrier, ref, n, slot) {
+/** warm untimed locked increments (V8 compiles the loop meanwhile), then the
+ *  barrier, then n timed ones; stores its elapsed µs in c[1 + slot]. */
+export function incrementLoop(lock, barrier, ref, n, slot, warm) {
   const c = ints(ref);
+  for (let i = 0; i < warm; i++) {
+    lock.acquireSync();
+    c[0] = c[0] + 1;
+    lock.release();
+  }
   barrier.waitSync();
   const t0 = performance.now();
   for (let i = 0; i < n; i++) {
