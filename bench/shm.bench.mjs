@@ -11,6 +11,8 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
+/** Both sides run the cycle untimed this long first (shm.py: CYCLE_WARM_S). */
+const CYCLE_WARM_MS = 300;
 const self = fileURLToPath(import.meta.url);
 const args = process.argv.slice(2);
 const json = args.includes('--json');
@@ -100,7 +102,11 @@ async function trial(name, rest) {
       a.close();
       a.unlink();
     };
-    for (let i = 0; i < 100; i++) run(); // warm up (JIT, tracker start)
+    // Warm up for CYCLE_WARM_MS, as shm.py does: V8 compiles the cycle's
+    // code meanwhile (100 cycles, the former warm-up, left most of it
+    // interpreted: 69 us per cycle where a warm one takes 44-49 us).
+    const warmEnd = performance.now() + CYCLE_WARM_MS;
+    while (performance.now() < warmEnd) run();
     // The tracker is a Node process starting up on the same two cores: the
     // steady-state cost is measured once it has settled (shm.py does the same
     // for CPython's tracker).
@@ -138,6 +144,18 @@ const python = (...a) => Number(execFileSync('python3', [path.join(here, 'shm.py
 const round = (x, d = 3) => Number(x.toPrecision(d + 1));
 
 const results = [];
+function cFloor(n) {
+  const exe = path.join(os.tmpdir(), `pmp-shm-floor-${process.pid}`);
+  try {
+    execFileSync('cc', ['-O2', '-o', exe, path.join(here, 'shm_floor.c'), ...(process.platform === 'linux' ? ['-lrt'] : [])], { stdio: 'ignore' });
+    return Number(execFileSync(exe, [String(n), String(CYCLE_WARM_MS)], { encoding: 'utf8' }).trim());
+  } catch {
+    return null; // no compiler: the line is left out
+  } finally {
+    fs.rmSync(exe, { force: true });
+  }
+}
+
 function report(scenario, unit, ours, competitorName, competitor, note = '', pairedRatio = undefined) {
   const ratio = pairedRatio !== undefined ? round(pairedRatio) : ours === null || competitor === null ? null : round(ours / competitor);
   results.push({ scenario, unit, ours, [competitorName]: competitor, ratio, note });
@@ -174,9 +192,15 @@ if (!json) console.log(`load average ${os.loadavg().map((x) => x.toFixed(2)).joi
   report('write 256 MiB into buf (first touch)', 'GiB/s', median(rs.map((r) => r.first.shm)), 'buffer', median(rs.map((r) => r.first.buffer)), 'includes page faults');
 }
 {
-  const n = quick ? 500 : 2000;
+  const n = quick ? 2000 : 10000;
   const [ours, theirs] = alternate(() => node('cycle', String(n)).us, () => python('cycle', String(n)));
   report('create+attach+close+unlink 4 KiB', 'us/cycle', Math.min(...ours), 'cpython', Math.min(...theirs), 'lower is better; target <= 0.333');
+  // The same syscalls in C (bench/shm_floor.c), when a C compiler is there:
+  // no implementation can go below this line.
+  const floor = cFloor(n);
+  if (floor !== null) {
+    report('  the same syscalls in plain C', 'us/cycle', Math.min(...ours), 'c-floor', floor, 'ours / floor; CPython / floor: ' + round(Math.min(...theirs) / floor));
+  }
 }
 {
   const [procs, times] = quick ? [10, 10000] : [10, 100000];
