@@ -90,7 +90,9 @@ async function cpOneWay(mode, n, unitBytes) {
 }
 
 // Round trips, untimed until WARM_MS have passed, then n timed; µs each.
+// The warm-up starts after the first answer: until then the child is starting.
 async function roundTrips(n, once) {
+  await once();
   const warmEnd = performance.now() + WARM_MS;
   while (performance.now() < warmEnd) await once();
   const t = performance.now();

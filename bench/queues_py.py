@@ -64,7 +64,9 @@ def main():
         a, b = mp.Pipe()
         p = mp.Process(target=echo, args=(b,))
         p.start()
-        i = 0
+        a.send({"i": 0, "s": "ping"})  # the warm-up starts once the child answers
+        a.recv()
+        i = 1
         warm_end = time.perf_counter() + warm_s
         while time.perf_counter() < warm_end:
             a.send({"i": i, "s": "ping"})

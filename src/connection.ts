@@ -14,12 +14,20 @@ import { binding, type FdWatcher } from './native';
 import { decodeFd, encodeFd, type FdRef, withdrawOffers } from './fd-share';
 import { closedError, EOFError, stateError } from './errors';
 import { decode, encode, encodeJsonText, JSON_TAG_BYTE, registerTransferable, type CodecContext } from './serialize';
+import { decodeFast, ENCODE_LIMIT, ENCODE_SLACK, encodeFast, NOT_FAST } from './fast-json';
 import { SpinPolicy } from './spin';
 import { invalidType, outOfRange, validateTimeout } from './validate';
 
 const READABLE = 1;
 const WRITABLE = 2;
 const HANGUP = 4;
+
+// send()'s fast path writes a small plain-JSON message here, frame header
+// and tag byte first, and hands it to the kernel from here (one per process:
+// the bytes are sent, or copied out, before send() returns).
+const TEXT_AT = 5;
+const sendScratch = Buffer.allocUnsafe(TEXT_AT + ENCODE_LIMIT + ENCODE_SLACK);
+const NO_FDS: number[] = [];
 
 /** Body tag of a send() message that carries fds: [FD_TAG, count, ...codec bytes]. */
 const FD_TAG = 0x46;
@@ -159,6 +167,16 @@ export class Connection {
   /** Sends a value (structured clone; shared objects travel as handles). Never blocks. */
   send(obj: unknown): void {
     this.#checkWritable();
+    // Small plain JSON data, nothing queued before it: written in one walk
+    // (fast-json.ts encodeFast, the same text JSON.stringify gives) and sent
+    // straight from the scratch frame.
+    if (this.#out.length === 0) {
+      const n = encodeFast(obj, sendScratch, TEXT_AT);
+      if (n >= 0) {
+        this.#sendScratch(TEXT_AT + n);
+        return;
+      }
+    }
     const text = encodeJsonText(obj);
     if (text !== undefined) {
       // The JSON fast path: header, tag and text in one buffer, one copy.
@@ -219,6 +237,25 @@ export class Connection {
       throw outOfRange('size', `between 0 and ${view.length - offset} (the bytes after offset)`, size);
     }
     this.#sendFrame(view.subarray(offset, offset + size), [], false);
+  }
+
+  #sendScratch(total: number): void {
+    const frame = sendScratch;
+    frame.writeInt32BE(total - 4, 0);
+    frame[4] = JSON_TAG_BYTE;
+    let sent: number;
+    try {
+      sent = this.#socket
+        ? binding.sendmsg(this.#fd, frame, 0, total, NO_FDS)
+        : binding.write(this.#fd, frame, 0, total);
+    } catch (err) {
+      this.#afterDrain();
+      throw err;
+    }
+    if (sent === total) return;
+    // The kernel took part of it, or none: the rest waits in #out, in a copy.
+    this.#out.push({ buf: Buffer.from(frame.subarray(Math.max(sent, 0), total)), fds: [] });
+    this.#afterDrain();
   }
 
   #sendFrame(body: Uint8Array, fds: number[], bodyIsOurs: boolean): void {
@@ -572,6 +609,12 @@ export class Connection {
 
   #decodeFrame(frame: Frame): unknown {
     let body = frame.body;
+    // JSON of the common shapes is read straight from the bytes (fast-json.ts);
+    // it declines anything it cannot give exactly as JSON.parse would.
+    if (body.length > 1 && body[0] === JSON_TAG_BYTE) {
+      const v = decodeFast(body, 1, body.length);
+      if (v !== NOT_FAST) return v;
+    }
     const fds: number[] = [];
     if (body.length > 0 && body[0] === FD_TAG) {
       const count = body[1];

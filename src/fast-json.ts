@@ -190,13 +190,17 @@ const ENCODE_DEPTH = 32;
 const MARK = '\u0000pmp'; // serialize.ts: keys of the codec's own envelopes
 
 let wpos = 0;
+/** Where the text being written may end: start + ENCODE_LIMIT. */
+let wlimit = 0;
 
-/** Writes value's JSON text into out from 0; returns its length, or -1 when
- *  the general path must encode it. out.length must be ENCODE_LIMIT + ENCODE_SLACK. */
-export function encodeFast(value: unknown, out: Uint8Array): number {
-  wpos = 0;
+/** Writes value's JSON text into out from start; returns its length, or -1
+ *  when the general path must encode it. out must have room for
+ *  start + ENCODE_LIMIT + ENCODE_SLACK bytes. */
+export function encodeFast(value: unknown, out: Uint8Array, start = 0): number {
+  wpos = start;
+  wlimit = start + ENCODE_LIMIT;
   try {
-    return write(value, out, 0) ? wpos : -1;
+    return write(value, out, 0) ? wpos - start : -1;
   } catch {
     // A getter that throws, or a stack overflow: the general path reports it.
     return -1;
@@ -204,7 +208,7 @@ export function encodeFast(value: unknown, out: Uint8Array): number {
 }
 
 function write(v: unknown, out: Uint8Array, depth: number): boolean {
-  if (wpos > ENCODE_LIMIT) return false;
+  if (wpos > wlimit) return false;
   switch (typeof v) {
     case 'string':
       return writeString(v, out);
@@ -239,7 +243,7 @@ function writeWord(out: Uint8Array, c0: number, c1: number, c2: number, c3: numb
 
 function writeString(s: string, out: Uint8Array): boolean {
   const n = s.length;
-  if (wpos + n + 2 > ENCODE_LIMIT) return false;
+  if (wpos + n + 2 > wlimit) return false;
   let p = wpos;
   out[p++] = Q;
   for (let k = 0; k < n; k++) {

@@ -356,6 +356,52 @@ describe('receivers that spin before sleeping', () => {
   });
 });
 
+describe("send()'s fast path for small plain data", () => {
+  for (const duplex of [true, false]) {
+    it(`${duplex ? 'duplex' : 'one-way'}: messages sent while nobody reads arrive whole, in order, once`, async () => {
+      const [r, w] = duplex ? Pipe() : Pipe(false);
+      // Far more than a socket or pipe buffer holds: the kernel takes some
+      // frames in part, and what it leaves must be copied out of the scratch
+      // frame the next send() writes over.
+      const n = 60_000;
+      for (let i = 0; i < n; i++) w.send(i % 7 === 0 ? { i, pad: 'p'.repeat(i % 50) } : { i, s: 'x', a: [i, -i] });
+      for (let i = 0; i < n; i++) {
+        const m = (await r.recv()) as { i: number };
+        expect(m.i).toBe(i);
+        if (i % 7 === 0) expect(m).toEqual({ i, pad: 'p'.repeat(i % 50) });
+        else expect(m).toEqual({ i, s: 'x', a: [i, -i] });
+      }
+      expect(r.pollSync(0)).toBe(false);
+      r.close();
+      w.close();
+    }, 60_000);
+  }
+
+  it('values outside it arrive as JSON.parse or the codec gives them', async () => {
+    const [a, b] = Pipe();
+    const values: unknown[] = [
+      { ['__proto__']: 1 },
+      Object.defineProperty({}, '__proto__', { value: { x: 1 }, enumerable: true, writable: true, configurable: true }),
+      { é: 'ü', s: 'a"b\\c\n' },
+      [-0, 1e21, 0.1, 2 ** 53],
+      { d: new Date(5), big: 10n, m: new Map([[1, 2]]) },
+      'x'.repeat(10_000),
+    ];
+    for (const v of values) a.send(v);
+    for (const v of values) {
+      const got = await b.recv();
+      expect(got).toEqual(v);
+      if (typeof v === 'object' && v !== null && !Array.isArray(v)) {
+        expect(Object.getPrototypeOf(got)).toBe(Object.getPrototypeOf(v));
+        expect(Object.keys(got as object)).toEqual(Object.keys(v));
+      }
+    }
+    expect(Object.is(((await (a.send([-0]), b.recv())) as number[])[0], -0)).toBe(true);
+    a.close();
+    b.close();
+  });
+});
+
 describe('received values own their memory', () => {
   it('a typed array from recv() is not overwritten by the next message', async () => {
     const [a, b] = Pipe();
