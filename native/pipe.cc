@@ -35,7 +35,6 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -157,7 +156,6 @@ double SpinArg(const Napi::CallbackInfo& info, size_t i) {
 // the caller's policy (src/spin.ts) chooses it, and does not spin at all on a
 // loaded machine.
 constexpr unsigned kYieldEvery = 16;
-constexpr uint64_t kTurnWatchNs = 3000;
 
 template <typename F>
 ssize_t SpinRead(double spin_us, F&& attempt) {
@@ -368,7 +366,6 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
       ThrowSystemError(env, -err, "uv_poll_init");
     }
     poll_->data = this;
-    fd_ = fd;
     napi_add_env_cleanup_hook(env, CleanupHook, this);
     hook_added_ = true;
   }
@@ -452,21 +449,12 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
 
   static void OnIdle(uv_idle_t* handle) {
     auto* self = static_cast<FdWatcher*>(handle->data);
-    uint64_t now = uv_hrtime();
-    if (self == nullptr || now >= self->spin_until_) {
+    if (self == nullptr || uv_hrtime() >= self->spin_until_) {
       uv_idle_stop(handle);
       return;
     }
     // As in SpinRead: offer the CPU now and then, not at every iteration.
     if (++self->idle_runs_ % kYieldEvery == 0) sched_yield();
-    // A turn of the loop costs several us (epoll_wait and every phase); look
-    // at the fd itself for up to kTurnWatchNs of it, so input is seen within
-    // a poll() of arriving. The loop's own epoll_wait, right after this
-    // phase, then reports it. Bounded like one turn of the loop.
-    const uint64_t until = std::min<uint64_t>(self->spin_until_, now + kTurnWatchNs);
-    struct pollfd p = {self->fd_, POLLIN, 0};
-    while (poll(&p, 1, 0) == 0 && uv_hrtime() < until) {
-    }
   }
 
   void StopSpin() {
@@ -523,7 +511,6 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   uv_idle_t* idle_ = nullptr;
   uint64_t spin_until_ = 0;
   unsigned idle_runs_ = 0;
-  int fd_ = -1;
   bool active_ = false;
   bool hook_added_ = false;
 };
