@@ -11,6 +11,7 @@
 import { closedError, stateError } from './errors';
 import { binding, type SemHandle } from './native';
 import { registerTransferable } from './serialize';
+import { asyncWaitSpinConfig, SpinPolicy } from './spin';
 import { withAcquired, withAcquiredSync } from './sync/with-lock';
 import { abortError, validateMode } from './sync/words';
 import type { AcquireOptions, AcquireSyncOptions, NamedOptions, Semaphore } from './synchronize';
@@ -84,6 +85,39 @@ function overflowError(): Error {
 }
 
 /** The POSIX-backed Semaphore; never constructed directly (see openPosixSemaphore). */
+/**
+ * Tries sem_trywait once per turn of the event loop (setImmediate: timers and
+ * I/O run between tries) until it succeeds, `until` (a performance.now()
+ * time) passes, or the signal aborts.
+ */
+function tryFromLoop(h: SemHandle, until: number, signal: AbortSignal | undefined): Promise<'ok' | 'spun' | 'aborted'> {
+  return new Promise((resolve) => {
+    let timer: NodeJS.Immediate | undefined;
+    const onAbort = (): void => {
+      clearImmediate(timer);
+      resolve('aborted');
+    };
+    const next = (): void => {
+      timer = undefined;
+      let r: 'ok' | 'spun' | undefined;
+      try {
+        if (binding.semTryWait(h)) r = 'ok';
+        else if (performance.now() >= until) r = 'spun';
+      } catch {
+        r = 'spun'; // closed meanwhile: the thread's wait reports it
+      }
+      if (r === undefined) {
+        timer = setImmediate(next);
+        return;
+      }
+      signal?.removeEventListener('abort', onAbort);
+      resolve(r);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    timer = setImmediate(next);
+  });
+}
+
 class PosixSemaphore {
   #h: SemHandle | null;
   readonly #name: string;
@@ -91,6 +125,8 @@ class PosixSemaphore {
   readonly #bound: number;
   // Cancels each pending acquire() with an error; close() calls them.
   readonly #pending = new Set<(err: Error) => void>();
+  /** How long async acquires try from the event loop before waiting on a thread (src/spin.ts). */
+  readonly #loop = new SpinPolicy(undefined, asyncWaitSpinConfig);
 
   constructor(handle: SemHandle, name: string, bound: number) {
     this.#h = handle;
@@ -128,7 +164,29 @@ class PosixSemaphore {
     if (signal?.aborted) throw abortError(signal);
     if (binding.semTryWait(h)) return true;
     if (timeout === 0) return false;
-    const ms = timeout === undefined ? -1 : Math.ceil(timeout * 1000);
+    const start = performance.now();
+    const deadline = timeout === undefined ? Infinity : start + timeout * 1000;
+    // First from the event loop, as the futex-based primitives do
+    // (sync/words.ts waitAsync): a wait handed to a thread costs two wake-ups
+    // when it ends. sem_trywait is a user-space atomic in glibc.
+    const budgetUs = this.#loop.budget();
+    if (budgetUs > 0) {
+      const r = await tryFromLoop(h, Math.min(deadline, start + budgetUs / 1000), signal);
+      if (r === 'aborted') throw abortError(signal!);
+      if (r === 'ok') {
+        this.#loop.record((performance.now() - start) * 1000);
+        return true;
+      }
+      if (this.#h === null) throw closedError(this.constructor.name); // closed meanwhile
+      if (performance.now() >= deadline) return false;
+    }
+    const ms = timeout === undefined ? -1 : Math.max(1, Math.ceil(deadline - performance.now()));
+    const got = await this.#waitOnThread(h, ms, signal);
+    this.#loop.record((performance.now() - start) * 1000);
+    return got;
+  }
+
+  #waitOnThread(h: SemHandle, ms: number, signal: AbortSignal | undefined): Promise<boolean> {
     return new Promise<boolean>((resolve, reject) => {
       let done = false;
       // Ends the wait from this side. The native side posts back a unit its

@@ -2,11 +2,12 @@ import { execFile, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { BoundedSemaphore, Process, Queue, Semaphore } from 'posix-multiprocessing';
 import heapModule from '../dist/cjs/heap.js';
 import nativeModule from '../dist/cjs/native.js';
+import { asyncWaitSpinConfig } from '../dist/cjs/spin.js';
 import * as fx from './fixtures/posix-sem.mjs';
 
 const { binding } = nativeModule as { binding: any };
@@ -496,6 +497,45 @@ int main(int argc, char **argv) {
       Semaphore.unlink(name, { posix: true });
     }
   }, 40_000);
+
+  describe('async acquires that first try from the event loop', () => {
+    // A watch long enough that everything below happens during it, on any load.
+    const saved = { ...asyncWaitSpinConfig };
+    beforeAll(() => Object.assign(asyncWaitSpinConfig, { limitUs: 300_000, loadGuard: false }));
+    afterAll(() => Object.assign(asyncWaitSpinConfig, saved));
+
+    it('a release during the watch is taken, a short timeout ends on time, the loop keeps running', async () => {
+      const name = fresh();
+      const s = new Semaphore(0, posix(name));
+      let ticks = 0;
+      const timer = setInterval(() => ticks++, 10);
+      setTimeout(() => s.release(), 100);
+      const t0 = performance.now();
+      expect(await s.acquire({ timeout: 20 })).toBe(true);
+      expect(performance.now() - t0).toBeLessThan(5000);
+      expect(ticks).toBeGreaterThanOrEqual(3);
+      clearInterval(timer);
+      const t1 = performance.now();
+      expect(await s.acquire({ timeout: 0.05 })).toBe(false);
+      expect(performance.now() - t1).toBeGreaterThanOrEqual(45);
+      s.close();
+      Semaphore.unlink(name, { posix: true });
+    });
+
+    it('an abort or a close() during the watch ends it at once, and takes no unit', async () => {
+      const name = fresh();
+      const s = new Semaphore(0, posix(name));
+      const ac = new AbortController();
+      setImmediate(() => ac.abort());
+      await expect(s.acquire({ signal: ac.signal })).rejects.toMatchObject({ name: 'AbortError' });
+      s.release();
+      expect(s.acquireSync({ timeout: 0 })).toBe(true);
+      const pending = s.acquire();
+      setImmediate(() => s.close());
+      await expect(pending).rejects.toMatchObject({ code: 'ERR_MP_CLOSED' });
+      Semaphore.unlink(name, { posix: true });
+    });
+  });
 
   it('leaves nothing behind: no /dev/shm/sem.* entries of this file', () => {
     expect(fs.readdirSync('/dev/shm').filter((e) => e.startsWith(PREFIX))).toEqual([]);
