@@ -13,7 +13,7 @@ import { binding, type SemHandle } from './native';
 import { registerTransferable } from './serialize';
 import { asyncWaitSpinConfig, SpinPolicy } from './spin';
 import { withAcquired, withAcquiredSync } from './sync/with-lock';
-import { abortError, validateMode } from './sync/words';
+import { abortError, validateMode, watchFromLoop } from './sync/words';
 import type { AcquireOptions, AcquireSyncOptions, NamedOptions, Semaphore } from './synchronize';
 import {
   invalidType,
@@ -85,38 +85,6 @@ function overflowError(): Error {
 }
 
 /** The POSIX-backed Semaphore; never constructed directly (see openPosixSemaphore). */
-/**
- * Tries sem_trywait once per turn of the event loop (setImmediate: timers and
- * I/O run between tries) until it succeeds, `until` (a performance.now()
- * time) passes, or the signal aborts.
- */
-function tryFromLoop(h: SemHandle, until: number, signal: AbortSignal | undefined): Promise<'ok' | 'spun' | 'aborted'> {
-  return new Promise((resolve) => {
-    let timer: NodeJS.Immediate | undefined;
-    const onAbort = (): void => {
-      clearImmediate(timer);
-      resolve('aborted');
-    };
-    const next = (): void => {
-      timer = undefined;
-      let r: 'ok' | 'spun' | undefined;
-      try {
-        if (binding.semTryWait(h)) r = 'ok';
-        else if (performance.now() >= until) r = 'spun';
-      } catch {
-        r = 'spun'; // closed meanwhile: the thread's wait reports it
-      }
-      if (r === undefined) {
-        timer = setImmediate(next);
-        return;
-      }
-      signal?.removeEventListener('abort', onAbort);
-      resolve(r);
-    };
-    signal?.addEventListener('abort', onAbort, { once: true });
-    timer = setImmediate(next);
-  });
-}
 
 class PosixSemaphore {
   #h: SemHandle | null;
@@ -171,7 +139,7 @@ class PosixSemaphore {
     // when it ends. sem_trywait is a user-space atomic in glibc.
     const budgetUs = this.#loop.budget();
     if (budgetUs > 0) {
-      const r = await tryFromLoop(h, Math.min(deadline, start + budgetUs / 1000), signal);
+      const r = await watchFromLoop(() => binding.semTryWait(h), Math.min(deadline, start + budgetUs / 1000), signal);
       if (r === 'aborted') throw abortError(signal!);
       if (r === 'ok') {
         this.#loop.record((performance.now() - start) * 1000);

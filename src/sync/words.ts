@@ -245,39 +245,56 @@ export function waitAsync(
   const start = performance.now();
   const i = w.base + word;
   const spinEnd = start + (ms < 0 ? budgetUs / 1000 : Math.min(budgetUs / 1000, ms));
-  return new Promise<WaitResult>((resolve) => {
+  // A turn of the loop costs a syscall or more: within a turn, watch the word
+  // for up to TURN_WATCH_MS, so most of the spin is spent looking at it (the
+  // loop is held no longer than one turn costs anyway).
+  const changed = (): boolean => {
+    const turnEnd = Math.min(spinEnd, performance.now() + TURN_WATCH_MS);
+    do {
+      for (let k = 0; k < 8; k++) if (Atomics.load(w.i32, i) !== expected) return true;
+    } while (performance.now() < turnEnd);
+    return false;
+  };
+  return watchFromLoop(changed, spinEnd, signal).then((r) => {
+    if (r === 'ok') return recorded(policy!, start, 'not-equal');
+    if (r === 'aborted') return r;
+    const left = ms < 0 ? ms : Math.max(0, Math.ceil(ms - (performance.now() - start)));
+    return sleepAsync(w, word, expected, left, signal).then((s) => recorded(policy!, start, s));
+  });
+}
+
+/**
+ * Calls look() once per turn of the event loop (setImmediate: timers, I/O and
+ * other callbacks run between two calls) until it returns true ('ok'), `until`
+ * (a performance.now() time) has passed ('spun'), or the signal aborts
+ * ('aborted'). A look that throws ends the watch as 'spun': what comes next
+ * (a wait on a thread) reports the problem.
+ */
+export function watchFromLoop(look: () => boolean, until: number, signal?: AbortSignal): Promise<'ok' | 'spun' | 'aborted'> {
+  return new Promise((resolve) => {
     let timer: NodeJS.Immediate | undefined;
     const onAbort = (): void => {
       clearImmediate(timer);
       resolve('aborted');
     };
-    const check = (): void => {
+    const turn = (): void => {
       timer = undefined;
-      // A turn of the loop costs a syscall or more: between two turns, watch
-      // the word for up to TURN_WATCH_MS, so most of the spin is spent
-      // looking at it (the loop is held no longer than one turn costs anyway).
-      const turnEnd = performance.now() + TURN_WATCH_MS;
-      let now: number;
-      do {
-        for (let k = 0; k < 8; k++) {
-          if (Atomics.load(w.i32, i) !== expected) {
-            signal?.removeEventListener('abort', onAbort);
-            resolve(recorded(policy!, start, 'not-equal'));
-            return;
-          }
-        }
-        now = performance.now();
-      } while (now < turnEnd && now < spinEnd);
-      if (now < spinEnd) {
-        timer = setImmediate(check);
+      let r: 'ok' | 'spun' | undefined;
+      try {
+        if (look()) r = 'ok';
+        else if (performance.now() >= until) r = 'spun';
+      } catch {
+        r = 'spun';
+      }
+      if (r === undefined) {
+        timer = setImmediate(turn);
         return;
       }
       signal?.removeEventListener('abort', onAbort);
-      const left = ms < 0 ? ms : Math.max(0, Math.ceil(ms - (now - start)));
-      resolve(sleepAsync(w, word, expected, left, signal).then((r) => recorded(policy!, start, r)));
+      resolve(r);
     };
     signal?.addEventListener('abort', onAbort, { once: true });
-    timer = setImmediate(check);
+    timer = setImmediate(turn);
   });
 }
 
