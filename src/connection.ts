@@ -15,7 +15,7 @@ import { decodeFd, encodeFd, type FdRef, withdrawOffers } from './fd-share';
 import { closedError, EOFError, stateError } from './errors';
 import { decode, encode, encodeJsonText, JSON_TAG_BYTE, registerTransferable, type CodecContext } from './serialize';
 import { decodeFast, ENCODE_LIMIT, ENCODE_SLACK, encodeFast, NOT_FAST } from './fast-json';
-import { SpinPolicy } from './spin';
+import { SpinPolicy, spinConfig } from './spin';
 import { invalidType, outOfRange, validateTimeout } from './validate';
 
 const READABLE = 1;
@@ -28,6 +28,8 @@ const HANGUP = 4;
 const TEXT_AT = 5;
 const sendScratch = Buffer.allocUnsafe(TEXT_AT + ENCODE_LIMIT + ENCODE_SLACK);
 const NO_FDS: number[] = [];
+/** How long an async receive may hold the event loop asking for a quick answer, µs (see #service). */
+const HOLD_US = 30;
 
 /** Body tag of a send() message that carries fds: [FD_TAG, count, ...codec bytes]. */
 const FD_TAG = 0x46;
@@ -432,6 +434,19 @@ export class Connection {
     if (this.#waiters.length > 0 && this.#waitStart === 0 && this.#watching & READABLE) {
       this.#waitStart = performance.now();
       const budget = this.#spin.budget();
+      // While answers come within the full budget (a request/response loop
+      // with a quick peer), first ask the kernel again for up to HOLD_US with
+      // the loop held, as the async acquire of a Lock does: the loop's own
+      // spin notices input a turn of the loop late, and its callback path
+      // costs a syscall and a hop more. A slow peer (budget below the limit)
+      // is never waited for this way.
+      if (budget > 0 && budget >= spinConfig.limitUs) {
+        if (this.#fill(Math.min(budget, HOLD_US)) !== -1) {
+          this.#deliver();
+          this.#arm();
+          if (this.#waiters.length === 0) return;
+        }
+      }
       if (budget > 0) this.#watcher!.spin(budget);
     }
   }

@@ -290,6 +290,28 @@ describe('receivers that spin before sleeping', () => {
     });
   }
 
+  it('await recv() holds the event loop only briefly, for quick and for slow answers', async () => {
+    const [a, b] = Pipe();
+    const p = new Process({ target: fx.echoAfter, args: [b, true], env });
+    p.start();
+    b.close();
+    // Quick answers: the receive may ask the kernel again for up to 30 µs
+    // before leaving the rest to the loop; slow ones: not at all.
+    let longest = 0;
+    for (const [i, d] of [...new Array(300).fill(0), 20, 0, 0, 20, 20, 0].entries()) {
+      a.send({ i, d });
+      const t = performance.now();
+      const answer = a.recv();
+      longest = Math.max(longest, performance.now() - t);
+      expect(await answer).toEqual({ i, d });
+    }
+    // 30 µs, with room for a slow, shared machine.
+    expect(longest).toBeLessThan(5);
+    a.send(null);
+    await p.join();
+    a.close();
+  });
+
   it('pollSync(t) and the native spins honour their bounds', () => {
     const [a, b] = Pipe();
     // Answers that are already there teach the policy that waits are short.
