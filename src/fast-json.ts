@@ -192,11 +192,18 @@ const MARK = '\u0000pmp'; // serialize.ts: keys of the codec's own envelopes
 let wpos = 0;
 /** Where the text being written may end: start + ENCODE_LIMIT. */
 let wlimit = 0;
+/** Set while a value is being written: a getter of it may send or put another
+ *  message, whose encodeFast must not reuse wpos (nor the caller's scratch). */
+let writing = false;
 
 /** Writes value's JSON text into out from start; returns its length, or -1
  *  when the general path must encode it. out must have room for
  *  start + ENCODE_LIMIT + ENCODE_SLACK bytes. */
 export function encodeFast(value: unknown, out: Uint8Array, start = 0): number {
+  // Called from a getter of the value being written: that message takes the
+  // general path, which has no shared state.
+  if (writing) return -1;
+  writing = true;
   wpos = start;
   wlimit = start + ENCODE_LIMIT;
   try {
@@ -204,6 +211,8 @@ export function encodeFast(value: unknown, out: Uint8Array, start = 0): number {
   } catch {
     // A getter that throws, or a stack overflow: the general path reports it.
     return -1;
+  } finally {
+    writing = false;
   }
 }
 

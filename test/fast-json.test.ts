@@ -5,7 +5,7 @@
 import { isDeepStrictEqual } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { Queue } from 'posix-multiprocessing';
+import { Pipe, Queue } from 'posix-multiprocessing';
 // Internal: tested through the package's own build.
 import { decodeFast, encodeFast, ENCODE_LIMIT, ENCODE_SLACK, NOT_FAST } from '../dist/cjs/fast-json.js';
 import { encodeJsonText } from '../dist/cjs/serialize.js';
@@ -246,6 +246,28 @@ describe('fast JSON encoder', () => {
     expect(() => q.putSync(bad)).toThrow('getter failed');
     expect(q.empty()).toBe(true);
     q.close();
+  });
+
+  it('a getter that puts or sends another message while its value is written corrupts neither', async () => {
+    const q = new Queue();
+    const [a, b] = Pipe();
+    const outer = (send: (v: unknown) => void) => ({
+      i: 1,
+      get inner() {
+        send({ i: 2, s: 'inner message, long enough to overwrite the outer one' });
+        return 'x';
+      },
+      t: 'tail',
+    });
+    q.putSync(outer((v) => q.putSync(v)));
+    expect(q.getSync()).toEqual({ i: 2, s: 'inner message, long enough to overwrite the outer one' });
+    expect(q.getSync()).toEqual({ i: 1, inner: 'x', t: 'tail' });
+    a.send(outer((v) => a.send(v)));
+    expect(await b.recv()).toEqual({ i: 2, s: 'inner message, long enough to overwrite the outer one' });
+    expect(await b.recv()).toEqual({ i: 1, inner: 'x', t: 'tail' });
+    q.close();
+    a.close();
+    b.close();
   });
 
   describe('with an enumerable property added to Object.prototype', () => {
