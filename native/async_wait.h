@@ -19,6 +19,25 @@
 
 namespace pmp {
 
+// How a wait ended, in both facilities; ResultName is the string the JS side
+// receives and matches on (kNotEqual is futex.cc's only).
+enum class WaitResult { kOk, kTimedOut, kNotEqual, kCancelled, kFault };
+
+inline const char* ResultName(WaitResult r) {
+  switch (r) {
+    case WaitResult::kOk:
+      return "ok";
+    case WaitResult::kTimedOut:
+      return "timed-out";
+    case WaitResult::kNotEqual:
+      return "not-equal";
+    case WaitResult::kCancelled:
+      return "cancelled";
+    default:
+      return "fault";
+  }
+}
+
 class AsyncWaits;
 
 // One wait. Held twice: by the pool thread until its result reaches the JS

@@ -46,8 +46,6 @@ namespace pmp {
 
 namespace {
 
-enum class WaitResult { kOk, kTimedOut, kNotEqual, kCancelled, kFault };
-
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
@@ -130,21 +128,6 @@ int Wake(int32_t* addr, int count) {
   // ENOENT: nobody was waiting. The number woken is not reported on macOS.
   return r == -ENOENT ? 0 : (r < 0 ? r : 1);
 #endif
-}
-
-const char* ResultName(WaitResult r) {
-  switch (r) {
-    case WaitResult::kOk:
-      return "ok";
-    case WaitResult::kTimedOut:
-      return "timed-out";
-    case WaitResult::kNotEqual:
-      return "not-equal";
-    case WaitResult::kCancelled:
-      return "cancelled";
-    default:
-      return "fault";
-  }
 }
 
 // Validates (buffer, byteOffset) and returns the word's address.

@@ -69,8 +69,6 @@ int64_t NowMs() {
       .count();
 }
 
-enum class WaitResult { kOk, kTimedOut, kCancelled, kFault };
-
 // One wait of at most ms (ms < 0: no limit). Signals never end it early: the
 // EINTR loop goes on with the same deadline. On kFault, *err holds errno.
 WaitResult WaitFor(sem_t* sem, int64_t ms, int* err) {
@@ -290,19 +288,6 @@ enum JobState : int {
   kReturned,   // a taken unit was posted back: the callback reports 'cancelled'
   kDelivered,  // the callback received the unit
 };
-
-const char* ResultName(WaitResult r) {
-  switch (r) {
-    case WaitResult::kOk:
-      return "ok";
-    case WaitResult::kTimedOut:
-      return "timed-out";
-    case WaitResult::kCancelled:
-      return "cancelled";
-    default:
-      return "fault";
-  }
-}
 
 // A cancel is noticed within one slice (a thread blocked in sem_timedwait
 // cannot be woken without a signal); a unit taken meanwhile is posted back.
