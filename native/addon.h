@@ -6,14 +6,14 @@
 
 namespace pmp {
 
-struct FutexState;
+class AsyncWaits;
 struct SemState;
 
 // Per-environment state: one per Node environment (main thread or worker).
 // Napi::Env::SetInstanceData deletes it when the environment is torn down.
 struct AddonData {
   Napi::FunctionReference futex_wait_handle_ctor;
-  FutexState* futex = nullptr;  // futex.cc; never freed: waiter threads may outlive the environment
+  AsyncWaits* futex = nullptr;  // futex.cc; never freed: waiter threads may outlive the environment
   Napi::FunctionReference sem_wait_handle_ctor;
   SemState* sem = nullptr;  // semaphore.cc; never freed, as futex
 };

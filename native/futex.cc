@@ -19,12 +19,11 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
+#include <memory>
 #include <mutex>
-#include <thread>
-#include <unordered_set>
+#include <utility>
+#include <vector>
 
 #if defined(__linux__)
 #include <linux/futex.h>
@@ -40,14 +39,12 @@ extern "C" int __ulock_wake(uint32_t operation, void* addr, uint64_t wake_value)
 #endif
 
 #include "addon.h"
+#include "async_wait.h"
 #include "errors.h"
-#include "waiter_pool.h"
 
 namespace pmp {
 
 namespace {
-
-enum class WaitResult { kOk, kTimedOut, kNotEqual, kCancelled, kFault };
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -133,21 +130,6 @@ int Wake(int32_t* addr, int count) {
 #endif
 }
 
-const char* ResultName(WaitResult r) {
-  switch (r) {
-    case WaitResult::kOk:
-      return "ok";
-    case WaitResult::kTimedOut:
-      return "timed-out";
-    case WaitResult::kNotEqual:
-      return "not-equal";
-    case WaitResult::kCancelled:
-      return "cancelled";
-    default:
-      return "fault";
-  }
-}
-
 // Validates (buffer, byteOffset) and returns the word's address.
 int32_t* WordArg(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -196,113 +178,35 @@ Napi::Value FutexWake(const Napi::CallbackInfo& info) {
 }
 
 // ---- async waits on addon-owned threads ------------------------------------
+// The plumbing (thread-safe function, pending jobs, handle, teardown) is
+// async_wait.h's; here are the wait and the cancel.
 
-struct Job {
+struct FutexJob : AsyncJob {
   int32_t* addr = nullptr;
   int32_t expected = 0;
   int64_t timeout_ms = -1;
   std::atomic<bool> cancelled{false};
   WaitResult result = WaitResult::kOk;
-  FutexState* state = nullptr;
-  Napi::FunctionReference callback;
   // Keeps the mapping alive while a thread waits on an address inside it.
   Napi::Reference<Napi::ArrayBuffer> buffer;
-  std::atomic<int> refs{2};  // the waiter thread's side and the JS handle
-  void Unref() {
-    if (--refs == 0) delete this;
+
+  void Run() override {
+    // The 250 ms slice bounds how long a cancel can go unnoticed if it lands
+    // between the flag check and the kernel wait.
+    result = Wait(addr, expected, timeout_ms, &cancelled, 250);
   }
-};
-
-void CallJs(Napi::Env env, Napi::Function, void*, Job* job);
-using Tsfn = Napi::TypedThreadSafeFunction<void, Job, CallJs>;
-
-}  // namespace
-
-// One thread-safe function per environment, created on first use: creating one
-// per wait (a uv_async handle each) cost more than the wait's own round trip.
-// It keeps the loop alive only while waits are pending, like a timer would.
-//
-// Teardown: Node deletes the thread-safe function with its environment, even
-// while other threads hold it, so waiter threads call it only under `mu` and
-// only while `alive`; the environment's cleanup hook (which runs before the
-// function's own, having been added after it) clears `alive` under `mu`.
-struct FutexState {
-  Tsfn tsfn;
-  std::mutex mu;
-  bool alive = true;
-  size_t pending = 0;
-  bool closed = false;
-  std::unordered_set<Job*> jobs;  // pending jobs; touched on the JS thread only
-};
-
-namespace {
-
-void CallJs(Napi::Env env, Napi::Function, void*, Job* job) {
-  FutexState* st = job->state;
-  if (env != nullptr && !st->closed) {
-    st->jobs.erase(job);
-    if (--st->pending == 0) st->tsfn.Unref(env);
-    Napi::FunctionReference cb = std::move(job->callback);
-    job->buffer.Reset();
-    job->Unref();
-    cb.Call({Napi::String::New(env, ResultName(job->result))});
-  }
-  // Otherwise the environment is being torn down: its references cannot be
-  // released any more, so the job is leaked rather than freed.
-}
-
-// What a pool thread does with a job: the wait, then the report to the JS
-// thread.
-void RunJob(Job* job) {
-  // The 250 ms slice bounds how long a cancel can go unnoticed if it lands
-  // between the flag check and the kernel wait.
-  job->result = Wait(job->addr, job->expected, job->timeout_ms, &job->cancelled, 250);
-  std::lock_guard<std::mutex> guard(job->state->mu);
-  // When the environment is gone the job is leaked: its references
-  // cannot be released off the JS thread, nor after teardown.
-  if (job->state->alive) job->state->tsfn.NonBlockingCall(job);
-}
-
-class WaitHandle : public Napi::ObjectWrap<WaitHandle> {
- public:
-  static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "FutexWaitHandle", {InstanceMethod<&WaitHandle::Cancel>("cancel")});
-  }
-  explicit WaitHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<WaitHandle>(info) {}
-  ~WaitHandle() override {
-    if (job_ != nullptr) job_->Unref();
-  }
-  void Attach(Job* job) { job_ = job; }
-
- private:
-  Napi::Value Cancel(const Napi::CallbackInfo& info) {
-    if (job_ != nullptr && !job_->cancelled.exchange(true)) {
+  void Cancel() override {
+    if (!cancelled.exchange(true)) {
       // Wakes every waiter on the word, in every process; the others re-check
       // their condition and wait again, which is correct, only slower.
-      Wake(job_->addr, INT_MAX);
+      Wake(addr, INT_MAX);
     }
-    return info.Env().Undefined();
   }
-  Job* job_ = nullptr;
+  std::vector<napi_value> Settle(Napi::Env env) override {
+    buffer.Reset();
+    return {Napi::String::New(env, ResultName(result))};
+  }
 };
-
-void CleanupFutex(void* arg) {
-  auto* st = static_cast<FutexState*>(arg);
-  {
-    std::lock_guard<std::mutex> guard(st->mu);
-    st->alive = false;
-  }
-  st->closed = true;
-  // A worker ending with waits pending: end them, so their threads go back to
-  // the pool instead of waiting for a wake-up that may never come.
-  for (Job* job : st->jobs) {
-    job->cancelled.store(true);
-    Wake(job->addr, INT_MAX);
-  }
-  st->jobs.clear();
-  // FutexState itself is leaked on purpose: waiter threads may still hold
-  // jobs naming it.
-}
 
 Napi::Value FutexWaitAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -311,27 +215,13 @@ Napi::Value FutexWaitAsync(const Napi::CallbackInfo& info) {
   int64_t timeout = TimeoutArg(info, 3);
   if (info.Length() < 5 || !info[4].IsFunction()) throw Napi::TypeError::New(env, "callback must be a function");
   auto* data = env.GetInstanceData<AddonData>();
-  if (data->futex == nullptr) {
-    auto* st = new FutexState();
-    st->tsfn = Tsfn::New(env, "pmp-futex-wait", 0, 1);
-    st->tsfn.Unref(env);
-    data->futex = st;
-    napi_add_env_cleanup_hook(env, CleanupFutex, st);
-  }
-  FutexState* st = data->futex;
-  Napi::Object handle = data->futex_wait_handle_ctor.New({});
-  auto* job = new Job();
+  if (data->futex == nullptr) data->futex = new AsyncWaits("pmp-futex-wait");
+  auto job = std::make_unique<FutexJob>();
   job->addr = addr;
   job->expected = expected;
   job->timeout_ms = timeout;
-  job->state = st;
-  job->callback = Napi::Persistent(info[4].As<Napi::Function>());
   job->buffer = Napi::Persistent(info[0].As<Napi::ArrayBuffer>());
-  WaitHandle::Unwrap(handle)->Attach(job);
-  st->jobs.insert(job);
-  if (st->pending++ == 0) st->tsfn.Ref(env);
-  WaiterPool::Get().Submit([job] { RunJob(job); });
-  return handle;
+  return data->futex->Start(env, data->futex_wait_handle_ctor, std::move(job), info[4].As<Napi::Function>());
 }
 
 }  // namespace
@@ -354,7 +244,7 @@ void InitFutex(Napi::Env env, Napi::Object exports, AddonData* data) {
   exports.Set("futexWait", Napi::Function::New<FutexWait>(env, "futexWait"));
   exports.Set("futexWake", Napi::Function::New<FutexWake>(env, "futexWake"));
   exports.Set("futexWaitAsync", Napi::Function::New<FutexWaitAsync>(env, "futexWaitAsync"));
-  data->futex_wait_handle_ctor = Napi::Persistent(WaitHandle::Define(env));
+  data->futex_wait_handle_ctor = Napi::Persistent(WaitHandle::Define(env, "FutexWaitHandle"));
 }
 
 }  // namespace pmp

@@ -30,17 +30,16 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
-#include <mutex>
+#include <memory>
 #include <string>
-#include <thread>
 #include <unordered_set>
+#include <utility>
+#include <vector>
 
 #include "addon.h"
+#include "async_wait.h"
 #include "errors.h"
-#include "waiter_pool.h"
 
 #ifndef SEM_VALUE_MAX
 #define SEM_VALUE_MAX INT_MAX
@@ -69,8 +68,6 @@ int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
-
-enum class WaitResult { kOk, kTimedOut, kCancelled, kFault };
 
 // One wait of at most ms (ms < 0: no limit). Signals never end it early: the
 // EINTR loop goes on with the same deadline. On kFault, *err holds errno.
@@ -132,25 +129,13 @@ struct Handle {
   }
 };
 
-struct Job;
-void CallJs(Napi::Env env, Napi::Function, void*, Job* job);
-using Tsfn = Napi::TypedThreadSafeFunction<void, Job, CallJs>;
-
 }  // namespace
 
-// Per-environment state, never freed: waiter threads may hold jobs naming it
-// after the environment is gone. Teardown as in futex.cc's FutexState: threads
-// call the thread-safe function only under `mu` while `alive`; the
-// environment's cleanup hook clears `alive`.
+// Per-environment state, never freed: waiter threads may hold jobs naming
+// `waits` after the environment is gone (see async_wait.h).
 struct SemState {
   std::unordered_set<const void*> handles;  // live Handles; JS thread only
-  Tsfn tsfn;                                // made on the first async wait
-  bool has_tsfn = false;
-  std::mutex mu;
-  bool alive = true;
-  size_t pending = 0;
-  bool closed = false;
-  std::unordered_set<Job*> jobs;  // pending jobs; touched on the JS thread only
+  AsyncWaits waits{"pmp-sem-wait"};
 };
 
 namespace {
@@ -289,8 +274,8 @@ Napi::Value SemUnlink(const Napi::CallbackInfo& info) {
 }
 
 // ---- async waits on addon-owned threads --------------------------------------
-// The shape of futex.cc's futexWaitAsync: one thread-safe function per
-// environment, a small pool of threads that each run one wait at a time.
+// The plumbing (thread-safe function, pending jobs, handle, teardown) is
+// async_wait.h's; here are the wait, the cancel and the unit's ownership.
 
 // Who owns a unit the waiter thread took. Every transition is a CAS, so the
 // unit of a cancelled wait is posted back exactly once, by whichever thread
@@ -304,140 +289,74 @@ enum JobState : int {
   kDelivered,  // the callback received the unit
 };
 
-struct Job {
+// A cancel is noticed within one slice (a thread blocked in sem_timedwait
+// cannot be woken without a signal); a unit taken meanwhile is posted back.
+constexpr int64_t kSliceMs = 100;
+
+struct SemJob : AsyncJob {
   Sem* sem = nullptr;  // one reference held for the job's whole life
   int64_t timeout_ms = -1;
   std::atomic<int> phase{kWaiting};
   WaitResult result = WaitResult::kOk;
   int err = 0;
-  SemState* state = nullptr;
-  Napi::FunctionReference callback;
-  std::atomic<int> refs{2};  // the waiter thread's side and the JS handle
-  void Unref() {
-    if (--refs == 0) {
-      sem->Unref();
-      delete this;
+
+  ~SemJob() override {
+    if (sem != nullptr) sem->Unref();
+  }
+
+  void Run() override {
+    result = WaitSliced();
+    if (result == WaitResult::kOk) {
+      int waiting = kWaiting;
+      if (!phase.compare_exchange_strong(waiting, kTaken)) {
+        sem_post(sem->sem);  // cancelled while we waited: not ours to keep
+        result = WaitResult::kCancelled;
+      }
     }
   }
-};
 
-// Posts back the unit of a wait whose result nobody will receive (at most once).
-void GiveBack(Job* job) {
-  int taken = kTaken;
-  if (job->phase.compare_exchange_strong(taken, kReturned)) sem_post(job->sem->sem);
-}
-
-void CancelJob(Job* job) {
-  int waiting = kWaiting;
-  if (!job->phase.compare_exchange_strong(waiting, kCancelled)) GiveBack(job);
-}
-
-const char* ResultName(WaitResult r) {
-  switch (r) {
-    case WaitResult::kOk:
-      return "ok";
-    case WaitResult::kTimedOut:
-      return "timed-out";
-    case WaitResult::kCancelled:
-      return "cancelled";
-    default:
-      return "fault";
-  }
-}
-
-void CallJs(Napi::Env env, Napi::Function, void*, Job* job) {
-  SemState* st = job->state;
-  if (env == nullptr || st->closed) {
-    // The environment is going away: nobody can take the unit, so give it back
-    // (the semaphore is still open: the job holds a reference). The job itself
-    // is leaked, its JS references cannot be released any more.
-    GiveBack(job);
-    return;
-  }
-  // From here the unit is the callback's: a cancel() after this is a no-op.
-  int taken = kTaken;
-  if (job->result == WaitResult::kOk && !job->phase.compare_exchange_strong(taken, kDelivered)) {
-    job->result = WaitResult::kCancelled;  // kReturned: cancelled after the take, unit posted back
-  }
-  st->jobs.erase(job);
-  if (--st->pending == 0) st->tsfn.Unref(env);
-  Napi::FunctionReference cb = std::move(job->callback);
-  WaitResult r = job->result;
-  int err = job->err;
-  job->Unref();
-  if (r == WaitResult::kFault) {
-    cb.Call({Napi::String::New(env, ResultName(r)), SystemError(env, err, "sem_timedwait").Value()});
-  } else {
-    cb.Call({Napi::String::New(env, ResultName(r))});
-  }
-}
-
-// A cancel is noticed within one slice (a thread blocked in sem_timedwait
-// cannot be woken without a signal); a unit taken meanwhile is posted back.
-constexpr int64_t kSliceMs = 100;
-
-WaitResult RunJob(Job* job) {
-  const int64_t deadline = job->timeout_ms < 0 ? -1 : NowMs() + job->timeout_ms;
-  for (;;) {
-    if (job->phase.load() == kCancelled) return WaitResult::kCancelled;
-    int64_t left = deadline < 0 ? kSliceMs : deadline - NowMs();
-    if (left <= 0) {
-      // One last try: a unit posted right at the deadline is not missed.
-      return sem_trywait(job->sem->sem) == 0 ? WaitResult::kOk : WaitResult::kTimedOut;
-    }
-    WaitResult r = WaitFor(job->sem->sem, left < kSliceMs ? left : kSliceMs, &job->err);
-    if (r != WaitResult::kTimedOut) return r;
-  }
-}
-
-// What a pool thread does with a job: the wait, then the report to the JS
-// thread, or the unit given back when nobody can take it.
-void RunPooledJob(Job* job) {
-  WaitResult r = RunJob(job);
-  if (r == WaitResult::kOk) {
+  void Cancel() override {
     int waiting = kWaiting;
-    if (!job->phase.compare_exchange_strong(waiting, kTaken)) {
-      sem_post(job->sem->sem);  // cancelled while we waited: not ours to keep
-      r = WaitResult::kCancelled;
-    }
+    if (!phase.compare_exchange_strong(waiting, kCancelled)) GiveBack();
   }
-  job->result = r;
-  std::lock_guard<std::mutex> guard(job->state->mu);
-  // Undeliverable (the environment is gone): give the unit back.
-  if (!(job->state->alive && job->state->tsfn.NonBlockingCall(job) == napi_ok)) GiveBack(job);
-}
 
-class WaitHandle : public Napi::ObjectWrap<WaitHandle> {
- public:
-  static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "SemWaitHandle", {InstanceMethod<&WaitHandle::Cancel>("cancel")});
+  std::vector<napi_value> Settle(Napi::Env env) override {
+    // From here the unit is the callback's: a cancel() after this is a no-op.
+    int taken = kTaken;
+    if (result == WaitResult::kOk && !phase.compare_exchange_strong(taken, kDelivered)) {
+      result = WaitResult::kCancelled;  // kReturned: cancelled after the take, unit posted back
+    }
+    if (result == WaitResult::kFault) {
+      return {Napi::String::New(env, ResultName(result)), SystemError(env, err, "sem_timedwait").Value()};
+    }
+    return {Napi::String::New(env, ResultName(result))};
   }
-  explicit WaitHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<WaitHandle>(info) {}
-  ~WaitHandle() override {
-    if (job_ != nullptr) job_->Unref();
-  }
-  void Attach(Job* job) { job_ = job; }
+
+  // The environment is gone and nobody can take the unit: give it back (the
+  // semaphore is still open: the job holds a reference).
+  void Abandon() override { GiveBack(); }
 
  private:
-  Napi::Value Cancel(const Napi::CallbackInfo& info) {
-    if (job_ != nullptr) CancelJob(job_);
-    return info.Env().Undefined();
+  // Posts back the unit of a wait whose result nobody will receive (at most once).
+  void GiveBack() {
+    int taken = kTaken;
+    if (phase.compare_exchange_strong(taken, kReturned)) sem_post(sem->sem);
   }
-  Job* job_ = nullptr;
-};
 
-void CleanupSem(void* arg) {
-  auto* st = static_cast<SemState*>(arg);
-  {
-    std::lock_guard<std::mutex> guard(st->mu);
-    st->alive = false;
+  WaitResult WaitSliced() {
+    const int64_t deadline = timeout_ms < 0 ? -1 : NowMs() + timeout_ms;
+    for (;;) {
+      if (phase.load() == kCancelled) return WaitResult::kCancelled;
+      int64_t left = deadline < 0 ? kSliceMs : deadline - NowMs();
+      if (left <= 0) {
+        // One last try: a unit posted right at the deadline is not missed.
+        return sem_trywait(sem->sem) == 0 ? WaitResult::kOk : WaitResult::kTimedOut;
+      }
+      WaitResult r = WaitFor(sem->sem, left < kSliceMs ? left : kSliceMs, &err);
+      if (r != WaitResult::kTimedOut) return r;
+    }
   }
-  st->closed = true;
-  // A worker ending with waits pending: their threads stop within a slice.
-  for (Job* job : st->jobs) CancelJob(job);
-  st->jobs.clear();
-  // SemState is leaked on purpose: waiter threads may still hold jobs naming it.
-}
+};
 
 Napi::Value SemWaitAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -445,33 +364,18 @@ Napi::Value SemWaitAsync(const Napi::CallbackInfo& info) {
   int64_t timeout = TimeoutArg(info, 1);
   if (info.Length() < 3 || !info[2].IsFunction()) throw Napi::TypeError::New(env, "callback must be a function");
   auto* data = env.GetInstanceData<AddonData>();
-  SemState* st = data->sem;
-  if (!st->has_tsfn) {
-    st->tsfn = Tsfn::New(env, "pmp-sem-wait", 0, 1);
-    st->tsfn.Unref(env);
-    st->has_tsfn = true;
-    // Added after the thread-safe function, so it runs before that is torn down.
-    napi_add_env_cleanup_hook(env, CleanupSem, st);
-  }
-  Napi::Object handle = data->sem_wait_handle_ctor.New({});
-  auto* job = new Job();
+  auto job = std::make_unique<SemJob>();
   sem->Ref();
   job->sem = sem;
   job->timeout_ms = timeout;
-  job->state = st;
-  job->callback = Napi::Persistent(info[2].As<Napi::Function>());
-  WaitHandle::Unwrap(handle)->Attach(job);
-  st->jobs.insert(job);
-  if (st->pending++ == 0) st->tsfn.Ref(env);
-  WaiterPool::Get().Submit([job] { RunPooledJob(job); });
-  return handle;
+  return data->sem->waits.Start(env, data->sem_wait_handle_ctor, std::move(job), info[2].As<Napi::Function>());
 }
 
 }  // namespace
 
 void InitSemaphore(Napi::Env env, Napi::Object exports, AddonData* data) {
   data->sem = new SemState();
-  data->sem_wait_handle_ctor = Napi::Persistent(WaitHandle::Define(env));
+  data->sem_wait_handle_ctor = Napi::Persistent(WaitHandle::Define(env, "SemWaitHandle"));
   exports.Set("semOpen", Napi::Function::New<SemOpen>(env, "semOpen"));
   exports.Set("semClose", Napi::Function::New<SemClose>(env, "semClose"));
   exports.Set("semTryWait", Napi::Function::New<SemTryWait>(env, "semTryWait"));
