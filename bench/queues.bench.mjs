@@ -2,6 +2,7 @@
 // child_process IPC: small messages one way, 1 MiB messages one way, and the
 // round-trip latency of a small object. `--json` prints one line per scenario.
 import { execFileSync, fork } from 'node:child_process';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Pipe, Process, Queue, isMainProcess } from 'posix-multiprocessing';
@@ -195,6 +196,10 @@ async function main() {
     if (json) console.log(JSON.stringify({ scenario, unit, ours: +ours.toFixed(2), [competitor]: +theirs.toFixed(2), ratio: +ratio.toFixed(2) }));
     else console.log(`${scenario.padEnd(34)} ours ${ours.toFixed(1).padStart(12)} ${unit.padEnd(8)} ${competitor.padEnd(14)} ${theirs.toFixed(1).padStart(12)}   ×${ratio.toFixed(2)} ${higherIsBetter ? '(higher is better)' : '(their time / ours: higher is better)'}`);
   };
+  // The receivers do not spin while the 1-minute load average is above the
+  // CPU count + 1 (src/spin.ts), and it decays slowly after a busy minute:
+  // say what it was, so a slow round trip can be read.
+  if (!json) console.log(`load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')} on ${os.availableParallelism()} CPUs`);
   // --only=small,big,rtt runs some of the scenarios.
   const only = process.argv.find((a) => a.startsWith('--only='))?.slice(7).split(',');
   const wanted = (name) => !only || only.includes(name);
