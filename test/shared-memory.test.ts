@@ -14,9 +14,13 @@ const exists = (name: string) => fs.existsSync(`/dev/shm/${name}`);
 // Names carry our pid, as the package's random names do, so the leak check can attribute them.
 const uniqueName = (tag: string) => `pmp_${process.pid}_${tag}_${Math.random().toString(16).slice(2, 8)}`;
 
-function runNode(script: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function runNode(
+  script: string,
+  args: string[],
+  nodeFlags: string[] = [],
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...nodeFlags, script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
@@ -231,15 +235,7 @@ describe('mmap() and unmap(), the native mapping', () => {
 
   it('mappings dropped without unmap() or close() are unmapped and their fds closed by GC, without a crash', async () => {
     const name = uniqueName('gc');
-    const result = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-      const child = spawn(process.execPath, ['--expose-gc', gcScript, name], { stdio: ['ignore', 'pipe', 'pipe'] });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (d) => (stdout += d));
-      child.stderr.on('data', (d) => (stderr += d));
-      child.on('error', reject);
-      child.on('close', (code) => resolve({ code, stdout, stderr }));
-    });
+    const result = await runNode(gcScript, [name], ['--expose-gc']);
     expect(result.stderr).toBe('');
     expect(result.code).toBe(0);
     const seen = JSON.parse(result.stdout);
