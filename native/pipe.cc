@@ -148,26 +148,58 @@ double SpinArg(const Napi::CallbackInfo& info, size_t i) {
 // does not report "would block" or spinUs have passed. Waking a sleeping
 // thread costs 10-20 us, and a syscall on this kind of VM several us, so when
 // the answer is near, asking again now (one syscall that returns the data) is
-// cheaper than poll() and then read(). Every kYieldEvery tries the CPU is
-// offered to others (sched_yield): on a busy machine the peer we wait for may
-// need it. Not at every try: sched_yield is a syscall too (about 1 us on
-// this VM), which doubles the gap between two reads (a warm sync round trip
-// measured 17-18 us yielding each time, 16 us every 16th). Bounded by spinUs;
-// the caller's policy (src/spin.ts) chooses it, and does not spin at all on a
-// loaded machine.
-constexpr unsigned kYieldEvery = 16;
+// cheaper than poll() and then read(). Bounded by spinUs; the caller's policy
+// (src/spin.ts) chooses it, and does not spin at all on a loaded machine.
+//
+// A long spin offers the CPU to others now and then (SpinYield): on a busy
+// machine the peer we wait for may need it. Not at every try: sched_yield is
+// a syscall too (about 1 us on this VM), which doubles the gap between two
+// reads (a warm sync round trip measured 17-18 us yielding at every try, 16
+// without). Nor early: when another thread wants the CPU, sched_yield returns
+// only after its time slice, milliseconds, and the 30 us an async recv()
+// holds the loop (src/connection.ts) became 3.7 ms at the 90th percentile
+// with four busy loops on two CPUs while it yielded every 16th try.
+constexpr int64_t kYieldEveryNs = 50'000;
+
+// A sched_yield() that returns late is direct evidence that another thread
+// wanted this CPU, where spinning on takes time from others (the peer perhaps
+// among them) and each further yield may cost a slice: the spin ends and the
+// caller sleeps. Only this spin: on a VM a yield now and then returns late
+// with the machine otherwise idle (host preemption, kernel threads), and
+// turning spinning off process-wide on such evidence (tried: for 1 s after
+// one late yield) made a pipe round trip 30-70 us instead of 16-20.
+constexpr int64_t kYieldLateNs = 50'000;
+
+class SpinYield {
+ public:
+  explicit SpinYield(int64_t start) : next_(start + kYieldEveryNs) {}
+
+  // Called between tries: yields when due. Returns whether to spin on.
+  bool Tick(int64_t now) {
+    if (now < next_) return true;
+    sched_yield();
+    const int64_t after = NowNs();
+    next_ = after + kYieldEveryNs;
+    return after - now < kYieldLateNs;
+  }
+
+ private:
+  int64_t next_;
+};
 
 template <typename F>
 ssize_t SpinRead(double spin_us, F&& attempt) {
   ssize_t n = RetryEintr(attempt);
   if (n >= 0 || !WouldBlock(errno) || spin_us <= 0) return n;
-  const int64_t end = NowNs() + static_cast<int64_t>(spin_us * 1e3);
-  unsigned tries = 0;
-  do {
-    if (++tries % kYieldEvery == 0) sched_yield();
+  const int64_t start = NowNs();
+  const int64_t end = start + static_cast<int64_t>(spin_us * 1e3);
+  SpinYield yield(start);
+  for (;;) {
     n = RetryEintr(attempt);
     if (n >= 0 || !WouldBlock(errno)) return n;
-  } while (NowNs() < end);
+    const int64_t now = NowNs();
+    if (now >= end || !yield.Tick(now)) break;
+  }
   errno = EAGAIN;
   return -1;
 }
@@ -312,7 +344,7 @@ Napi::Value Poll(const Napi::CallbackInfo& info) {
   if (deadline >= 0 && spin_end > deadline) spin_end = deadline;
   struct pollfd p = {fd, static_cast<short>(((want & 1) ? POLLIN : 0) | ((want & 2) ? POLLOUT : 0)), 0};
   bool spinning = spin_end > start;
-  unsigned tries = 0;
+  SpinYield yield(start);
   for (;;) {
     int t = 0;
     if (spinning) {
@@ -329,7 +361,7 @@ Napi::Value Poll(const Napi::CallbackInfo& info) {
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) ThrowSystemError(env, errno, "poll");
     if (r == 0 && spinning) {
-      if (++tries % kYieldEvery == 0) sched_yield();
+      if (!yield.Tick(NowNs())) spinning = false;
       continue;
     }
     int out = 0;
@@ -442,19 +474,19 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
       idle_->data = this;
       uv_unref(reinterpret_cast<uv_handle_t*>(idle_));
     }
-    spin_until_ = uv_hrtime() + static_cast<uint64_t>(us * 1e3);
+    const int64_t now = NowNs();
+    spin_until_ = now + static_cast<int64_t>(us * 1e3);
+    yield_ = SpinYield(now);
     uv_idle_start(idle_, OnIdle);
     return env.Undefined();
   }
 
   static void OnIdle(uv_idle_t* handle) {
     auto* self = static_cast<FdWatcher*>(handle->data);
-    if (self == nullptr || uv_hrtime() >= self->spin_until_) {
-      uv_idle_stop(handle);
-      return;
-    }
-    // As in SpinRead: offer the CPU now and then, not at every iteration.
-    if (++self->idle_runs_ % kYieldEvery == 0) sched_yield();
+    const int64_t now = NowNs();
+    // As in SpinRead: offer the CPU now and then, and stop spinning when
+    // others turn out to want it.
+    if (self == nullptr || now >= self->spin_until_ || !self->yield_.Tick(now)) uv_idle_stop(handle);
   }
 
   void StopSpin() {
@@ -509,8 +541,8 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   Napi::FunctionReference callback_;
   uv_poll_t* poll_ = nullptr;
   uv_idle_t* idle_ = nullptr;
-  uint64_t spin_until_ = 0;
-  unsigned idle_runs_ = 0;
+  int64_t spin_until_ = 0;
+  SpinYield yield_{0};
   bool active_ = false;
   bool hook_added_ = false;
 };

@@ -295,21 +295,32 @@ describe('receivers that spin before sleeping', () => {
     const p = new Process({ target: fx.echoAfter, args: [b, true], env });
     p.start();
     b.close();
-    // Quick answers: the receive may ask the kernel again for up to 30 µs
-    // before leaving the rest to the loop; slow ones: not at all.
-    let longest = 0;
-    for (const [i, d] of [...new Array(300).fill(0), 20, 0, 0, 20, 20, 0].entries()) {
-      a.send({ i, d });
-      const t = performance.now();
-      const answer = a.recv();
-      longest = Math.max(longest, performance.now() - t);
-      expect(await answer).toEqual({ i, d });
+    try {
+      // Quick answers: the receive may ask the kernel again for up to 30 µs
+      // before leaving the rest to the loop; slow ones (20 ms): not at all.
+      // A receive that held the loop until its answer would take 20 ms here.
+      const quick: number[] = [];
+      const slow: number[] = [];
+      const delays = [...new Array(300).fill(0), 20, 0, 0, 20, 20, 0, 20, 0, 20, 0, 20, 20, 0];
+      for (const [i, d] of delays.entries()) {
+        a.send({ i, d });
+        const t = performance.now();
+        const answer = a.recv();
+        (d > 0 ? slow : quick).push(performance.now() - t);
+        expect(await answer).toEqual({ i, d });
+      }
+      // Percentiles, not the maximum: on a shared machine any single call
+      // can be preempted or meet a GC pause for tens of milliseconds.
+      const at = (xs: number[], q: number) => [...xs].sort((x, y) => x - y)[Math.floor(q * (xs.length - 1))];
+      expect(at(quick, 0.9)).toBeLessThan(2);
+      expect(at(slow, 0.5)).toBeLessThan(5);
+      a.send(null);
+      await p.join();
+    } finally {
+      a.close();
+      p.kill(); // a no-op once the child has ended
+      await p.join();
     }
-    // 30 µs, with room for a slow, shared machine.
-    expect(longest).toBeLessThan(5);
-    a.send(null);
-    await p.join();
-    a.close();
   });
 
   it('pollSync(t) and the native spins honour their bounds', () => {
