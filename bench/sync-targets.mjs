@@ -6,22 +6,36 @@ function ints(ref) {
   return new Int32Array(block.buffer, block.offset, block.size / 4);
 }
 
-/** warm untimed locked increments (V8 compiles the loop meanwhile), then the
- *  barrier, then n timed ones; stores its elapsed µs in c[1 + slot]. */
-export function incrementLoop(lock, barrier, ref, n, slot, warm) {
-  const c = ints(ref);
-  for (let i = 0; i < warm; i++) {
-    lock.acquireSync();
-    c[0] = c[0] + 1;
-    lock.release();
-  }
-  barrier.waitSync();
-  const t0 = performance.now();
+/** n locked increments of c[0]. One function for the warm-up and the timed
+ *  run, so the timed run executes code V8 has already optimized. */
+function incrementMany(lock, c, n) {
   for (let i = 0; i < n; i++) {
     lock.acquireSync();
     c[0] = c[0] + 1;
     lock.release();
   }
+}
+
+/** Both children meet, increment together for warmMs untimed (counting
+ *  those in c[3 + slot]), meet again, then make n timed increments and store
+ *  the µs taken in c[1 + slot]. The warm-up must be contended, as the timed
+ *  run is: warmed alone, V8 optimizes only the uncontended path, and the
+ *  timed run's first contended acquires deoptimize the loop and run
+ *  interpreted for milliseconds while both CPUs are busy (seen with
+ *  --trace-deopt; a separate warm-up loop, as before, is not warmed at all). */
+export function incrementLoop(lock, barrier, ref, n, slot, warmMs) {
+  const c = ints(ref);
+  barrier.waitSync();
+  const warmEnd = performance.now() + warmMs;
+  let warm = 0;
+  while (performance.now() < warmEnd) {
+    incrementMany(lock, c, 10_000);
+    warm += 10_000;
+  }
+  c[3 + slot] = warm;
+  barrier.waitSync();
+  const t0 = performance.now();
+  incrementMany(lock, c, n);
   c[1 + slot] = Math.round((performance.now() - t0) * 1000);
 }
 

@@ -3,23 +3,23 @@
 // Every trial runs in a fresh process (this file with --trial, or python3
 // bench/sync_py.py); each figure is the median of the trials.
 import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import * as path from 'node:path';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const self = fileURLToPath(import.meta.url);
 const TRIALS = 3;
-/** Ping-pong scenarios run untimed this long first, on both sides. */
+/** Ping-pong scenarios run untimed this long first, on both sides; so do
+ *  the two incrementing children, together (sync_py.py's WARM_S). */
 const WARM_MS = 300;
-/** Untimed locked increments each child makes before the barrier, on both
- *  sides: V8 compiles the loop during the first ~100k (200k increments in one
- *  process: ~19 ms cold, ~4.4 ms warm). Must match sync_py.py's INC_WARM. */
-const INC_WARM = 200_000;
 
 const scenarios = [
   { scenario: 'uncontended acquireSync()+release() pair', key: 'pair', unit: 'ns/pair', n: 2_000_000, py: 1_000_000, better: 'lower' },
   { scenario: 'tryAcquire (acquireSync({blocking:false}))+release() pair', key: 'try', unit: 'ns/pair', n: 2_000_000, py: 1_000_000, better: 'lower' },
-  { scenario: '2 processes x 200,000 locked increments', key: 'increments', unit: 'ms', n: 200_000, py: 200_000, better: 'lower' },
+  // Two processes contending swing most from run to run: more trials for the median.
+  { scenario: '2 processes x 200,000 locked increments', key: 'increments', unit: 'ms', n: 200_000, py: 200_000, better: 'lower', trials: 7 },
   { scenario: 'async acquire() handoff latency between two processes (Semaphore ping-pong, one way)', key: 'handoff', unit: 'us', n: 10_000, py: 10_000, better: 'lower' },
   { scenario: 'acquireSync() handoff latency between two processes (Semaphore ping-pong, one way)', key: 'handoff-sync', unit: 'us', n: 10_000, py: 10_000, pyKey: 'handoff', better: 'lower' },
   // Semaphore({ name, posix: true }): a sem_t from sem_open, as CPython's mp.Semaphore is.
@@ -64,13 +64,15 @@ async function trial(key, n) {
   if (key === 'increments') {
     const lock = new Lock();
     const barrier = new Barrier(2);
-    const block = heap().allocate(12, 8);
+    // [counter, µs taken by child 0, by child 1, warm-up increments of child 0, of child 1]
+    const block = heap().allocate(20, 8);
     const ref = { segment: block.segment, offset: block.offset, size: block.size };
-    const c = new Int32Array(block.buffer, block.offset, 3);
-    const ps = [0, 1].map((slot) => new Process({ target: targets.incrementLoop, args: [lock, barrier, ref, n, slot, INC_WARM] }));
+    const c = new Int32Array(block.buffer, block.offset, 5);
+    const ps = [0, 1].map((slot) => new Process({ target: targets.incrementLoop, args: [lock, barrier, ref, n, slot, WARM_MS] }));
     ps.forEach((p) => p.start());
     for (const p of ps) if ((await p.join()) !== 0) throw new Error('child failed');
-    if (c[0] !== 2 * (n + INC_WARM)) throw new Error(`counter ${c[0]} != ${2 * (n + INC_WARM)}`);
+    const expected = 2 * n + c[3] + c[4];
+    if (c[0] !== expected) throw new Error(`counter ${c[0]} != ${expected}`);
     return Math.max(c[1], c[2]) / 1000;
   }
   if (key === 'handoff' || key === 'handoff-sync' || key === 'posix-handoff' || key === 'posix-handoff-sync') {
@@ -105,6 +107,20 @@ async function trial(key, n) {
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
+// The increments in C with a process-shared pthread_mutex_t (bench/sync_floor.c),
+// when a C compiler is there: what the same contention costs with the C
+// library's own lock. Returns a function running one trial, or null.
+function cReference() {
+  const exe = path.join(os.tmpdir(), `pmp-sync-floor-${process.pid}`);
+  try {
+    execFileSync('cc', ['-O2', '-o', exe, path.join(here, 'sync_floor.c'), '-lpthread'], { stdio: 'ignore' });
+  } catch {
+    return null;
+  }
+  process.on('exit', () => fs.rmSync(exe, { force: true }));
+  return (n) => Number(execFileSync(exe, [String(n), String(WARM_MS)], { encoding: 'utf8' }).trim());
+}
+
 async function main() {
   const json = process.argv.includes('--json');
   const only = process.argv.find((a) => a.startsWith('--only='))?.slice('--only='.length);
@@ -112,9 +128,13 @@ async function main() {
     if (only && !s.key.includes(only)) continue;
     const ours = [];
     const py = [];
-    for (let t = 0; t < TRIALS; t++) {
+    const c = [];
+    const cTrial = s.key === 'increments' ? cReference() : null;
+    // Trials alternate between the sides, so a slow spell of the host falls on all alike.
+    for (let t = 0; t < (s.trials ?? TRIALS); t++) {
       ours.push(JSON.parse(execFileSync(process.execPath, [self, '--trial', s.key, String(s.n)], { encoding: 'utf8' })).value);
       py.push(JSON.parse(execFileSync('python3', [path.join(here, 'sync_py.py'), s.pyKey ?? s.key, String(s.py)], { encoding: 'utf8' })).value);
+      if (cTrial) c.push(cTrial(s.n));
     }
     const o = median(ours);
     const p = median(py);
@@ -123,6 +143,14 @@ async function main() {
       console.log(JSON.stringify({ scenario: s.scenario, unit: s.unit, ours: +o.toFixed(3), cpython: +p.toFixed(3), ratio: +ratio.toFixed(3) }));
     } else {
       console.log(`${s.scenario}\n  ours ${o.toFixed(2)} ${s.unit}   CPython ${p.toFixed(2)} ${s.unit}   ratio ours/CPython ${ratio.toFixed(3)} (${s.better} is better)`);
+    }
+    if (c.length > 0) {
+      const f = median(c);
+      if (json) {
+        console.log(JSON.stringify({ scenario: `${s.scenario}, C pthread_mutex_t reference`, unit: s.unit, ours: +o.toFixed(3), c: +f.toFixed(3), ratio: +(o / f).toFixed(3) }));
+      } else {
+        console.log(`  C pthread_mutex_t ${f.toFixed(2)} ${s.unit}: ours/C ${(o / f).toFixed(2)}, CPython/C ${(p / f).toFixed(1)} (the C lock's own ratio to CPython: ${(f / p).toFixed(3)})`);
+      }
     }
   }
 }

@@ -28,26 +28,35 @@ def sem_pair(n):
         sem.acquire(); sem.release()
     return (time.perf_counter() - t0) * 1e9 / n
 
-INC_WARM = 200_000  # as bench/sync.bench.mjs: untimed increments before the barrier
+WARM_S = 0.3  # as bench/sync.bench.mjs: both sides warm up first
 
-def inc_child(lock, value, barrier, n, out, slot):
-    for _ in range(INC_WARM):
-        with lock:
-            value.value += 1
-    barrier.wait()
-    t0 = time.perf_counter()
+def increment_many(lock, value, n):
     for _ in range(n):
         with lock:
             value.value += 1
+
+def inc_child(lock, value, barrier, n, out, slot):
+    # As bench/sync-targets.mjs: both children increment together, untimed,
+    # for WARM_S, meet, then make n timed increments.
+    barrier.wait()
+    warm_end = time.perf_counter() + WARM_S
+    warm = 0
+    while time.perf_counter() < warm_end:
+        increment_many(lock, value, 1000)
+        warm += 1000
+    out[2 + slot] = warm
+    barrier.wait()
+    t0 = time.perf_counter()
+    increment_many(lock, value, n)
     out[slot] = time.perf_counter() - t0
 
 def increments(n):
     lock = mp.Lock(); value = mp.Value('i', 0, lock=False); barrier = mp.Barrier(2)
-    out = mp.Array('d', 2, lock=False)
+    out = mp.Array('d', 4, lock=False)
     ps = [mp.Process(target=inc_child, args=(lock, value, barrier, n, out, i)) for i in range(2)]
     for p in ps: p.start()
     for p in ps: p.join()
-    assert value.value == 2 * (n + INC_WARM), value.value
+    assert value.value == 2 * n + out[2] + out[3], value.value
     return max(out[0], out[1]) * 1000
 
 def pong(ping, pong_sem, stop):
@@ -57,7 +66,6 @@ def pong(ping, pong_sem, stop):
             return
         pong_sem.release()
 
-WARM_S = 0.3  # as bench/sync.bench.mjs: both sides warm up first
 
 def handoff(n):
     ping = mp.Semaphore(0); pong_sem = mp.Semaphore(0); stop = mp.Event()
