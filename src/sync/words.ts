@@ -220,13 +220,14 @@ export function waitSync(w: Words, word: number, expected: number, ms: number): 
  *
  * With a spin policy, the wait first watches the word from the event loop, one
  * check per turn of the loop (setImmediate), for as long as the policy allows
- * (src/spin.ts: about three times the recent waits, at most 100 µs by
- * default, never on a loaded machine). The loop is not blocked: timers, I/O
- * and other callbacks run between two checks. Why: a wait handed to an addon
- * thread costs two wake-ups when it ends (the thread's, then the event
- * loop's), 20-50 µs on a VM, while a loop that does not sleep notices the
- * change a few µs after it happens. When the answer is slow the policy's
- * budget drops to zero and the wait goes to the thread at once.
+ * (src/spin.ts: the full 100 µs by default while recent waits ended within
+ * it, halving after slow ones down to a few µs; never on a loaded machine).
+ * The loop is not blocked: timers, I/O and other callbacks run between two
+ * checks. Why: a wait handed to an addon thread costs two wake-ups when it
+ * ends (the thread's, then the event loop's), 20-50 µs on a VM, while a loop
+ * that does not sleep notices the change a few µs after it happens. When the
+ * answers are slow the watch shrinks to a few µs before the wait goes to the
+ * thread.
  */
 export function waitAsync(
   w: Words,
