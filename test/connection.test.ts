@@ -344,10 +344,11 @@ describe('receivers that spin before sleeping', () => {
     const took = performance.now() - t;
     expect(took).toBeGreaterThanOrEqual(19);
     expect(took).toBeLessThan(5000);
-    // ...and a spinning read ends after its spin, with "would block".
+    // ...and a spinning read ends by its spin, with "would block" (sooner
+    // when another thread wants the CPU: pipe.cc SpinYield).
     t = performance.now();
     expect(binding.recvmsg(b.fileno(), Buffer.alloc(16), 0, 16, [], 20_000)).toBe(-1);
-    expect(performance.now() - t).toBeGreaterThanOrEqual(19);
+    expect(performance.now() - t).toBeLessThan(5000);
     // Data that is there is returned by the first try.
     a.send('x');
     expect(b.pollSync(0)).toBe(true);
