@@ -15,7 +15,7 @@ import { decodeFd, encodeFd, type FdRef, withdrawOffers } from './fd-share';
 import { closedError, EOFError, stateError } from './errors';
 import { decode, encode, encodeJsonText, JSON_TAG_BYTE, registerTransferable, type CodecContext } from './serialize';
 import { decodeFast, ENCODE_LIMIT, ENCODE_SLACK, encodeFast, NOT_FAST } from './fast-json';
-import { SpinPolicy, spinConfig } from './spin';
+import { pendingAsyncWaits, SpinPolicy, spinConfig } from './spin';
 import { invalidType, outOfRange, validateTimeout } from './validate';
 
 const READABLE = 1;
@@ -30,8 +30,6 @@ const sendScratch = Buffer.allocUnsafe(TEXT_AT + ENCODE_LIMIT + ENCODE_SLACK);
 const NO_FDS: number[] = [];
 /** How long an async receive may hold the event loop asking for a quick answer, µs (see #service). */
 const HOLD_US = 30;
-/** Connections with async receivers waiting: a receive holds the loop only when it is the only one. */
-const receiving = new Set<Connection>();
 
 /** Body tag of a send() message that carries fds: [FD_TAG, count, ...codec bytes]. */
 const FD_TAG = 0x46;
@@ -415,7 +413,7 @@ export class Connection {
     }
     return new Promise((resolve, reject) => {
       this.#waiters.push({ bytes, resolve, reject });
-      receiving.add(this);
+      pendingAsyncWaits.add(this);
       this.#service();
     });
   }
@@ -442,10 +440,9 @@ export class Connection {
       // the loop held, as the async acquire of a Lock does: the loop's own
       // spin notices input a turn of the loop late, and its callback path
       // costs a syscall and a hop more. A slow peer (budget below the limit)
-      // is never waited for this way, nor is anyone while other connections
-      // wait too (a process serving several would hold the loop on one while
-      // another's answer is ready).
-      if (budget > 0 && budget >= spinConfig.limitUs && receiving.size === 1) {
+      // is never waited for this way, nor is anyone while other async waits
+      // are pending (spin.ts pendingAsyncWaits).
+      if (budget > 0 && budget >= spinConfig.limitUs && pendingAsyncWaits.alone(this)) {
         if (this.#fill(Math.min(budget, HOLD_US)) !== -1) {
           this.#deliver();
           this.#arm();
@@ -476,7 +473,7 @@ export class Connection {
       const err = this.#readError ?? eofError();
       for (const w of this.#waiters.splice(0)) w.reject(err);
     }
-    if (this.#waiters.length === 0) receiving.delete(this);
+    if (this.#waiters.length === 0) pendingAsyncWaits.delete(this);
     if (this.#pollers.length > 0 && this.#hasBuffered()) {
       for (const p of this.#pollers.splice(0)) {
         clearTimeout(p.timer);
@@ -708,7 +705,7 @@ export class Connection {
     this.#closed = true;
     const err = closedError('Connection');
     for (const w of this.#waiters.splice(0)) w.reject(err);
-    receiving.delete(this);
+    pendingAsyncWaits.delete(this);
     for (const p of this.#pollers.splice(0)) {
       clearTimeout(p.timer);
       p.reject(err);

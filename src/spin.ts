@@ -96,3 +96,28 @@ export class SpinPolicy {
     else this.#budget = Math.max(MIN_SPIN_US, Math.min(this.#budget, limit) / 2);
   }
 }
+
+// ---- holding the event loop ----------------------------------------------
+//
+// Two async waits may hold the event loop for a few µs when their answer is
+// due within microseconds: an async recv() asks the kernel again (up to 30
+// µs, src/connection.ts) and the async acquire of a Lock, RLock or Semaphore
+// spins on its word (up to PMP_SPIN_US, src/synchronize.ts). Either does so
+// only while it is this thread's only pending async wait of the two kinds: a
+// process serving several would hold the loop on one while another's answer
+// is ready, and many awaited at once would hold it in turn. Each registers
+// here (a Connection once, whatever its number of receives) while it waits.
+const loopHolders = new Set<object>();
+
+export const pendingAsyncWaits = {
+  add(wait: object): void {
+    loopHolders.add(wait);
+  },
+  delete(wait: object): void {
+    loopHolders.delete(wait);
+  },
+  /** Whether `wait` is the only one pending, so that it may hold the loop. */
+  alone(wait: object): boolean {
+    return loopHolders.size === 1 && loopHolders.has(wait);
+  },
+};

@@ -13,7 +13,7 @@ import { locate, type TargetRef } from './locate';
 import { linkPosixSemaphore, openPosixSemaphore, posixRequested, unlinkPosixSemaphore, type SemaphoreOptions } from './posix-semaphore';
 import { withAcquired, withAcquiredSync } from './sync/with-lock';
 import { registerTransferable } from './serialize';
-import { asyncWaitSpinConfig, SpinPolicy } from './spin';
+import { asyncWaitSpinConfig, pendingAsyncWaits, SpinPolicy } from './spin';
 import {
   PID,
   TID,
@@ -429,17 +429,24 @@ async function lockAcquireAsync(w: Words, at: number, deadline: number, spin: Sp
   const i = w.base + at;
   if (spin.holdBack !== 0) await holdBackAsync(i32, i, spin, deadline);
   const start = performance.now();
-  if (deadline > start && spinLock(i32, i, spin)) return Got.Yes;
-  const t: Turn = { start, since: performance.now(), slept: false };
-  for (;;) {
-    const v = lockTurn(w, at, deadline, spin, t);
-    if (v <= DONE_BASE) return (DONE_BASE - v) as Got;
-    const r = await waitAsync(w, at, v, sliceMs(v, deadline), signal, spin.loop);
-    if (r === 'aborted') {
-      passOn(w, at);
-      throw abortError(signal!);
+  // The spin holds the event loop: only for this thread's only pending async wait.
+  const pending = {};
+  pendingAsyncWaits.add(pending);
+  try {
+    if (deadline > start && pendingAsyncWaits.alone(pending) && spinLock(i32, i, spin)) return Got.Yes;
+    const t: Turn = { start, since: performance.now(), slept: false };
+    for (;;) {
+      const v = lockTurn(w, at, deadline, spin, t);
+      if (v <= DONE_BASE) return (DONE_BASE - v) as Got;
+      const r = await waitAsync(w, at, v, sliceMs(v, deadline), signal, spin.loop);
+      if (r === 'aborted') {
+        passOn(w, at);
+        throw abortError(signal!);
+      }
+      checkResult(r, 'lock');
     }
-    checkResult(r, 'lock');
+  } finally {
+    pendingAsyncWaits.delete(pending);
   }
 }
 
@@ -725,9 +732,14 @@ export class Semaphore extends SyncObject {
     if (this.#try(w)) return true;
     const deadline = deadlineOf(timeout);
     const start = performance.now();
-    if (deadline > start && this.#spin(w)) return true;
-    Atomics.add(w.i32, w.base + 1, 1);
+    // The spin holds the event loop: only for this thread's only pending async wait.
+    const pending = {};
+    pendingAsyncWaits.add(pending);
+    let sleeper = false;
     try {
+      if (deadline > start && pendingAsyncWaits.alone(pending) && this.#spin(w)) return true;
+      Atomics.add(w.i32, w.base + 1, 1);
+      sleeper = true;
       for (let slept = false; ; slept = true) {
         if (this.#try(w)) {
           if (slept) tookAfterSleep(this.#budget, start);
@@ -742,7 +754,8 @@ export class Semaphore extends SyncObject {
         checkResult(r, 'Semaphore');
       }
     } finally {
-      Atomics.sub(w.i32, w.base + 1, 1);
+      if (sleeper) Atomics.sub(w.i32, w.base + 1, 1);
+      pendingAsyncWaits.delete(pending);
     }
   }
 

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -580,6 +581,19 @@ describe('event loop', () => {
     expect(results.every((r) => r === false)).toBe(true);
     expect(ticks).toBeGreaterThanOrEqual(7);
     lock.release();
+  });
+
+  it('an async acquire spins with the loop held only while it is the only async wait pending', () => {
+    // A 50 ms spin cap makes the hold measurable (fixtures/programs/loop-hold.mjs).
+    const script = path.join(__dirname, 'fixtures', 'programs', 'loop-hold.mjs');
+    const env = { ...process.env, PMP_SPIN_US: '50000' };
+    const ms = JSON.parse(execFileSync(process.execPath, [script], { encoding: 'utf8', env, timeout: 30_000 }));
+    // Alone, it spins (the cap, less the machine's noise)...
+    expect(ms.alone).toBeGreaterThanOrEqual(40);
+    // ...with another acquire or a recv() pending, it goes to sleep at once.
+    expect(ms.withAcquire).toBeLessThan(25);
+    expect(ms.semaphore).toBeLessThan(25);
+    expect(ms.withRecv).toBeLessThan(25);
   });
 
   it('100 concurrent async waiters do not starve fs calls', async () => {
