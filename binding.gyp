@@ -5,7 +5,13 @@
     "cflags_cc": ["-std=c++17", "-fvisibility=hidden", "-fstack-protector-strong",
                   "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter",
                   "-Wno-missing-field-initializers", "-Wno-cast-function-type"],
-    "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+    # NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS: a callback into a worker thread
+    # that is being terminated (a wait that ends as worker.terminate() runs) gets
+    # napi_pending_exception; without it node-addon-api rethrows that as a C++
+    # exception from the thread-safe function's dispatcher, and the whole
+    # process aborts ("terminate called after throwing Napi::Error").
+    "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED",
+                "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],
     "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
     "xcode_settings": {
       "GCC_ENABLE_CPP_EXCEPTIONS": "YES",

@@ -332,7 +332,16 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
     Finish(r == pid_ ? ExitCodeFromStatus(status) : LostChildCode());
-    callback_.Call({Napi::Number::New(env, exit_code_)});
+    // Called from the loop, with no JS frame below to throw into: an
+    // exception from the callback is reported as uncaught (as in pipe.cc's
+    // FdWatcher); a call refused because the environment is going away (a
+    // worker being terminated) has nothing to report, and must not escape
+    // as a C++ exception either: that aborts the process.
+    try {
+      callback_.Call({Napi::Number::New(env, exit_code_)});
+    } catch (const Napi::Error& e) {
+      if (!e.IsEmpty()) napi_fatal_exception(env, e.Value());
+    }
   }
 
   // waitpid failed with ECHILD: someone else reaped our child (a waitpid(-1)

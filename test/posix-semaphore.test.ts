@@ -9,6 +9,7 @@ import heapModule from '../dist/cjs/heap.js';
 import nativeModule from '../dist/cjs/native.js';
 import { asyncWaitSpinConfig } from '../dist/cjs/spin.js';
 import * as fx from './fixtures/posix-sem.mjs';
+import { terminateWorkersProgram } from './support/workers';
 
 const { binding } = nativeModule as { binding: any };
 const { heap } = heapModule as { heap: () => any };
@@ -458,19 +459,8 @@ int main(int argc, char **argv) {
       s.acquire().then(() => {}, () => {}); s.acquire({ timeout: 0.2 }).then(() => {}, () => {});
       require('node:worker_threads').parentPort.postMessage('waiting');
     `;
-    const main = `
-      const { Worker } = require('node:worker_threads');
-      (async () => {
-        for (let i = 0; i < 4; i++) {
-          const w = new Worker(${JSON.stringify(worker)}, { eval: true });
-          await new Promise((r) => w.once('message', r));
-          await w.terminate();
-        }
-        console.log('done');
-        // Stay alive (the terminated workers' waiter threads with us) until told.
-        process.stdin.once('data', () => process.exit(0));
-      })();
-    `;
+    // Stays alive (the terminated workers' waiter threads with it) until told.
+    const main = terminateWorkersProgram(worker, { stayAlive: true });
     try {
       const child = spawn(process.execPath, ['-e', main], { stdio: ['pipe', 'pipe', 'inherit'] });
       const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));

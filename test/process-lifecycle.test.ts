@@ -15,6 +15,7 @@ import { Process, activeChildren } from 'posix-multiprocessing';
 import { binding } from '../dist/cjs/native.js';
 import * as targets from './fixtures/targets.mjs';
 import { childPids, isRunning } from './support/proc';
+import { terminateWorkersProgram } from './support/workers';
 
 const run = promisify(execFile);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pmp-lifecycle-'));
@@ -232,6 +233,26 @@ describe('child startup', () => {
     const { stdout } = await run(process.execPath, [program('worker-thread.cjs')], { timeout: 30_000 });
     expect(JSON.parse(stdout)).toEqual({ main: 3, worker: 4, cpus: true });
   }, 40_000);
+
+  it('terminating a worker thread whose children keep exiting does not abort the process', async () => {
+    // A child's exit is reported to the worker from the loop; one that ends
+    // as the worker is terminated finds an environment that can not run JS,
+    // and the failed call used to escape as a C++ exception (SIGABRT).
+    const entry = path.resolve('dist/cjs/index.js');
+    const target = { module: path.resolve('test/fixtures/targets.mjs'), export: 'sleepFor' };
+    const worker = `
+      const { Process } = require(${JSON.stringify(entry)});
+      const next = () => {
+        const p = new Process({ target: ${JSON.stringify(target)}, args: [0] });
+        p.start();
+        p.join().then(next);
+      };
+      for (let k = 0; k < 4; k++) next();
+      setTimeout(() => require('node:worker_threads').parentPort.postMessage('waiting'), 300);
+    `;
+    const { stdout } = await run(process.execPath, ['-e', terminateWorkersProgram(worker)], { timeout: 60_000 });
+    expect(stdout).toBe('done\n');
+  }, 90_000);
 
   it('an exec that fails is a system error with a code, and leaves no child', () => {
     const before = childPids().length;

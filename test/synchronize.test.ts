@@ -19,6 +19,7 @@ import heapModule from '../dist/cjs/heap.js';
 import { asyncWaitSpinConfig } from '../dist/cjs/spin.js';
 import * as fx from './fixtures/sync.mjs';
 import * as targets from './fixtures/targets.mjs';
+import { terminateWorkersProgram } from './support/workers';
 
 const { heap } = heapModule as { heap: () => any };
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pmp-sync-'));
@@ -928,19 +929,15 @@ describe('teardown', () => {
       // heap's exit hook does not run on terminate()), which is not under test here.
       const e = new Event({ name: ${JSON.stringify(`t-${process.pid}-tde`)} }); e.wait(); e.wait({ timeout: 0.1 });
       const s = new Semaphore(0, { name: ${JSON.stringify(`t-${process.pid}-tds`)} }); s.acquire(); s.acquire({ timeout: 0.1 });
-      require('node:worker_threads').parentPort.postMessage('waiting');
+      // Waits ending every millisecond on the addon's threads: one is always on
+      // its way back to the worker as it is terminated. Its callback then fails
+      // (the environment can not run JS any more), which used to abort the
+      // whole process from the thread-safe function's dispatcher.
+      const tick = () => e.wait({ timeout: 0.001 }).then(tick, tick);
+      for (let k = 0; k < 20; k++) tick();
+      setTimeout(() => require('node:worker_threads').parentPort.postMessage('waiting'), 20);
     `;
-    const main = `
-      const { Worker } = require('node:worker_threads');
-      (async () => {
-        for (let i = 0; i < 4; i++) {
-          const w = new Worker(${JSON.stringify(worker)}, { eval: true });
-          await new Promise((r) => w.once('message', r));
-          await w.terminate();
-        }
-        console.log('done');
-      })();
-    `;
+    const main = terminateWorkersProgram(worker);
     const result = await new Promise<{ code: number | null; stdout: string }>((resolve) => {
       const child = execFile(process.execPath, ['-e', main], (err, stdout) =>
         resolve({ code: err ? ((err as any).code ?? -1) : 0, stdout }),
