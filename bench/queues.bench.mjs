@@ -8,12 +8,14 @@ import { fileURLToPath } from 'node:url';
 import { Pipe, Process, Queue, isMainProcess } from 'posix-multiprocessing';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 // Every side first runs untimed for WARM_MS (JIT tiers, caches, CPython's
 // feeder thread, the pipes' spin estimates), then the timed part follows in
 // the same run. Without it the figure measured mostly V8's warm-up: the first
 // ~250k small messages here go at 0.2-2M/s, the rest at 4-7M/s.
 const WARM_MS = 300;
 const SMALL_N = 1_500_000;
+const SMALL_TRIALS = 3;
 /** CPython and child_process move ~0.1M small msgs/s: fewer keep the run short. */
 const OTHERS_SMALL_N = 80_000;
 const BIG_N = 300;
@@ -204,10 +206,17 @@ async function main() {
   const only = process.argv.find((a) => a.startsWith('--only='))?.slice(7).split(',');
   const wanted = (name) => !only || only.includes(name);
   if (wanted('small')) {
-    const small = await oursSmall(SMALL_N);
-    const smallAsync = await oursSmallAsync(SMALL_N);
-    const pySmall = python('small', OTHERS_SMALL_N, WARM_MS);
-    const cpSmall = await cpOneWay('small', OTHERS_SMALL_N);
+    // Throughput between two processes swings from run to run (ours mostly
+    // with whether the consumer keeps catching up with the producer): each
+    // side's figure is the median of SMALL_TRIALS trials, taken in turn.
+    const trials = { small: [], smallAsync: [], py: [], cp: [] };
+    for (let t = 0; t < SMALL_TRIALS; t++) {
+      trials.small.push(await oursSmall(SMALL_N));
+      trials.smallAsync.push(await oursSmallAsync(SMALL_N));
+      trials.py.push(python('small', OTHERS_SMALL_N, WARM_MS));
+      trials.cp.push(await cpOneWay('small', OTHERS_SMALL_N));
+    }
+    const [small, smallAsync, pySmall, cpSmall] = [trials.small, trials.smallAsync, trials.py, trials.cp].map(median);
     row('queue small msgs (getSync)', 'msgs/s', small, 'cpython', pySmall, true);
     row('queue small msgs (getSync)', 'msgs/s', small, 'child_process', cpSmall, true);
     row('queue small msgs (await get)', 'msgs/s', smallAsync, 'cpython', pySmall, true);
