@@ -208,7 +208,8 @@ async function main() {
   if (wanted('small')) {
     // Throughput between two processes swings from run to run (ours mostly
     // with whether the consumer keeps catching up with the producer): each
-    // side's figure is the median of SMALL_TRIALS trials, taken in turn.
+    // side's figure is the median of SMALL_TRIALS trials, taken in turn, so
+    // a slow spell of the host falls on all sides alike.
     const trials = { small: [], smallAsync: [], py: [], cp: [] };
     for (let t = 0; t < SMALL_TRIALS; t++) {
       trials.small.push(await oursSmall(SMALL_N));
@@ -229,10 +230,15 @@ async function main() {
     row('queue 1 MiB msgs', 'MB/s', big, 'child_process', cpBig, true);
   }
   if (wanted('rtt')) {
-    const rttAsync = await oursRtt(RTT_N, false);
-    const rttSync = await oursRtt(RTT_N, true);
-    const pyRtt = python('rtt', RTT_N, WARM_MS);
-    const cpRttUs = await cpRtt(RTT_N);
+    // As the small messages: each side's median of SMALL_TRIALS trials, in turn.
+    const trials = { async: [], sync: [], py: [], cp: [] };
+    for (let t = 0; t < SMALL_TRIALS; t++) {
+      trials.async.push(await oursRtt(RTT_N, false));
+      trials.sync.push(await oursRtt(RTT_N, true));
+      trials.py.push(python('rtt', RTT_N, WARM_MS));
+      trials.cp.push(await cpRtt(RTT_N));
+    }
+    const [rttAsync, rttSync, pyRtt, cpRttUs] = [trials.async, trials.sync, trials.py, trials.cp].map(median);
     row('pipe round trip (await recv)', 'µs', rttAsync, 'cpython', pyRtt, false);
     row('pipe round trip (await recv)', 'µs', rttAsync, 'child_process', cpRttUs, false);
     row('pipe round trip (recvSync)', 'µs', rttSync, 'cpython', pyRtt, false);
