@@ -5,6 +5,7 @@
 // the ms the slower child took.
 // Usage: sync_floor <n> <warm-up ms>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -17,6 +18,7 @@ struct Shared {
   pthread_barrier_t barrier;
   _Alignas(64) volatile long counter;
   _Alignas(64) double ms[2];
+  long warm[2];
 };
 
 static double now_ms(void) {
@@ -47,13 +49,22 @@ int main(int argc, char** argv) {
   pthread_barrierattr_init(&ba);
   pthread_barrierattr_setpshared(&ba, PTHREAD_PROCESS_SHARED);
   pthread_barrier_init(&s->barrier, &ba, 2);
+  pid_t children[2] = {0, 0};
   for (int slot = 0; slot < 2; slot++) {
     pid_t pid = fork();
-    if (pid < 0) return 1;
+    if (pid < 0) {
+      // The first child would wait at the barrier for ever.
+      if (slot == 1) kill(children[0], SIGKILL);
+      return 1;
+    }
+    children[slot] = pid;
     if (pid > 0) continue;
     pthread_barrier_wait(&s->barrier);
     double warm_end = now_ms() + warm_ms;
-    while (now_ms() < warm_end) increment_many(s, 10000);
+    while (now_ms() < warm_end) {
+      increment_many(s, 10000);
+      s->warm[slot] += 10000;
+    }
     pthread_barrier_wait(&s->barrier);
     double t0 = now_ms();
     increment_many(s, n);
@@ -63,6 +74,10 @@ int main(int argc, char** argv) {
   int status;
   for (int k = 0; k < 2; k++) {
     if (wait(&status) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return 1;
+  }
+  if (s->counter != 2 * n + s->warm[0] + s->warm[1]) {
+    fprintf(stderr, "counter %ld != %ld\n", s->counter, 2 * n + s->warm[0] + s->warm[1]);
+    return 1;
   }
   printf("%.3f\n", s->ms[0] > s->ms[1] ? s->ms[0] : s->ms[1]);
   return 0;

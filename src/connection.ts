@@ -412,9 +412,20 @@ export class Connection {
       return Promise.reject(err);
     }
     return new Promise((resolve, reject) => {
-      this.#waiters.push({ bytes, resolve, reject });
+      const waiter = { bytes, resolve, reject };
+      this.#waiters.push(waiter);
       pendingAsyncWaits.add(this);
-      this.#service();
+      try {
+        this.#service();
+      } catch (err) {
+        // Arming the watch failed (an OS error): this receive ends with it,
+        // and must not stay behind as a waiter, nor keep the Connection
+        // counted as pending (which would stop every loop-holding spin).
+        const at = this.#waiters.indexOf(waiter);
+        if (at >= 0) this.#waiters.splice(at, 1);
+        if (this.#waiters.length === 0) pendingAsyncWaits.delete(this);
+        reject(err);
+      }
     });
   }
 

@@ -1,6 +1,8 @@
 // How long a waiter busy-polls before it sleeps, adapted to how its recent
 // waits went. Used by pipe receivers (src/connection.ts) and by the async
-// waits of the synchronization primitives (src/sync/words.ts).
+// waits of the synchronization primitives (src/sync/words.ts); and, at the
+// end, which async waits may hold the event loop (src/connection.ts,
+// src/synchronize.ts).
 //
 // Waking a sleeping process costs 10-20 µs on a VM, an async wait that slept
 // on an addon thread two such wake-ups, and a request/response round trip

@@ -440,12 +440,13 @@ function lockAcquireSync(w: Words, at: number, deadline: number, spin: Spin): Go
 async function lockAcquireAsync(w: Words, at: number, deadline: number, spin: Spin, signal?: AbortSignal): Promise<Got> {
   const i32 = w.i32;
   const i = w.base + at;
-  if (spin.holdBack !== 0) await holdBackAsync(i32, i, spin, deadline);
-  const start = performance.now();
-  // The spin holds the event loop: only for this thread's only pending async wait.
+  // The spin below holds the event loop: only for this thread's only pending
+  // async wait. Registered from here on, the hold-back included: it is pending.
   const pending = {};
   pendingAsyncWaits.add(pending);
   try {
+    if (spin.holdBack !== 0) await holdBackAsync(i32, i, spin, deadline);
+    const start = performance.now();
     if (deadline > start && pendingAsyncWaits.alone(pending) && spinLock(i32, i, spin)) return Got.Yes;
     const t: Turn = { start, since: performance.now(), slept: false };
     for (;;) {

@@ -348,6 +348,8 @@ describe('receivers that spin before sleeping', () => {
     // when another thread wants the CPU: pipe.cc SpinYield).
     t = performance.now();
     expect(binding.recvmsg(b.fileno(), Buffer.alloc(16), 0, 16, [], 20_000)).toBe(-1);
+    // It spun: nothing yields (or ends the spin) before 50 µs.
+    expect(performance.now() - t).toBeGreaterThanOrEqual(0.04);
     expect(performance.now() - t).toBeLessThan(5000);
     // Data that is there is returned by the first try.
     a.send('x');
