@@ -234,21 +234,33 @@ describe('child startup', () => {
     expect(JSON.parse(stdout)).toEqual({ main: 3, worker: 4, cpus: true });
   }, 40_000);
 
-  it('terminating a worker thread whose children keep exiting does not abort the process', async () => {
-    // A child's exit is reported to the worker from the loop; one that ends
-    // as the worker is terminated finds an environment that can not run JS,
-    // and the failed call used to escape as a C++ exception (SIGABRT).
+  it('terminating a worker thread with children\'s exits not yet reported does not abort the process', async () => {
+    // The worker blocks its thread until its children have exited, so their
+    // exits are still to be reported by its loop when it is terminated. That
+    // report then finds an environment that can not run JS, and the failed
+    // call used to escape as a C++ exception (SIGABRT, every run).
     const entry = path.resolve('dist/cjs/index.js');
     const target = { module: path.resolve('test/fixtures/targets.mjs'), export: 'sleepFor' };
     const worker = `
+      const fs = require('node:fs');
       const { Process } = require(${JSON.stringify(entry)});
-      const next = () => {
+      const children = [0, 1, 2].map(() => {
         const p = new Process({ target: ${JSON.stringify(target)}, args: [0] });
         p.start();
-        p.join().then(next);
+        p.join();
+        return p;
+      });
+      const exited = (pid) => {
+        try {
+          return fs.readFileSync('/proc/' + pid + '/stat', 'utf8').split(') ')[1][0] === 'Z';
+        } catch {
+          return true;
+        }
       };
-      for (let k = 0; k < 4; k++) next();
-      setTimeout(() => require('node:worker_threads').parentPort.postMessage('waiting'), 300);
+      const nap = new Int32Array(new SharedArrayBuffer(4));
+      while (!children.every((p) => exited(p.pid))) Atomics.wait(nap, 0, 0, 5);
+      require('node:worker_threads').parentPort.postMessage('waiting');
+      Atomics.wait(nap, 0, 0, 1000);
     `;
     const { stdout } = await run(process.execPath, ['-e', terminateWorkersProgram(worker)], { timeout: 60_000 });
     expect(stdout).toBe('done\n');
