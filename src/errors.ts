@@ -75,3 +75,16 @@ export function stateError(message: string, code: string): Error & { code: strin
 export function closedError(what: string): Error & { code: string } {
   return stateError(`${what} is closed`, 'ERR_MP_CLOSED');
 }
+
+/**
+ * What every async wait in the package rejects with when its AbortSignal
+ * fires: an AbortError in Node's own shape (`name: 'AbortError'`,
+ * `code: 'ABORT_ERR'`, the signal's reason as `cause`), as fs,
+ * timers/promises, events.once and child_process reject.
+ */
+export function abortError(signal: AbortSignal): Error {
+  const e = new Error('The operation was aborted', { cause: signal.reason }) as Error & { code: string };
+  e.name = 'AbortError';
+  e.code = 'ABORT_ERR';
+  return e;
+}

@@ -41,7 +41,14 @@ export class ProcessPoolExecutor {
     }
     const controller = new AbortController();
     this.#pending.add(controller);
-    return this.#pool.apply(fn, args, { signal: controller.signal }).finally(() => this.#pending.delete(controller));
+    return this.#pool
+      .apply(fn, args, { signal: controller.signal })
+      .catch((err: unknown) => {
+        // A future cancelled by shutdown() rejects with the cancellation
+        // itself (ERR_MP_CANCELLED), not the pool's AbortError around it.
+        throw controller.signal.aborted && (err as Error)?.name === 'AbortError' ? controller.signal.reason : err;
+      })
+      .finally(() => this.#pending.delete(controller));
   }
 
   /** fn applied to items drawn from the iterables in parallel, results in order. */

@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { TimeoutError, WorkerCrashedError, stateError } from './errors';
+import { TimeoutError, WorkerCrashedError, abortError, stateError } from './errors';
 import { locate } from './locate';
 import { binding } from './native';
 import { Channel, InheritedFd } from './pool-channel';
@@ -119,15 +119,6 @@ export interface ChunkOptions {
 
 function closedPoolError(): Error {
   return stateError('the pool is not running (closed or terminated)', 'ERR_MP_CLOSED');
-}
-
-function abortError(signal: AbortSignal): Error {
-  const reason = signal.reason;
-  if (reason instanceof Error) return reason;
-  const e = new Error('the task was aborted before it started') as Error & { code: string };
-  e.name = 'AbortError';
-  e.code = 'ABORT_ERR';
-  return e;
 }
 
 function iterableArg<T>(value: Iterable<T>): Iterable<T> {

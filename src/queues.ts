@@ -7,7 +7,7 @@
 // sequence word that the other side bumps, via futex where the addon has it
 // (wait-word.ts). The word is read before the attempt, so a change between the
 // attempt and the sleep makes the sleep return at once: no lost wake-ups.
-import { closedError, QueueEmptyError, QueueFullError, stateError } from './errors';
+import { abortError, closedError, QueueEmptyError, QueueFullError, stateError } from './errors';
 import { Decoded, DONE, GET_SEQ, GET_WAITERS, PUT_SEQ, PUT_WAITERS, Ring, type RingRef } from './ring';
 import { withdrawOffers } from './fd-share';
 import { type CodecContext, decode, encode, encodeJsonText, registerTransferable } from './serialize';
@@ -31,7 +31,7 @@ export interface QueueWaitOptions {
   block?: boolean;
   /** Seconds to wait at most; no limit when omitted. */
   timeout?: number;
-  /** Async forms only: abort the wait (rejects with signal.reason). */
+  /** Async forms only: abort the wait (rejects with an AbortError, the reason as its cause). */
   signal?: AbortSignal;
 }
 
@@ -322,7 +322,7 @@ abstract class QueueBase<T> {
 
   // One wait on the word, cancellable by close() and by the signal.
   protected async sleep(word: WaitWord, seq: number, leftMs: number, signal?: AbortSignal): Promise<WaitResult> {
-    signal?.throwIfAborted();
+    if (signal?.aborted) throw abortError(signal);
     const { promise, cancel } = waitAsync(word, seq, sliceOf(leftMs));
     let rejectPending: (err: unknown) => void = () => {};
     const interrupted = new Promise<never>((_, reject) => {
@@ -332,7 +332,7 @@ abstract class QueueBase<T> {
     this.#pending.add(entry);
     const onAbort = () => {
       cancel();
-      rejectPending(signal!.reason);
+      rejectPending(abortError(signal!));
     };
     signal?.addEventListener('abort', onAbort, { once: true });
     try {

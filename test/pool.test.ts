@@ -251,7 +251,7 @@ describe('Pool', () => {
       const controller = new AbortController();
       const cancelled = pool.apply(tasks.add, [1, 2], { signal: controller.signal });
       controller.abort();
-      await expect(cancelled).rejects.toMatchObject({ name: 'AbortError' });
+      await expect(cancelled).rejects.toMatchObject({ name: 'AbortError', code: 'ABORT_ERR' });
       expect(await busy).toBe('busy');
       expect(await pool.apply(tasks.add, [1, 2], { signal: new AbortController().signal })).toBe(3);
     });

@@ -140,7 +140,7 @@ describe('Queue in one process', () => {
     const ac = new AbortController();
     const aborted = q.get({ signal: ac.signal });
     setTimeout(() => ac.abort(new Error('stop')), 20);
-    await expect(aborted).rejects.toThrow('stop');
+    await expect(aborted).rejects.toMatchObject({ name: 'AbortError', code: 'ABORT_ERR', cause: { message: 'stop' } });
     const pending = q.get();
     q.close();
     q.close();

@@ -330,12 +330,7 @@ export function wake(w: Words, word: number, count: number): void {
   binding.futexWake(w.buffer, (w.base + word) * 4, count);
 }
 
-export function abortError(signal: AbortSignal): Error {
-  const e = new Error('The operation was aborted', { cause: signal.reason }) as Error & { code: string };
-  e.name = 'AbortError';
-  e.code = 'ABORT_ERR';
-  return e;
-}
+export { abortError } from '../errors';
 
 // ---- who holds a lock ----------------------------------------------------------
 
