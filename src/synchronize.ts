@@ -112,27 +112,31 @@ function tookAfterSleep(s: Spin, start: number): void {
   if (performance.now() - start <= SPIN_MS) s.ms = SPIN_MS;
 }
 
-// The spin polls with a plain atomic load and tries the CAS only when the
-// word looks free (test-and-test-and-set: a failing CAS would take the cache
-// line away from the holder for nothing), and pauses between polls for a
-// growing while, so a waiter does not keep pulling the line the holder is
-// about to write. The clock is read every 8 polls only while the pauses are
-// short (a read costs about as much as a short poll).
+// The spins poll with a plain atomic load and try the CAS only when the word
+// looks free (test-and-test-and-set: a failing CAS would take the cache line
+// away from the holder for nothing), and pause between polls, so a waiter
+// does not keep pulling the line the holder is about to write.
 //
-// How long the pauses grow decides contended throughput. Two processes taking
-// a lock in a tight loop (bench/sync: 2 x 200,000 increments) mostly find it
-// free and alternate at nearly every acquire, each moving the lock's and the
-// data's cache lines across the cores; a spinner that polls less often leaves
-// the holder longer runs. Measured (medians of seven interleaved trials):
-// pauses up to 128 rounds (~150 ns) 23 ms, 1024 (~1.2 µs) 18 ms, 4096 16 ms.
-// A Lock's spin grows to MAX_LOCK_PAUSE: a waiter then notices a release at
-// most ~1.2 µs late. A Semaphore's stays at MAX_PAUSE (~150 ns): it is the
-// primitive of handoffs, whose latency is a few µs in all.
+// A Lock's pause is long from the first poll on: LOCK_PAUSE_MS, 2.5 µs, timed
+// by the clock (a loop of n rounds lasted 2.4 µs or 10 depending on how the
+// JIT had compiled it). Two processes taking a lock in a tight loop
+// (bench/sync: 2 x 200,000 increments) swap it whenever a waiter finds it
+// free, and each change of hands moves the lock's and the data's cache lines
+// across the cores. The loser of an acquire used to poll every few ns at
+// first and back off to ~1.2 µs; those first quick polls found the holder
+// between its release and its next acquire again and again. Medians of seven
+// interleaved trials: pauses growing from ~10 ns to ~1.2 µs, 15-24 ms; 2.5 µs
+// throughout, 10.6 ms; 5 µs, 9.8 ms (glibc's pthread_mutex_t: 11-14 ms). The
+// cost is latency: a spinning waiter notices a release up to 2.5 µs late,
+// against the 10-25 µs a sleeper takes to wake.
+//
+// A Semaphore's pauses grow from MIN_PAUSE to MAX_PAUSE rounds (~10-150 ns),
+// and it reads the clock every 8 polls (a read costs about a short poll): it
+// is the primitive of handoffs, where answering within a few hundred ns
+// matters and no tight loop of acquires competes.
 const MIN_PAUSE = 8;
 const MAX_PAUSE = 128;
-const MAX_LOCK_PAUSE = 1024;
-/** Pauses from this long on are long enough to read the clock after each. */
-const CLOCK_EVERY_POLL = 256;
+const LOCK_PAUSE_MS = 0.0025;
 
 let pauseSink = 0;
 /** Burns about n dependent multiply-adds; the result is kept so the JIT cannot drop the loop. */
@@ -146,12 +150,12 @@ function pause(n: number): void {
 function spinLock(i32: Int32Array, i: number, s: Spin): boolean {
   if (SPIN_MS <= 0) return false;
   const end = performance.now() + s.ms;
-  let delay = MIN_PAUSE;
-  for (let n = 1; ; n++) {
+  for (;;) {
     if (Atomics.load(i32, i) === 0 && Atomics.compareExchange(i32, i, 0, PID) === 0) return spinDone(s, true);
-    pause(delay);
-    if (delay < MAX_LOCK_PAUSE) delay *= 2;
-    if ((delay >= CLOCK_EVERY_POLL || (n & 7) === 0) && performance.now() >= end) return spinDone(s, false);
+    const now = performance.now();
+    if (now >= end) return spinDone(s, false);
+    const until = now + LOCK_PAUSE_MS;
+    while (performance.now() < until);
   }
 }
 
@@ -693,7 +697,7 @@ export class Semaphore extends SyncObject {
 
   readonly #budget = newSpin();
 
-  // As spinLock: poll, CAS only when the value looks positive, pause between polls.
+  // As spinLock (test-and-test-and-set) with short, growing pauses: see above.
   #spin(w: Words): boolean {
     if (SPIN_MS <= 0) return false;
     const s = this.#budget;
