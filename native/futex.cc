@@ -89,8 +89,11 @@ WaitResult WaitOnce(int32_t* addr, int32_t expected, int64_t timeout_ms) {
   if (r >= 0) return WaitResult::kOk;
   // A clamped slice ran out, not the caller's timeout: the caller's loop goes on.
   if (r == -ETIMEDOUT) return clamped ? WaitResult::kOk : WaitResult::kTimedOut;
-  if (r == -EINTR || r == -EFAULT) return r == -EINTR ? WaitResult::kOk : WaitResult::kFault;
-  return WaitResult::kOk;
+  if (r == -EINTR) return WaitResult::kOk;
+  // EFAULT, EINVAL, ENOMEM...: report, do not spin. ULF_NO_ERRNO left errno
+  // untouched, and FutexWait reports errno: set it.
+  errno = -r;
+  return WaitResult::kFault;
 #else
 #error "futex.cc: no wait-on-address primitive for this platform"
 #endif

@@ -477,6 +477,7 @@ void* WatchParentThread(void* arg) {
       while (kevent(kq, nullptr, 0, &event, 1, nullptr) < 0 && errno == EINTR) {
       }
     }
+    close(kq);
   }
   // Either the parent exited or it was already gone when we registered.
   if (getppid() != w.ppid) kill(getpid(), w.signal);

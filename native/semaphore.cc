@@ -90,7 +90,7 @@ WaitResult WaitFor(sem_t* sem, int64_t ms, int* err) {
     int64_t left_us = (deadline - NowMs()) * 1000;
     if (left_us <= 0) return WaitResult::kTimedOut;
     usleep(static_cast<useconds_t>(nap_us < left_us ? nap_us : left_us));
-    if (nap_us < 10000) nap_us *= 2;
+    nap_us = nap_us * 2 < 10000 ? nap_us * 2 : 10000;
   }
 #else
   struct timespec ts;

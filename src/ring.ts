@@ -28,10 +28,12 @@
 // the queue, and the message it had not committed stays queued.
 //
 // Messages larger than half the ring travel in a shared-memory segment of their
-// own; the record holds its name, and the consumer unlinks it after reading.
+// own; the record holds its name and length, and the consumer unlinks it after
+// reading.
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 
+import { stateError } from './errors';
 import { track, untrack } from './resource-tracker';
 import { createSegment } from './segment';
 import { JSON_TAG_BYTE } from './serialize';
@@ -357,7 +359,7 @@ export class Ring {
     let spill: string | null = null;
     if (RECORD_HEADER + pad8(data.length) > this.#capacity / 2) {
       spill = writeSpill(data);
-      payload = Buffer.from(spill);
+      payload = Buffer.from(`${spill}${SPILL_SIZE_SEP}${data.length}`);
       flags = FLAG_SPILL;
     }
     let ok = false;
@@ -572,7 +574,7 @@ export class Ring {
         if (word & FLAG_SPILL) {
           const name = Buffer.allocUnsafe(len);
           this.#copyOut(name, (at + RECORD_HEADER) & this.#mask);
-          names.push(name.toString());
+          names.push(spillName(name.toString()));
         }
         pos = (pos + RECORD_HEADER + pad8(len)) >>> 0;
       }
@@ -635,10 +637,24 @@ function writeSpill(data: Uint8Array): string {
   return name;
 }
 
-function readSpill(name: string): Buffer {
+// A spilled record holds "<segment name>:<message length>". The length
+// travels with the name because the segment's own size may be larger: macOS
+// reports a shared-memory object's size rounded up to whole pages.
+const SPILL_SIZE_SEP = ':';
+
+function spillName(ref: string): string {
+  const sep = ref.lastIndexOf(SPILL_SIZE_SEP);
+  return sep < 0 ? ref : ref.slice(0, sep);
+}
+
+function readSpill(ref: string): Buffer {
+  const name = spillName(ref);
+  const size = Number(ref.slice(name.length + 1));
   const fd = binding.shmOpen(name, false, false, 0o600);
   try {
-    const size = binding.fstatSize(fd);
+    if (!Number.isSafeInteger(size) || size < 0 || size > binding.fstatSize(fd)) {
+      throw stateError(`a spilled queue message (${name}) is shorter than its record says`, 'ERR_MP_QUEUE_CORRUPT');
+    }
     const out = Buffer.allocUnsafe(size);
     if (size > 0) {
       const mapping = new binding.Mapping(fd, size);
