@@ -1,7 +1,7 @@
 // Pool: worker processes that run functions by reference. Each worker has a
 // private channel and the pool knows exactly which jobs each worker holds, so a
-// worker that dies fails exactly those jobs (WorkerCrashedError) and is
-// replaced — CPython's Pool, whose workers share one task queue, cannot tell
+// worker that dies fails exactly the job it was running (WorkerCrashedError),
+// hands the ones queued behind it back, and is replaced — CPython's Pool, whose workers share one task queue, cannot tell
 // and hangs (python/cpython#96062).
 //
 // Scheduling: a job (one task, or a chunk of a map) goes to an idle worker.
@@ -66,6 +66,17 @@ class JobQueue {
       this.#head = 0;
     }
     return job;
+  }
+
+  /** Puts jobs back at the front, in their order (they were shifted off earlier). */
+  unshift(jobs: Job[]): void {
+    if (jobs.length <= this.#head) {
+      this.#head -= jobs.length;
+      for (let k = 0; k < jobs.length; k++) this.#items[this.#head + k] = jobs[k];
+    } else {
+      this.#items = [...jobs, ...this.#items.slice(this.#head)];
+      this.#head = 0;
+    }
   }
 
   remove(job: Job): boolean {
@@ -318,20 +329,25 @@ export class Pool {
     const pid = worker.process.pid;
     worker.process.close();
     if (worker.inflight.size > 0) {
+      // A worker runs its jobs one at a time, in the order it was sent them,
+      // and every result it sent has arrived: the first job it still holds is
+      // the one it died running. The jobs queued behind it never started;
+      // they go back to the front of the queue, for the other workers.
+      const [running, ...unstarted] = worker.inflight.values();
+      worker.inflight.clear();
       const code = worker.exitCode;
       const signal = signalName(code);
-      for (const job of worker.inflight.values()) {
-        this.#settle(
-          job,
-          false,
-          new WorkerCrashedError(
-            `worker process ${pid} ended (${signal ?? `exit code ${code}`}) while running this task`,
-            signal ? null : code,
-            signal,
-          ),
-        );
-      }
-      worker.inflight.clear();
+      this.#settle(
+        running,
+        false,
+        new WorkerCrashedError(
+          `worker process ${pid} ended (${signal ?? `exit code ${code}`}) while running this task`,
+          signal ? null : code,
+          signal,
+        ),
+      );
+      // (terminate() and a broken pool settle every held job themselves.)
+      this.#queue.unshift(unstarted);
     }
     if (this.#state !== 'terminated' && !this.#broken && (this.#state === 'running' || this.#queue.length > 0)) {
       this.#spawn();

@@ -176,6 +176,22 @@ describe('Pool', () => {
     });
   });
 
+  it('tasks queued behind a crashing task at its worker never ran: they run on the replacement', async () => {
+    await withPool({ processes: 1 }, async (pool) => {
+      // Once square is known to be fast, the pool queues it at the busy worker,
+      // behind the task that kills it.
+      expect(await pool.map(tasks.square, [1, 2, 3])).toEqual([1, 4, 9]);
+      const crashed = pool.apply(tasks.crash, []).catch((e) => e);
+      const queued = [4, 5, 6].map((x) => pool.apply(tasks.square, [x]));
+      expect(await crashed).toBeInstanceOf(WorkerCrashedError);
+      expect(await Promise.all(queued)).toEqual([16, 25, 36]);
+      // A map whose first chunk crashes fails; the next map is not hit by it.
+      const err = await pool.map(tasks.crash, [1, 2, 3, 4], { chunksize: 1 }).catch((e) => e);
+      expect(err).toBeInstanceOf(WorkerCrashedError);
+      expect(await pool.map(tasks.square, [2, 3])).toEqual([4, 9]);
+    });
+  });
+
   it('a lone worker recycled by maxTasksPerChild keeps the program alive until the work is done', () => {
     const script = path.join(__dirname, 'fixtures', 'programs', 'pool-recycle.mjs');
     const out = execFileSync(process.execPath, [script], { encoding: 'utf8', timeout: 60_000 });
