@@ -12,6 +12,7 @@
 
 import { binding, type FdWatcher } from './native';
 import { decodeFd, encodeFd, type FdRef, withdrawOffers } from './fd-share';
+import { type LongTimeout, setLongTimeout } from './long-timeout';
 import { closedError, EOFError, stateError } from './errors';
 import { decode, encode, encodeJsonText, JSON_TAG_BYTE, registerTransferable, type CodecContext } from './serialize';
 import { decodeFast, ENCODE_LIMIT, ENCODE_SLACK, encodeFast, NOT_FAST } from './fast-json';
@@ -46,7 +47,7 @@ interface Waiter {
 interface Poller {
   resolve(ready: boolean): void;
   reject(err: unknown): void;
-  timer?: NodeJS.Timeout;
+  timer?: LongTimeout;
 }
 
 interface Chunk {
@@ -375,11 +376,11 @@ export class Connection {
     return new Promise((resolve, reject) => {
       const poller: Poller = { resolve, reject };
       if (seconds !== undefined) {
-        poller.timer = setTimeout(() => {
+        poller.timer = setLongTimeout(() => {
           this.#pollers.splice(this.#pollers.indexOf(poller), 1);
           this.#arm();
           resolve(false);
-        }, Math.min(seconds * 1000, 2 ** 31 - 1));
+        }, seconds * 1000);
       }
       this.#pollers.push(poller);
       this.#arm();
@@ -487,7 +488,7 @@ export class Connection {
     if (this.#waiters.length === 0) pendingAsyncWaits.delete(this);
     if (this.#pollers.length > 0 && this.#hasBuffered()) {
       for (const p of this.#pollers.splice(0)) {
-        clearTimeout(p.timer);
+        p.timer?.clear();
         p.resolve(true);
       }
     }
@@ -718,7 +719,7 @@ export class Connection {
     for (const w of this.#waiters.splice(0)) w.reject(err);
     pendingAsyncWaits.delete(this);
     for (const p of this.#pollers.splice(0)) {
-      clearTimeout(p.timer);
+      p.timer?.clear();
       p.reject(err);
     }
     if (this.#out.length > 0) {

@@ -14,6 +14,7 @@ import * as path from 'node:path';
 
 import { TimeoutError, WorkerCrashedError, abortError, stateError } from './errors';
 import { locate } from './locate';
+import { type LongTimeout, setLongTimeout } from './long-timeout';
 import { binding } from './native';
 import { Channel, InheritedFd } from './pool-channel';
 import type { FromWorker, FunctionRef, ToWorker, WorkerInit } from './pool-worker';
@@ -176,11 +177,11 @@ export class AsyncResult<R> {
       return Promise.reject(err);
     }
     if (timeout === undefined) return this.#promise;
-    let timer: NodeJS.Timeout | undefined;
+    let timer: LongTimeout | undefined;
     const expired = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new TimeoutError(`the result was not ready within ${timeout} s`)), timeout * 1000);
+      timer = setLongTimeout(() => reject(new TimeoutError(`the result was not ready within ${timeout} s`)), timeout * 1000);
     });
-    return Promise.race([this.#promise, expired]).finally(() => clearTimeout(timer));
+    return Promise.race([this.#promise, expired]).finally(() => timer!.clear());
   }
 
   /** Waits until the result is ready or `timeout` seconds pass; resolves ready(). */

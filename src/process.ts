@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { context, installExitHook, nextIdentity, type ChildRecord, type ProcessInfo } from './context';
 import { closedError, stateError } from './errors';
 import { locate, resolveModuleTarget, type TargetRef } from './locate';
+import { type LongTimeout, setLongTimeout } from './long-timeout';
 import { binding, type ExitWatcher } from './native';
 import { shareWithChild } from './resource-tracker';
 import { encode } from './serialize';
@@ -307,12 +308,12 @@ export class Process implements ChildRecord {
     if (seconds === 0) return null;
     // A pending join keeps the event loop alive, even for a daemon child.
     if (this.#joiners++ === 0) this.#watcher!.ref();
-    let timer: NodeJS.Timeout | undefined;
+    let timer: LongTimeout | undefined;
     try {
-      const timedOut = seconds === undefined ? null : new Promise<null>((r) => (timer = setTimeout(r, seconds * 1000, null)));
+      const timedOut = seconds === undefined ? null : new Promise<null>((r) => (timer = setLongTimeout(() => r(null), seconds * 1000)));
       return timedOut ? await Promise.race([this.#sentinel!, timedOut]) : await this.#sentinel!;
     } finally {
-      clearTimeout(timer);
+      timer?.clear();
       if (--this.#joiners === 0 && this.#daemon && this.#exitCode === null) this.#watcher!.unref();
     }
   }

@@ -52,6 +52,11 @@ describe('Pipe / Connection in one process', () => {
     expect(await later).toBe(true);
     expect(b.pollSync()).toBe(true);
     expect(await b.recv()).toBe('x');
+    // Longer than setTimeout can take (2^31 ms): no early false.
+    const long = b.poll(3e6);
+    setTimeout(() => a.send('y'), 50);
+    expect(await long).toBe(true);
+    expect(await b.recv()).toBe('y');
     a.close();
     b.close();
   });

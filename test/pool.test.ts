@@ -131,7 +131,9 @@ describe('Pool', () => {
       await expect(slow.get({ timeout: 0.2 })).rejects.toBeInstanceOf(TimeoutError);
       expect(performance.now() - started).toBeLessThan(900);
       expect(await slow.wait({ timeout: 0.05 })).toBe(false);
-      expect(await slow.get()).toBe('late');
+      // Longer than setTimeout can take (2^31 ms): must not expire at once.
+      expect(await slow.wait({ timeout: 3e6 })).toBe(true);
+      expect(await slow.get({ timeout: 1e9 })).toBe('late');
       expect(slow.successful()).toBe(true);
       const seen = await new Promise((resolve) => pool.applyAsync(tasks.add, [1, 2], { callback: resolve }));
       expect(seen).toBe(3);

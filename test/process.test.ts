@@ -309,6 +309,14 @@ describe('join', () => {
     expect(await p.sentinel).toBe(0);
   });
 
+  it('a timeout longer than setTimeout can take (2^31 ms, 24.8 days) does not expire at once', async () => {
+    const p = new Process({ target: targets.sleepFor, args: [0.3] });
+    p.start();
+    // Node's setTimeout fires such a delay after 1 ms: join would return null.
+    expect(await p.join(3e6)).toBe(0);
+    expect(await p.join(1e9)).toBe(0);
+  });
+
   it('several joiners all see the exit code', async () => {
     const p = new Process({ target: targets.exitWith, args: [5] });
     p.start();
