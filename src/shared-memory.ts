@@ -118,7 +118,6 @@ export class SharedMemory {
   // Registered with the tracker under its own name (a name of the family
   // needs no messages at all: the tracker finds it by prefix).
   #tracked: boolean;
-  #unlinked = false;
 
   constructor(options?: SharedMemoryOptions) {
     const opts = validateObject(options, 'options') as SharedMemoryOptions;
@@ -229,16 +228,20 @@ export class SharedMemory {
 
   /**
    * Removes the name (processes that mapped it keep their mappings). Allowed
-   * after close(); idempotent, and a name already removed by a peer is no error.
+   * after close(). A name already gone (unlinked before, here or by a peer)
+   * throws ENOENT, as Python's unlink() and fs.unlinkSync() do.
    */
   unlink(): void {
-    if (this.#unlinked) return;
     try {
       binding.shmUnlink(this.#name);
     } catch (err) {
-      if ((err as { code?: string }).code !== 'ENOENT') throw err;
+      if ((err as { code?: string }).code === 'ENOENT') this.#untrack();
+      throw err;
     }
-    this.#unlinked = true;
+    this.#untrack();
+  }
+
+  #untrack(): void {
     if (this.#tracked) {
       untrack(this.#name, 'shm');
       this.#tracked = false;

@@ -65,7 +65,12 @@ function coerce(t: CType, value: unknown, argName: string): number | bigint {
     if (typeof value === 'number' && Number.isSafeInteger(value)) return BigInt(value);
     throw invalidType(argName, `a bigint (or a safe integer) for type '${t.code}'`, value);
   }
-  if (typeof value === 'number') return value;
+  if (typeof value === 'number') {
+    // Like ctypes: a fraction is refused, not truncated; an integer out of
+    // the type's range wraps, as c_int(2**40) does.
+    if (Number.isInteger(value) || t.Array === Float32Array || t.Array === Float64Array) return value;
+    throw invalidType(argName, `an integer for type '${t.code}'`, value);
+  }
   if (typeof value === 'boolean') return value ? 1 : 0;
   throw invalidType(argName, `a number for type '${t.code}'`, value);
 }
@@ -211,6 +216,7 @@ export class Value<T extends number | bigint = number> extends SharedScalar<T> {
 
   /** The lock guarding this value: an RLock unless another lock was given. */
   getLock(): LockLike {
+    if (this.closed) throw closedError(`Value('${this.typecode}')`);
     if (this.#lock === false) {
       throw stateError('this Value was created with { lock: false } and has no lock', 'ERR_MP_NO_LOCK');
     }
@@ -351,6 +357,7 @@ export class SharedArray<A extends AnyTypedArray = AnyTypedArray> extends Shared
   }
 
   getLock(): LockLike {
+    if (this.closed) throw closedError(`SharedArray('${this.typecode}')`);
     if (this.#lock === false) {
       throw stateError('this SharedArray was created with { lock: false } and has no lock', 'ERR_MP_NO_LOCK');
     }

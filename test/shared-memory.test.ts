@@ -138,8 +138,9 @@ describe('SharedMemory: create, attach, close, unlink', () => {
     expect(shm.size).toBe(4096);
     expect(exists(shm.name)).toBe(true);
     shm.unlink();
-    shm.unlink();
     expect(exists(shm.name)).toBe(false);
+    // Twice: the name is gone, as Python's FileNotFoundError says.
+    expect(() => shm.unlink()).toThrow(expect.objectContaining({ code: 'ENOENT', syscall: 'shm_unlink' }));
   });
 
   it('[Symbol.dispose] closes', () => {

@@ -56,6 +56,13 @@ describe('Value and Array types', () => {
     expect(() => new RawValue('q', 1.5)).toThrow(TypeError);
     const v = new RawValue('i', 0);
     expect(() => ((v as any).value = 'x')).toThrow(TypeError);
+    // A fraction in an integer type is refused, as ctypes' c_int(1.5) is; floats take it.
+    expect(() => new RawValue('i', 1.5)).toThrow(/an integer for type 'i'/);
+    expect(() => (v.value = 2.5)).toThrow(TypeError);
+    expect(() => (v.value = NaN)).toThrow(TypeError);
+    expect(() => new RawArray('B', [1, 0.5])).toThrow(/sizeOrValues\[1\]/);
+    expect(new RawValue('d', 1.5).value).toBe(1.5);
+    expect(new RawValue('b', 300).value).toBe(44); // out of range wraps, as in ctypes
     const q = new RawValue<bigint>('q', 0n);
     q.value = 5 as any; // a safe integer is accepted for 64-bit types
     expect(q.value).toBe(5n);
@@ -96,6 +103,13 @@ describe('Value and Array types', () => {
     expect(view[0]).toBeUndefined();
     expect(() => a.array).toThrow(expect.objectContaining({ code: 'ERR_MP_CLOSED' }));
     expect(a.length).toBe(3);
+    // The locked kinds' getLock() too.
+    const lv = new Value('i', 1);
+    lv.close();
+    expect(() => lv.getLock()).toThrow(expect.objectContaining({ code: 'ERR_MP_CLOSED' }));
+    const la = new SharedArray('i', 2);
+    la.close();
+    expect(() => la.getLock()).toThrow(expect.objectContaining({ code: 'ERR_MP_CLOSED' }));
   });
 
   it('many small Values share one mapping (the shared heap)', () => {
