@@ -14,11 +14,13 @@
 //       few parked waits would starve); callback(result, error?) runs on the JS
 //       thread, result 'ok' | 'timed-out' | 'cancelled' | 'fault'.
 //   semValueMax                  SEM_VALUE_MAX
+//   semWaitsPoll                 whether finite waits poll (macOS; PMP_SEM_POLL_WAIT=1)
 //
 // Linux waits with sem_timedwait (CLOCK_REALTIME, as POSIX defines it: a wall
 // clock step shortens or stretches a wait). macOS has no sem_timedwait: a
 // finite wait there is a sem_trywait loop with sleeps of at most 10 ms, so the
-// timeout is honoured within a few milliseconds.
+// timeout is honoured within a few milliseconds (PollFor; Linux runs it too
+// when PMP_SEM_POLL_WAIT=1, for the tests).
 #include <fcntl.h>
 #include <napi.h>
 #include <semaphore.h>
@@ -31,6 +33,7 @@
 #include <chrono>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <unordered_set>
@@ -69,16 +72,10 @@ int64_t NowMs() {
       .count();
 }
 
-// One wait of at most ms (ms < 0: no limit). Signals never end it early: the
-// EINTR loop goes on with the same deadline. On kFault, *err holds errno.
-WaitResult WaitFor(sem_t* sem, int64_t ms, int* err) {
-  if (ms < 0) {
-    if (RetryEintr([&] { return sem_wait(sem); }) == 0) return WaitResult::kOk;
-    *err = errno;
-    return WaitResult::kFault;
-  }
-#if defined(__APPLE__)
-  // No sem_timedwait: poll with sleeps growing to 10 ms, never past the deadline.
+// A finite wait without sem_timedwait, which macOS lacks: sem_trywait with
+// naps growing to 10 ms, never past the deadline, so a timeout is honoured
+// within a nap and a post is seen at most 10 ms late.
+WaitResult PollFor(sem_t* sem, int64_t ms, int* err) {
   const int64_t deadline = NowMs() + ms;
   int64_t nap_us = 200;
   for (;;) {
@@ -92,6 +89,34 @@ WaitResult WaitFor(sem_t* sem, int64_t ms, int* err) {
     usleep(static_cast<useconds_t>(nap_us < left_us ? nap_us : left_us));
     nap_us = nap_us * 2 < 10000 ? nap_us * 2 : 10000;
   }
+}
+
+// Whether finite waits poll (PollFor): always on macOS. Elsewhere only when
+// PMP_SEM_POLL_WAIT=1 was set when the addon loaded, so the tests can run the
+// macOS wait on Linux.
+bool WaitsPoll() {
+#if defined(__APPLE__)
+  return true;
+#else
+  static const bool forced = [] {
+    const char* v = getenv("PMP_SEM_POLL_WAIT");
+    return v != nullptr && v[0] == '1' && v[1] == '\0';
+  }();
+  return forced;
+#endif
+}
+
+// One wait of at most ms (ms < 0: no limit). Signals never end it early: the
+// EINTR loop goes on with the same deadline. On kFault, *err holds errno.
+WaitResult WaitFor(sem_t* sem, int64_t ms, int* err) {
+  if (ms < 0) {
+    if (RetryEintr([&] { return sem_wait(sem); }) == 0) return WaitResult::kOk;
+    *err = errno;
+    return WaitResult::kFault;
+  }
+  if (WaitsPoll()) return PollFor(sem, ms, err);
+#if defined(__APPLE__)
+  return WaitResult::kFault;  // not reached: macOS always polls
 #else
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -385,6 +410,7 @@ void InitSemaphore(Napi::Env env, Napi::Object exports, AddonData* data) {
   exports.Set("semUnlink", Napi::Function::New<SemUnlink>(env, "semUnlink"));
   exports.Set("semWaitAsync", Napi::Function::New<SemWaitAsync>(env, "semWaitAsync"));
   exports.Set("semValueMax", Napi::Number::New(env, SEM_VALUE_MAX));
+  exports.Set("semWaitsPoll", Napi::Boolean::New(env, WaitsPoll()));
 }
 
 }  // namespace pmp

@@ -112,6 +112,8 @@ export interface Binding {
   ): SemWaitHandle;
   /** SEM_VALUE_MAX. */
   readonly semValueMax: number;
+  /** Whether finite waits poll with sem_trywait (macOS, which has no sem_timedwait; PMP_SEM_POLL_WAIT=1 elsewhere). */
+  readonly semWaitsPoll: boolean;
   /** Keeps a duplicate of fd for one receiver: [address, key] (fdshare.cc). */
   fdShareOffer(fd: number): [string, number];
   /** Closes an offer nobody claimed; false if it was claimed already. */

@@ -488,6 +488,26 @@ int main(int argc, char **argv) {
     }
   }, 40_000);
 
+  it('the macOS wait (sem_trywait with naps, no sem_timedwait) keeps timeouts, run here with PMP_SEM_POLL_WAIT=1', () => {
+    const script = path.join(__dirname, 'fixtures', 'programs', 'sem-poll-wait.mjs');
+    const env = { ...process.env, PMP_SEM_POLL_WAIT: '1' };
+    const out = JSON.parse(execFileSync(process.execPath, [script], { encoding: 'utf8', env, timeout: 30_000 }));
+    expect(out.polls).toBe(true);
+    expect(binding.semWaitsPoll).toBe(false); // this process: sem_timedwait
+    // A finite timeout ends the wait after about that long, never much later.
+    for (const r of [out.syncTimeout, out.asyncTimeout]) {
+      expect(r.got).toBe(false);
+      expect(r.ms).toBeGreaterThanOrEqual(280);
+      expect(r.ms).toBeLessThan(1500);
+    }
+    // A release seen at the next look (naps are at most 10 ms), not at the timeout.
+    for (const r of [out.syncReleased, out.asyncReleased]) {
+      expect(r.got).toBe(true);
+      expect(r.ms).toBeGreaterThanOrEqual(150);
+      expect(r.ms).toBeLessThan(3000);
+    }
+  }, 40_000);
+
   describe('async acquires that first try from the event loop', () => {
     // A watch long enough that everything below happens during it, on any load.
     const saved = { ...asyncWaitSpinConfig };
