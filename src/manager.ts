@@ -687,13 +687,16 @@ export class Manager {
   async #stop(): Promise<void> {
     const proc = this.#process;
     if (proc && proc.exitCode === null && !this.#link.closed) {
+      let timer: NodeJS.Timeout | undefined;
       try {
         await Promise.race([
           this.#link.request(Op.Shutdown, []),
-          new Promise((r) => setTimeout(r, SHUTDOWN_GRACE_S * 1000)),
+          new Promise((r) => (timer = setTimeout(r, SHUTDOWN_GRACE_S * 1000))),
         ]);
       } catch {
         // the server is gone already: joined below
+      } finally {
+        clearTimeout(timer);
       }
     }
     this.#link.close();
