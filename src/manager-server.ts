@@ -138,9 +138,6 @@ class SharedDict extends Shared {
         return m.size;
       case 'toObject':
         return Object.fromEntries([...m].map(([k, v]) => [String(k), v]));
-      case 'update':
-        for (const [k, v] of args[0] as [unknown, unknown][]) m.set(checkKey(k), v);
-        return undefined;
       default:
         throw unknownMethod('dict', method);
     }

@@ -79,6 +79,8 @@ class Link {
   #nextId = 1;
   #failure: Error | null = null;
   #open = false;
+  /** Requests made before the handshake ended, sent in order once it has. */
+  #backlog: Buffer[][] = [];
   /** Settles when the handshake is done; rejects with why it could not be. */
   readonly ready: Promise<void>;
 
@@ -104,6 +106,8 @@ class Link {
         if ('host' in address) socket.setNoDelay(true);
         clientHandshake(socket, reader, authkey, this.#where).then(() => {
           this.#open = true;
+          for (const frame of this.#backlog) writeFrame(socket, ...frame);
+          this.#backlog = [];
           reader.start((frame) => this.#onFrame(frame));
           if (this.#pending.size === 0) socket.unref();
           resolve();
@@ -160,13 +164,6 @@ class Link {
     if (this.#failure) throw this.#failure;
     if (signal?.aborted) throw abortError(signal);
     const bytes = encode(body, codecContext());
-    if (!this.#open) {
-      // Keep the loop alive while the first request waits for the handshake.
-      this.#socket.ref();
-      await this.ready;
-      if (this.#failure) throw this.#failure;
-      if (signal?.aborted) throw abortError(signal);
-    }
     const id = this.#nextId;
     this.#nextId = (this.#nextId % 0xffffffff) + 1;
     return new Promise((resolve, reject) => {
@@ -186,7 +183,8 @@ class Link {
 
   #send(id: number, op: Op, bytes: Buffer): void {
     if (this.#failure || this.#socket.destroyed) return;
-    writeFrame(this.#socket, frameHead(id, op), bytes);
+    if (this.#open) writeFrame(this.#socket, frameHead(id, op), bytes);
+    else this.#backlog.push([frameHead(id, op), bytes]);
   }
 
   /** Ends the connection; pending and later requests fail with ERR_MP_CLOSED. */

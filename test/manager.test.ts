@@ -111,6 +111,7 @@ describe('proxies', () => {
     expect(await ns.get('when')).toEqual(new Date(5));
     expect(await ns.get('nested')).toEqual({ a: [1, 2n] });
     expect(await ns.get('unset')).toBeUndefined();
+    expect(await ns.toObject()).toEqual({ x: 1, when: new Date(5), nested: { a: [1, 2n] } });
     await expect(ns.get(1 as any)).rejects.toThrow(TypeError);
 
     const i = await m.Value('i', 3);
@@ -230,6 +231,12 @@ describe('proxies shared by processes', () => {
     }
     expect(await dict.get('n')).toBe(100);
   }, 30_000);
+
+  it('calls a process makes at once are handled in the order it made them', async () => {
+    const list = await m.list<number>();
+    expect(await startAll([new Process({ target: fx.appendBurst, args: [list, 50] })])).toEqual([0]);
+    expect(await list.toArray()).toEqual(Array.from({ length: 50 }, (_, i) => i));
+  });
 
   it('a proxy put on a Queue, sent over a Pipe, and passed to a Pool task arrives working', async () => {
     const dict = await m.dict();
