@@ -213,6 +213,26 @@ describe('proxies', () => {
     await lock.release();
     expect(lock.ownerDied).toBe(false);
   });
+
+  it("a killed client's parked get and acquire are dropped: they take nothing", async () => {
+    const ready = await m.Queue();
+    const q = await m.Queue();
+    const lock = await m.Lock();
+    await lock.acquire();
+    const p = new Process({ target: fx.parkAndWait, args: [ready, q, lock] });
+    p.start();
+    expect(await ready.get({ timeout: 20 })).toBe('parked');
+    p.kill();
+    expect(await p.join(10)).toBe(-9);
+    await sleep(100); // the server sees the connection close
+    await q.put('item');
+    expect(await q.getNowait()).toBe('item');
+    await lock.release();
+    expect(await lock.locked()).toBe(false);
+    expect(await lock.acquire({ blocking: false })).toBe(true);
+    expect(lock.ownerDied).toBe(false);
+    await lock.release();
+  }, 30_000);
 });
 
 describe('proxies shared by processes', () => {
