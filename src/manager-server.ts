@@ -435,7 +435,7 @@ export class ManagerCore {
   }
 
   reply(client: Client, id: number, status: Status, value: unknown): void {
-    if (client.gone || client.socket.destroyed) return;
+    if (client.gone || client.socket.destroyed || client.socket.writableEnded) return;
     let body: Buffer;
     try {
       body = encode(value, codecContext());

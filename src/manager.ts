@@ -91,8 +91,16 @@ class Link {
     this.#socket = socket;
     const reader = new FrameReader(socket);
     socket.on('error', (err) => {
-      reader.fail(err);
-      this.#fail(err);
+      // Failing to connect is the OS's error (ECONNREFUSED, ENOENT); losing
+      // an open connection is the manager going away, as for an orderly close.
+      let failure: Error = err;
+      if (this.#open) {
+        failure = closedError(`the manager at ${this.#where}`);
+        failure.message += ` (the connection was lost: ${err.message})`;
+        failure.cause = err;
+      }
+      reader.fail(failure);
+      this.#fail(failure);
     });
     socket.on('end', () => socket.destroy());
     socket.on('close', () => {
@@ -523,6 +531,7 @@ export class Manager {
   /** The server process (Manager.start()); null for a connection (Manager.connect()). */
   readonly #process: Process | null;
   readonly #dir: string | null;
+  readonly #pid: number | undefined;
   #stopping: Promise<void> | null = null;
 
   private constructor(address: ManagerAddress, authkey: Buffer, link: Link, proc: Process | null, dir: string | null) {
@@ -530,6 +539,7 @@ export class Manager {
     this.#authkey = authkey;
     this.#link = link;
     this.#process = proc;
+    this.#pid = proc?.pid;
     this.#dir = dir;
   }
 
@@ -624,7 +634,7 @@ export class Manager {
 
   /** The server process's pid (Manager.start() only). */
   get pid(): number | undefined {
-    return this.#process?.pid;
+    return this.#pid;
   }
 
   async #create<P extends BaseProxy>(kind: ObjectKind, args: unknown[]): Promise<P> {
