@@ -25,7 +25,7 @@ import {
   type ManagerAddress,
   type ObjectKind,
 } from './manager-protocol';
-import type { ManagerCore } from './manager-server';
+import { serveTcp, type ManagerCore } from './manager-server';
 import { distDir } from './paths';
 import { Process } from './process';
 import type { QueueWaitOptions } from './queues';
@@ -606,8 +606,6 @@ export class Manager {
     const host = validateHost(o.host);
     const port = o.port === undefined ? 0 : validateInteger(o.port, 'options.port', 0, 65535);
     const authkey = validateAuthkey(o.authkey);
-    // Loaded on demand: only a serving process needs the server's code.
-    const { serveTcp } = require('./manager-server') as typeof import('./manager-server');
     const { core, server } = await serveTcp(host, port, authkey);
     return new ManagerServer(kCreate, core, server);
   }
