@@ -33,6 +33,8 @@ interface Client {
   gone: boolean;
 }
 
+const MAX_DELAY_MS = 0x7fffffff;
+
 /** A parked request: answered once, by whichever comes first (the object, its
  *  timeout, a cancel from the client); dropped silently if the client goes. */
 class Waiter {
@@ -51,7 +53,18 @@ class Waiter {
   ) {
     list.push(this);
     client.waits.set(reqId, this);
-    if (timeout !== undefined) this.#timer = setTimeout(() => onTimeout(this), timeout * 1000);
+    if (timeout !== undefined) this.#arm(performance.now() + timeout * 1000, onTimeout);
+  }
+
+  // setTimeout fires at once for delays above 2^31-1 ms (about 24.8 days):
+  // a longer timeout is waited in steps.
+  #arm(deadline: number, onTimeout: (w: Waiter) => void): void {
+    const left = deadline - performance.now();
+    if (left <= 0) {
+      onTimeout(this);
+      return;
+    }
+    this.#timer = setTimeout(() => this.#arm(deadline, onTimeout), Math.min(Math.ceil(left), MAX_DELAY_MS));
   }
 
   settle(status: Status, value: unknown): void {

@@ -152,8 +152,9 @@ describe('proxies', () => {
     expect(seconds(t)).toBeGreaterThan(0.45);
     expect(seconds(t)).toBeLessThan(3);
 
-    // A get parked on the server is served by a later put.
-    const waiting = q.get({ timeout: 10 });
+    // A get parked on the server is served by a later put; a timeout longer
+    // than setTimeout's limit (24.8 days) is a long wait, not an instant one.
+    const waiting = q.get({ timeout: 30 * 86_400 });
     await sleep(50);
     await q.put('late');
     expect(await waiting).toBe('late');
