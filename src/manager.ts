@@ -241,13 +241,30 @@ abstract class BaseProxy {
     this.#link = link;
   }
 
+  #closed = false;
+
   protected _call(method: string, args: unknown[], signal?: AbortSignal): Promise<unknown> {
+    if (this.#closed) return Promise.reject(closedError(`${this.constructor.name} ${this.#ref.id}`));
     const link = this.#link ?? linkFor(this.#ref.address, this.#ref.authkey);
     return link.request(Op.Call, [this.#ref.id, method, args], signal);
   }
 
+  /**
+   * Ends this handle only (like Queue.close()): its later calls reject with
+   * ERR_MP_CLOSED; the object on the server and other proxies to it are
+   * untouched. Twice is a no-op.
+   */
+  async close(): Promise<void> {
+    this.#closed = true;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
   /** @internal */
   static [kEncode](proxy: BaseProxy): unknown {
+    if (proxy.#closed) throw closedError(`${proxy.constructor.name} ${proxy.#ref.id}`);
     const r = proxy.#ref;
     return { a: r.address, k: r.authkey.toString('base64'), i: r.id, t: r.kind };
   }

@@ -166,6 +166,16 @@ describe('proxies', () => {
     expect(await q.get()).toBe(1);
     await parked;
     expect([await q.get(), await q.get()]).toEqual([2, 3]);
+
+    // close() ends this handle only.
+    const holder = await m.dict<string, typeof q>();
+    await holder.set('q', q);
+    const again = (await holder.get('q'))!;
+    await q.close();
+    await q.close();
+    await expect(q.qsize()).rejects.toMatchObject({ code: 'ERR_MP_CLOSED' });
+    await again.put('still served');
+    expect(await again.get()).toBe('still served');
   });
 
   it('Queue: an aborted get rejects with AbortError and loses no item', async () => {
