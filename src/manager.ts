@@ -541,6 +541,8 @@ function validateEntries(initial: unknown): [unknown, unknown][] {
   return entries;
 }
 
+type BigIntType = 'l' | 'L' | 'q' | 'Q' | 'int64' | 'uint64';
+
 export class Manager {
   readonly #address: ManagerAddress;
   readonly #authkey: Buffer;
@@ -678,8 +680,10 @@ export class Manager {
     return this.#create('Namespace', [{ ...attrs }]);
   }
 
-  /** A value of a Python typecode or type name ('i', 'd', 'int64', ...). */
-  async Value<T extends number | bigint = number>(type: TypeCode | TypeName, initial: T | number = 0): Promise<ValueProxy<T>> {
+  /** A value of a Python typecode or type name ('i', 'd', 'int64', ...); 64-bit integer types hold bigints. */
+  Value(type: BigIntType, initial?: bigint | number): Promise<ValueProxy<bigint>>;
+  Value(type: Exclude<TypeCode | TypeName, BigIntType>, initial?: number | boolean): Promise<ValueProxy<number>>;
+  async Value(type: TypeCode | TypeName, initial: number | bigint | boolean = 0): Promise<ValueProxy<number | bigint>> {
     const t = ctypeOf(type);
     return this.#create('Value', [type, coerce(t, initial, 'initial')]);
   }
