@@ -1,7 +1,7 @@
-// Scenario 20: a writer task puts the letters of 'itcast' on a queue; a later
-// reader task gets all six. (Python uses a Manager queue; a plain Queue travels
-// to pool workers as a handle to the same shared ring.)
-import { Pool, Queue, isMainProcess } from 'posix-multiprocessing';
+// Scenario 20: a writer pool task puts the letters of 'itcast' on a Manager
+// queue; a later reader task gets all six. As in Python, the queue lives in
+// the manager's server process and the tasks receive proxies to it.
+import { Manager, Pool, isMainProcess } from 'posix-multiprocessing';
 
 export async function writer(queue, word) {
   for (const letter of word) {
@@ -18,12 +18,15 @@ export async function reader(queue, count) {
 }
 
 if (isMainProcess()) {
-  const queue = new Queue();
+  const manager = await Manager.start();
+  const queue = await manager.Queue();
   const pool = new Pool({ processes: 2 });
   await pool.apply(writer, [queue, 'itcast']);
   const got = await pool.apply(reader, [queue, 6]);
   pool.close();
   await pool.join();
-  queue.close();
-  if (got !== 'itcast') process.exitCode = 1;
+  const left = await queue.qsize();
+  await manager.shutdown();
+  if (got === 'itcast' && left === 0) console.log('OK');
+  else process.exitCode = 1;
 }

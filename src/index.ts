@@ -14,7 +14,9 @@ export type { ProcessOptions, ModuleTarget, StartMethod } from './process';
 export { Pool, AsyncResult } from './pool';
 export type { PoolOptions, TaskOptions, ApplyAsyncOptions, ChunkOptions } from './pool';
 export { ProcessPoolExecutor } from './executor';
-export { Manager } from './manager';
+export { Manager, ManagerServer } from './manager';
+export type { DictProxy, ListProxy, NamespaceProxy, ValueProxy, QueueProxy, LockProxy, ManagerConnectOptions, ManagerServeOptions } from './manager';
+export type { ManagerAddress } from './manager-protocol';
 export type { ExecutorOptions } from './executor';
 export {
   MultiprocessingError,

@@ -19,7 +19,7 @@ type AnyTypedArray =
   | BigInt64Array | BigUint64Array | Float32Array | Float64Array;
 type TypedArrayCtor = new (buffer: ArrayBuffer, byteOffset: number, length: number) => AnyTypedArray;
 
-interface CType {
+export interface CType {
   code: TypeCode;
   name: TypeName;
   size: number;
@@ -49,7 +49,7 @@ for (const t of TYPES) {
   if (!BY_KEY.has(t.name)) BY_KEY.set(t.name, t);
 }
 
-function ctypeOf(type: unknown): CType {
+export function ctypeOf(type: unknown): CType {
   if (typeof type !== 'string') throw invalidType('type', 'a typecode string or type name', type);
   const t = BY_KEY.get(type);
   if (!t) {
@@ -59,7 +59,7 @@ function ctypeOf(type: unknown): CType {
 }
 
 /** Converts a JS value to what a typed array of this type stores; TypeError otherwise. */
-function coerce(t: CType, value: unknown, argName: string): number | bigint {
+export function coerce(t: CType, value: unknown, argName: string): number | bigint {
   if (t.bigint) {
     if (typeof value === 'bigint') return value;
     if (typeof value === 'number' && Number.isSafeInteger(value)) return BigInt(value);

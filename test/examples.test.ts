@@ -26,6 +26,8 @@ describe('examples', () => {
       'scenario-05-isolation.mjs',
       'scenario-06-terminate.mjs',
       'scenario-07-daemon.mjs',
+      'scenario-20-pool-queue.mjs',
+      'scenario-21-manager.mjs',
       'demo.mjs',
     ];
     const outputs = new Map<string, string>();

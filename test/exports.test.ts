@@ -42,8 +42,8 @@ describe('exports', () => {
     }
   });
 
-  it('Manager is not available yet and says so', async () => {
-    await expect(esm.Manager.start()).rejects.toMatchObject({ code: 'ERR_MP_UNSUPPORTED' });
-    await expect(esm.Manager.connect({})).rejects.toMatchObject({ code: 'ERR_MP_UNSUPPORTED' });
+  it('Manager validates its arguments at the boundary', async () => {
+    await expect(esm.Manager.connect({} as any)).rejects.toThrow(TypeError);
+    await expect(esm.Manager.serve({ authkey: '' })).rejects.toThrow(RangeError);
   });
 });

@@ -2,7 +2,8 @@
 // loader does) still starts children, which run the compiled build.
 import { describe, expect, it } from 'vitest';
 
-import { Lock, Pool, Process } from '../src/index';
+import { Lock, Manager, Pool, Process } from '../src/index';
+import * as managerTargets from './fixtures/manager.mjs';
 import * as tasks from './fixtures/pool.mjs';
 import * as targets from './fixtures/targets.mjs';
 
@@ -28,5 +29,20 @@ describe('loaded from src/', () => {
     expect(lock.acquireSync()).toBe(true);
     lock.release();
     lock.close();
+  });
+
+  it('starts a Manager whose proxies reach a child (which runs the build)', async () => {
+    const m = await Manager.start();
+    try {
+      const list = await m.list();
+      const p = new Process({ target: managerTargets.appendMany, args: [list, 2, 'src'] });
+      p.start();
+      expect(await p.join(20)).toBe(0);
+      expect(await list.toArray()).toEqual(['src:0', 'src:1']);
+      const srv = await Manager.serve({ port: 0, authkey: 'k' });
+      await srv.close();
+    } finally {
+      await m.shutdown();
+    }
   });
 });

@@ -1,0 +1,258 @@
+// The manager's wire protocol, shared by the server (manager-server.ts) and
+// its clients (manager.ts): length-prefixed frames over a stream socket, an
+// HMAC challenge-response in both directions before anything is decoded
+// (Python's multiprocessing.connection deliver_challenge/answer_challenge,
+// with SHA-256), then request and response frames carrying codec bytes.
+import * as crypto from 'node:crypto';
+import type * as net from 'node:net';
+
+import { AuthenticationError, stateError } from './errors';
+import { invalidType, outOfRange } from './validate';
+
+/** Where a manager listens: a Unix socket path (Manager.start) or a TCP address. */
+export type ManagerAddress = { path: string } | { host: string; port: number };
+
+export function addressKey(a: ManagerAddress): string {
+  return 'path' in a ? `unix:${a.path}` : `tcp:${a.host}:${a.port}`;
+}
+
+export function describeAddress(a: ManagerAddress): string {
+  return 'path' in a ? a.path : `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
+}
+
+export function validateAuthkey(value: unknown, name = 'options.authkey'): Buffer {
+  if (typeof value === 'string') {
+    if (value.length === 0) throw outOfRange(name, 'a non-empty string or Buffer', value);
+    return Buffer.from(value, 'utf8');
+  }
+  if (value instanceof Uint8Array) {
+    if (value.length === 0) throw outOfRange(name, 'a non-empty string or Buffer', value);
+    return Buffer.from(value);
+  }
+  throw invalidType(name, 'a non-empty string or Buffer', value);
+}
+
+// Before authentication a peer may be anyone: its frames are tiny and bounded.
+const HANDSHAKE_FRAME_MAX = 256;
+const HANDSHAKE_BUFFER_MAX = 64 * 1024;
+// After it, a frame is one request or response; 2 GiB is v8.serialize's limit anyway.
+const FRAME_MAX = 0x7fffffff;
+/** Either side gives up on a handshake that takes longer than this. */
+export const HANDSHAKE_TIMEOUT_MS = 10_000;
+
+const CHALLENGE = Buffer.from('#pmp-manager/1#CHALLENGE#');
+const WELCOME = Buffer.from('#WELCOME#');
+const FAILURE = Buffer.from('#FAILURE#');
+
+function header(length: number): Buffer {
+  const h = Buffer.allocUnsafe(4);
+  h.writeUInt32BE(length, 0);
+  return h;
+}
+
+/** Writes one frame: a 4-byte big-endian length, then the parts. */
+export function writeFrame(socket: net.Socket, ...parts: Buffer[]): void {
+  let length = 0;
+  for (const p of parts) length += p.length;
+  socket.write(Buffer.concat([header(length), ...parts], 4 + length));
+}
+
+/**
+ * Cuts a socket's byte stream into frames. During the handshake frames are
+ * parsed one at a time on demand (next()), limited to HANDSHAKE_FRAME_MAX, and
+ * at most HANDSHAKE_BUFFER_MAX bytes are kept, so an unauthenticated peer
+ * cannot make this process allocate much. start() switches to delivering every
+ * frame, including any that arrived right behind the last handshake frame.
+ */
+export class FrameReader {
+  #chunks: Buffer[] = [];
+  #buffered = 0;
+  #waiting: { resolve(b: Buffer): void; reject(e: unknown): void } | null = null;
+  #error: unknown = null;
+  #onFrame: ((frame: Buffer) => void) | null = null;
+
+  constructor(private readonly socket: net.Socket) {
+    socket.on('data', (chunk: Buffer) => this.#push(chunk));
+  }
+
+  #push(chunk: Buffer): void {
+    this.#chunks.push(chunk);
+    this.#buffered += chunk.length;
+    if (this.#onFrame) {
+      this.#drain();
+      return;
+    }
+    if (this.#buffered > HANDSHAKE_BUFFER_MAX) {
+      this.#protocolError(`${this.#buffered} bytes arrived before authentication`);
+      return;
+    }
+    if (this.#waiting) {
+      const frame = this.#parseOrFail(HANDSHAKE_FRAME_MAX);
+      if (frame) {
+        const w = this.#waiting;
+        this.#waiting = null;
+        w.resolve(frame);
+      }
+    }
+  }
+
+  #drain(): void {
+    while (this.#onFrame && !this.socket.destroyed) {
+      const frame = this.#parseOrFail(FRAME_MAX);
+      if (!frame) return;
+      this.#onFrame(frame);
+    }
+  }
+
+  #parseOrFail(max: number): Buffer | null {
+    if (this.#buffered < 4) return null;
+    const length = this.#peek(4).readUInt32BE(0);
+    if (length > max) {
+      this.#protocolError(`a frame of ${length} bytes (at most ${max} allowed here)`);
+      return null;
+    }
+    if (this.#buffered < 4 + length) return null;
+    this.#take(4);
+    return this.#take(length);
+  }
+
+  #protocolError(what: string): void {
+    this.fail(stateError(`manager protocol error: ${what}`, 'ERR_MP_PROTOCOL'));
+    this.#chunks = [];
+    this.#buffered = 0;
+    this.socket.destroy();
+  }
+
+  #peek(n: number): Buffer {
+    if (this.#chunks[0].length < n) this.#chunks = [Buffer.concat(this.#chunks)];
+    return this.#chunks[0].subarray(0, n);
+  }
+
+  #take(n: number): Buffer {
+    if (n === 0) return Buffer.alloc(0);
+    if (this.#chunks[0].length < n) this.#chunks = [Buffer.concat(this.#chunks)];
+    const first = this.#chunks[0];
+    const out = first.subarray(0, n);
+    if (first.length === n) this.#chunks.shift();
+    else this.#chunks[0] = first.subarray(n);
+    this.#buffered -= n;
+    return out;
+  }
+
+  /** The next handshake frame. */
+  next(): Promise<Buffer> {
+    if (this.#error) return Promise.reject(this.#error);
+    const frame = this.#parseOrFail(HANDSHAKE_FRAME_MAX);
+    if (frame) return Promise.resolve(frame);
+    if (this.#error) return Promise.reject(this.#error);
+    return new Promise((resolve, reject) => (this.#waiting = { resolve, reject }));
+  }
+
+  /** Authenticated: every frame, from now on and already buffered, goes to onFrame. */
+  start(onFrame: (frame: Buffer) => void): void {
+    this.#onFrame = onFrame;
+    this.#drain();
+  }
+
+  /** Fails a pending next() (the socket closed or errored). */
+  fail(err: unknown): void {
+    this.#error ??= err;
+    const w = this.#waiting;
+    this.#waiting = null;
+    w?.reject(this.#error);
+  }
+}
+
+function digest(authkey: Buffer, message: Buffer): Buffer {
+  return crypto.createHmac('sha256', authkey).update(message).digest();
+}
+
+function sameBytes(a: Buffer, b: Buffer): boolean {
+  return a.length === b.length && crypto.timingSafeEqual(a, b);
+}
+
+// Sends a challenge and checks the peer's answer; tells the peer the verdict.
+async function deliverChallenge(socket: net.Socket, reader: FrameReader, authkey: Buffer): Promise<boolean> {
+  const message = Buffer.concat([CHALLENGE, crypto.randomBytes(32)]);
+  writeFrame(socket, message);
+  const answer = await reader.next();
+  const ok = sameBytes(answer, digest(authkey, message));
+  writeFrame(socket, ok ? WELCOME : FAILURE);
+  return ok;
+}
+
+// Answers the peer's challenge; resolves with the peer's verdict.
+async function answerChallenge(socket: net.Socket, reader: FrameReader, authkey: Buffer): Promise<boolean> {
+  const message = await reader.next();
+  if (message.length <= CHALLENGE.length || !sameBytes(message.subarray(0, CHALLENGE.length), CHALLENGE)) {
+    throw stateError('manager protocol error: the peer is not a posix-multiprocessing manager', 'ERR_MP_PROTOCOL');
+  }
+  writeFrame(socket, digest(authkey, message));
+  return sameBytes(await reader.next(), WELCOME);
+}
+
+function withTimeout<T>(work: Promise<T>, socket: net.Socket, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      socket.destroy();
+      reject(stateError(`${what}: the authentication handshake took more than ${HANDSHAKE_TIMEOUT_MS / 1000} s`, 'ERR_MP_TIMEOUT'));
+    }, HANDSHAKE_TIMEOUT_MS);
+  });
+  return Promise.race([work, expired]).finally(() => clearTimeout(timer));
+}
+
+/** The server's half: challenge the client first, then answer its challenge.
+ *  Resolves true when both sides proved they hold the key. */
+export function serverHandshake(socket: net.Socket, reader: FrameReader, authkey: Buffer): Promise<boolean> {
+  return withTimeout(
+    (async () => (await deliverChallenge(socket, reader, authkey)) && (await answerChallenge(socket, reader, authkey)))(),
+    socket,
+    'manager server',
+  );
+}
+
+/** The client's half; rejects with AuthenticationError when either proof fails. */
+export function clientHandshake(socket: net.Socket, reader: FrameReader, authkey: Buffer, where: string): Promise<void> {
+  return withTimeout(
+    (async () => {
+      if (!(await answerChallenge(socket, reader, authkey))) {
+        throw new AuthenticationError(`authentication failed: the manager at ${where} rejected this authkey`);
+      }
+      if (!(await deliverChallenge(socket, reader, authkey))) {
+        throw new AuthenticationError(`authentication failed: the manager at ${where} did not prove it holds the authkey`);
+      }
+    })(),
+    socket,
+    `manager at ${where}`,
+  );
+}
+
+// ---- messages after authentication -------------------------------------------
+// Request frame:  u32 request id, u8 op, codec bytes of the op's arguments.
+// Response frame: u32 request id, u8 status, codec bytes of the value or error.
+// The id sits outside the codec bytes so that a body that fails to decode can
+// still be answered.
+
+export const enum Op {
+  New = 1, // [kind, args] -> object id
+  Call = 2, // [object id, method, args] -> result
+  Cancel = 3, // [request id]: end that request's wait (it is answered Aborted)
+  Shutdown = 4, // [] -> null, then the server stops
+}
+
+export const enum Status {
+  Ok = 0,
+  Error = 1,
+  Aborted = 2,
+}
+
+export function frameHead(id: number, code: number): Buffer {
+  const h = Buffer.allocUnsafe(5);
+  h.writeUInt32BE(id >>> 0, 0);
+  h[4] = code;
+  return h;
+}
+
+export type ObjectKind = 'dict' | 'list' | 'Namespace' | 'Value' | 'Queue' | 'Lock';
+export const OBJECT_KINDS: readonly ObjectKind[] = ['dict', 'list', 'Namespace', 'Value', 'Queue', 'Lock'];
