@@ -8,12 +8,12 @@
 // methods instead of the word-based ones: Semaphore's constructor returns it
 // (see openPosixSemaphore), so the hook into synchronize.ts stays one line.
 
-import { closedError, stateError } from './errors';
+import { abortError, closedError, stateError } from './errors';
 import { binding, type SemHandle } from './native';
 import { registerTransferable } from './serialize';
 import { asyncWaitSpinConfig, SpinPolicy } from './spin';
 import { withAcquired, withAcquiredSync } from './sync/with-lock';
-import { abortError, validateMode, watchFromLoop } from './sync/words';
+import { validateMode, watchFromLoop } from './sync/words';
 import type { AcquireOptions, AcquireSyncOptions, NamedOptions, Semaphore } from './synchronize';
 import {
   invalidType,

@@ -7,7 +7,7 @@
 // RLock) or a waiter count (the others) says someone may sleep. Async waits
 // sleep on addon threads, never the event loop.
 
-import { BrokenBarrierError, closedError, stateError } from './errors';
+import { abortError, BrokenBarrierError, closedError, stateError } from './errors';
 import { importTarget, pickExport, requireModule } from './import-target';
 import { locate, type TargetRef } from './locate';
 import { linkPosixSemaphore, openPosixSemaphore, posixRequested, unlinkPosixSemaphore, type SemaphoreOptions } from './posix-semaphore';
@@ -17,7 +17,6 @@ import { asyncWaitSpinConfig, pendingAsyncWaits, SpinPolicy } from './spin';
 import {
   PID,
   TID,
-  abortError,
   allocateWords,
   attachWords,
   deadlineOf,
