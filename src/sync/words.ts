@@ -330,7 +330,6 @@ export function wake(w: Words, word: number, count: number): void {
   binding.futexWake(w.buffer, (w.base + word) * 4, count);
 }
 
-
 // ---- who holds a lock ----------------------------------------------------------
 
 export const PID = process.pid;
