@@ -35,6 +35,11 @@ interface Client {
 
 const MAX_DELAY_MS = 0x7fffffff;
 
+/** Whether an answer can still reach the client. */
+function connected(client: Client): boolean {
+  return !client.gone && !client.socket.destroyed && !client.socket.writableEnded;
+}
+
 /** A parked request: answered once, by whichever comes first (the object, its
  *  timeout, a cancel from the client); dropped silently if the client goes. */
 class Waiter {
@@ -67,8 +72,9 @@ class Waiter {
     this.#timer = setTimeout(() => this.#arm(deadline, onTimeout), Math.min(Math.ceil(left), MAX_DELAY_MS));
   }
 
-  settle(status: Status, value: unknown): void {
-    if (this.#finish()) this.server.reply(this.client, this.reqId, status, value);
+  /** Answers; false when the client is gone and nothing was sent. */
+  settle(status: Status, value: unknown): boolean {
+    return this.#finish() && this.server.reply(this.client, this.reqId, status, value);
   }
 
   drop(): void {
@@ -245,10 +251,15 @@ class SharedQueue extends Shared {
     return this.maxsize > 0 && this.items.length >= this.maxsize;
   }
 
-  // Putters parked on a full queue move in, oldest first, as room appears.
+  // Putters parked on a full queue move in, oldest first, as room appears;
+  // one whose client went away was never answered, and its item stays out.
   #admitPutters(): void {
     while (this.putters.length > 0 && !this.#full()) {
       const p = this.putters[0];
+      if (!connected(p.client)) {
+        p.drop();
+        continue;
+      }
       this.items.push(p.item);
       p.settle(Status.Ok, undefined);
     }
@@ -259,10 +270,10 @@ class SharedQueue extends Shared {
       case 'put':
       case 'putNowait': {
         const [item, block = false, timeout] = args as [unknown, boolean?, number?];
-        // A waiting getter means the queue is empty: hand the item over.
-        if (this.getters.length > 0) {
-          this.getters[0].settle(Status.Ok, item);
-          return undefined;
+        // A waiting getter means the queue is empty: hand the item over, to
+        // one whose client can still be answered.
+        while (this.getters.length > 0) {
+          if (this.getters[0].settle(Status.Ok, item)) return undefined;
         }
         if (!this.#full()) {
           this.items.push(item);
@@ -334,12 +345,20 @@ class SharedLock extends Shared {
   }
 
   #handOver(answer: number): void {
-    const next = this.waiters[0];
-    if (next) {
+    for (;;) {
+      const next = this.waiters[0];
+      if (!next) {
+        this.holder = answer === ACQUIRED_OWNER_DIED ? ORPHANED : null;
+        return;
+      }
+      // Not to a waiter whose client went away: it would orphan the lock.
+      if (!connected(next.client)) {
+        next.drop();
+        continue;
+      }
       this.holder = next.client.id;
       next.settle(Status.Ok, answer);
-    } else {
-      this.holder = answer === ACQUIRED_OWNER_DIED ? ORPHANED : null;
+      return;
     }
   }
 
@@ -422,12 +441,19 @@ export class ManagerCore {
     const client: Client = { id: this.#nextClient++, socket, waits: new Map(), gone: false };
     const reader = new FrameReader(socket);
     this.#clients.add(client);
-    socket.on('error', () => undefined);
-    socket.on('end', () => socket.destroy());
-    socket.on('close', () => {
+    // A client is gone from its first sign of going ('end', 'error'), not
+    // only from 'close', which comes a loop phase later: in between, a put
+    // would hand its item to the dead client's parked get, lost.
+    const gone = (): void => {
       reader.fail(stateError('the client went away', 'ERR_MP_EOF'));
       this.#gone(client);
+    };
+    socket.on('error', gone);
+    socket.on('end', () => {
+      gone();
+      socket.destroy();
     });
+    socket.on('close', gone);
     serverHandshake(socket, reader, this.#authkey).then(
       (ok) => {
         // A wrong key: this connection is dropped, the server keeps serving.
@@ -447,8 +473,9 @@ export class ManagerCore {
     for (const obj of this.#objects.values()) obj.clientGone(client);
   }
 
-  reply(client: Client, id: number, status: Status, value: unknown): void {
-    if (client.gone || client.socket.destroyed || client.socket.writableEnded) return;
+  /** Answers a request; false when the client is gone and nothing was sent. */
+  reply(client: Client, id: number, status: Status, value: unknown): boolean {
+    if (!connected(client)) return false;
     let body: Buffer;
     try {
       body = encode(value, codecContext());
@@ -457,6 +484,7 @@ export class ManagerCore {
       body = encode(err, codecContext());
     }
     writeFrame(client.socket, frameHead(id, status), body);
+    return true;
   }
 
   #onFrame(client: Client, frame: Buffer): void {

@@ -139,6 +139,9 @@ class Link {
     if (this.#failure) return;
     this.#failure = err;
     this.#socket.unref();
+    // Proxies that arrive later connect afresh: the server may be back.
+    const key = addressKey(this.address);
+    if (links.get(key) === this) links.delete(key);
     for (const [id, p] of [...this.#pending]) this.#settle(id, p)?.reject(err);
   }
 
@@ -209,7 +212,7 @@ const links = new Map<string, Link>();
 function linkFor(address: ManagerAddress, authkey: Buffer): Link {
   const key = addressKey(address);
   let link = links.get(key);
-  if (!link) {
+  if (!link || link.closed) {
     link = new Link(address, authkey);
     links.set(key, link);
   }

@@ -235,7 +235,9 @@ describe('proxies', () => {
     expect(await ready.get({ timeout: 20 })).toBe('parked');
     p.kill();
     expect(await p.join(10)).toBe(-9);
-    await sleep(100); // the server sees the connection close
+    // The server drops the dead client's waits when it reads the connection's
+    // end; give it that long (a put before then would be answered to the dead).
+    await sleep(500);
     await q.put('item');
     expect(await q.getNowait()).toBe('item');
     await lock.release();
@@ -387,6 +389,58 @@ describe('over the network', () => {
       await srv.close();
     }
     await expect(Manager.connect({ ...srv.address, authkey: 'sesame' })).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+  });
+
+  it('a client that closes with a get or an acquire parked: what comes right after is not handed to it', async () => {
+    const srv = await Manager.serve({ host: '127.0.0.1', port: 0, authkey: 'k' });
+    const b = await Manager.connect({ ...srv.address, authkey: 'k' });
+    try {
+      const q = await b.Queue();
+      const lock = await b.Lock();
+      for (let i = 0; i < 10; i++) {
+        const a = await Manager.connect({ ...srv.address, authkey: 'k' });
+        // a's own handles to the same queue and lock (received through the server).
+        const viaA = await a.dict();
+        await viaA.set('q', q);
+        await viaA.set('lock', lock);
+        const aq = await viaA.get('q');
+        const alock = await viaA.get('lock');
+        await lock.acquire();
+        const parkedGet = aq.get().catch(() => 'rejected');
+        const parkedAcquire = alock.acquire().catch(() => 'rejected');
+        await sleep(20); // both parked on the server
+        await a.close();
+        // At once: the server must not answer the closed client with these.
+        await q.put(i);
+        await lock.release();
+        expect(await parkedGet).toBe('rejected');
+        expect(await parkedAcquire).toBe('rejected');
+        expect(await q.getNowait()).toBe(i);
+        expect(await lock.acquire({ blocking: false })).toBe(true);
+        expect(lock.ownerDied).toBe(false);
+        await lock.release();
+      }
+    } finally {
+      await b.close();
+      await srv.close();
+    }
+  }, 30_000);
+
+  it('a proxy that arrives after its manager connection closed connects afresh', async () => {
+    const srv = await Manager.serve({ host: '127.0.0.1', port: 0, authkey: 'k' });
+    const q = new Queue();
+    try {
+      const m1 = await Manager.connect({ ...srv.address, authkey: 'k' });
+      const d = await m1.dict();
+      await q.put(d);
+      await m1.close();
+      const again = (await q.get({ timeout: 5 })) as typeof d;
+      await again.set('x', 1);
+      expect(await again.get('x')).toBe(1);
+    } finally {
+      q.close();
+      await srv.close();
+    }
   });
 
   it('the server drops a client that is not a manager client', async () => {
