@@ -175,8 +175,11 @@ class Link {
     if (this.#failure) throw this.#failure;
     if (signal?.aborted) throw abortError(signal);
     const bytes = encode(body, codecContext());
-    const id = this.#nextId;
-    this.#nextId = (this.#nextId % 0xffffffff) + 1;
+    // Ids wrap after 2^32 - 1 requests; one still pending (a get parked for
+    // days) keeps its id, which the next request skips.
+    let id = this.#nextId;
+    while (this.#pending.has(id)) id = (id % 0xffffffff) + 1;
+    this.#nextId = (id % 0xffffffff) + 1;
     return new Promise((resolve, reject) => {
       const p: Pending = { resolve, reject };
       if (signal) {
