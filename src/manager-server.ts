@@ -12,6 +12,7 @@ import * as path from 'node:path';
 
 import type { Connection } from './connection';
 import { QueueEmptyError, QueueFullError, stateError } from './errors';
+import { type LongTimeout, setLongTimeout } from './long-timeout';
 import {
   FrameReader,
   Op,
@@ -33,8 +34,6 @@ interface Client {
   gone: boolean;
 }
 
-const MAX_DELAY_MS = 0x7fffffff;
-
 /** Whether an answer can still reach the client. */
 function connected(client: Client): boolean {
   return !client.gone && !client.socket.destroyed && !client.socket.writableEnded;
@@ -43,7 +42,7 @@ function connected(client: Client): boolean {
 /** A parked request: answered once, by whichever comes first (the object, its
  *  timeout, a cancel from the client); dropped silently if the client goes. */
 class Waiter {
-  #timer: NodeJS.Timeout | undefined;
+  #timer: LongTimeout | undefined;
   #done = false;
 
   constructor(
@@ -58,18 +57,7 @@ class Waiter {
   ) {
     list.push(this);
     client.waits.set(reqId, this);
-    if (timeout !== undefined) this.#arm(performance.now() + timeout * 1000, onTimeout);
-  }
-
-  // setTimeout fires at once for delays above 2^31-1 ms (about 24.8 days):
-  // a longer timeout is waited in steps.
-  #arm(deadline: number, onTimeout: (w: Waiter) => void): void {
-    const left = deadline - performance.now();
-    if (left <= 0) {
-      onTimeout(this);
-      return;
-    }
-    this.#timer = setTimeout(() => this.#arm(deadline, onTimeout), Math.min(Math.ceil(left), MAX_DELAY_MS));
+    if (timeout !== undefined) this.#timer = setLongTimeout(() => onTimeout(this), timeout * 1000);
   }
 
   /** Answers; false when the client is gone and nothing was sent. */
@@ -84,7 +72,7 @@ class Waiter {
   #finish(): boolean {
     if (this.#done) return false;
     this.#done = true;
-    clearTimeout(this.#timer);
+    this.#timer?.clear();
     const i = this.list.indexOf(this);
     if (i >= 0) this.list.splice(i, 1);
     this.client.waits.delete(this.reqId);
