@@ -6,6 +6,7 @@
 // Everything is asynchronous: a blocking call (a queue get on an empty queue, a
 // lock acquire) parks as a waiter on its object and is answered later, so one
 // client's wait never holds up another's requests.
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -33,6 +34,8 @@ interface Client {
   waits: Map<number, Waiter>;
   gone: boolean;
 }
+
+const MAX_UNAUTHENTICATED = 64;
 
 /** Whether an answer can still reach the client. */
 function connected(client: Client): boolean {
@@ -404,7 +407,12 @@ export class ManagerCore {
   readonly #options: CoreOptions;
   readonly #objects = new Map<number, Shared>();
   readonly #clients = new Set<Client>();
-  #nextObject = 1;
+  // Ids start at a random point, so that a proxy kept from an earlier server
+  // at the same address (and key) finds no object here (ERR_MP_NO_OBJECT)
+  // instead of silently reaching another one. Below 2^48: exact as numbers.
+  #nextObject = crypto.randomInt(1, 2 ** 47);
+  /** Connections still in the authentication handshake. */
+  #unauthenticated = 0;
   #nextClient = 1;
   #closing: Promise<void> | null = null;
   #stopped!: () => void;
@@ -425,6 +433,12 @@ export class ManagerCore {
       socket.destroy();
       return;
     }
+    // Each unauthenticated connection may hold a handshake's buffer for up to
+    // its timeout: past MAX_UNAUTHENTICATED at once, new ones are refused.
+    if (this.#unauthenticated >= MAX_UNAUTHENTICATED) {
+      socket.destroy();
+      return;
+    }
     if (socket.remoteFamily) socket.setNoDelay(true);
     const client: Client = { id: this.#nextClient++, socket, waits: new Map(), gone: false };
     const reader = new FrameReader(socket);
@@ -442,14 +456,17 @@ export class ManagerCore {
       socket.destroy();
     });
     socket.on('close', gone);
-    serverHandshake(socket, reader, this.#authkey).then(
-      (ok) => {
-        // A wrong key: this connection is dropped, the server keeps serving.
-        if (!ok || this.#closing) socket.end();
-        else reader.start((frame) => this.#onFrame(client, frame));
-      },
-      () => socket.destroy(),
-    );
+    this.#unauthenticated++;
+    serverHandshake(socket, reader, this.#authkey)
+      .finally(() => this.#unauthenticated--)
+      .then(
+        (ok) => {
+          // A wrong key: this connection is dropped, the server keeps serving.
+          if (!ok || this.#closing) socket.end();
+          else reader.start((frame) => this.#onFrame(client, frame));
+        },
+        () => socket.destroy(),
+      );
   }
 
   #gone(client: Client): void {

@@ -4,6 +4,7 @@
 // server's death with its owner, a program that forgets shutdown(), and the
 // authenticated TCP server.
 import { execFile } from 'node:child_process';
+import { once } from 'node:events';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -440,6 +441,57 @@ describe('over the network', () => {
     } finally {
       q.close();
       await srv.close();
+    }
+  });
+
+  it('at most 64 connections wait in the handshake at once; past that new ones are refused, not queued', async () => {
+    const srv = await Manager.serve({ host: '127.0.0.1', port: 0, authkey: 'k' });
+    const net = await import('node:net');
+    const raw: import('node:net').Socket[] = [];
+    try {
+      let refused = 0;
+      await Promise.all(
+        Array.from({ length: 70 }, async () => {
+          const s = net.connect(srv.address.port, '127.0.0.1');
+          raw.push(s);
+          s.on('error', () => undefined);
+          // A held connection gets the server's challenge; a refused one is closed.
+          const first = await Promise.race([once(s, 'data').then(() => 'held'), once(s, 'close').then(() => 'closed')]);
+          if (first === 'closed') refused++;
+        }),
+      );
+      expect(refused).toBe(6);
+    } finally {
+      for (const s of raw) s.destroy();
+    }
+    await sleep(100);
+    const remote = await Manager.connect({ ...srv.address, authkey: 'k' });
+    expect(await (await remote.Value('i', 3)).get()).toBe(3);
+    await remote.close();
+    await srv.close();
+  });
+
+  it("a proxy kept from an earlier server at the same address reaches no object of the new one's", async () => {
+    const srv1 = await Manager.serve({ host: '127.0.0.1', port: 0, authkey: 'k' });
+    const { port } = srv1.address;
+    const m1 = await Manager.connect({ host: '127.0.0.1', port, authkey: 'k' });
+    const q = new Queue();
+    try {
+      await q.put(await m1.dict());
+      await m1.close();
+      await srv1.close();
+      const srv2 = await Manager.serve({ host: '127.0.0.1', port, authkey: 'k' });
+      try {
+        const m2 = await Manager.connect({ host: '127.0.0.1', port, authkey: 'k' });
+        await (await m2.dict()).set('x', 'new');
+        const stale = (await q.get({ timeout: 5 })) as Awaited<ReturnType<typeof m1.dict>>;
+        await expect(stale.get('x')).rejects.toMatchObject({ code: 'ERR_MP_NO_OBJECT' });
+        await m2.close();
+      } finally {
+        await srv2.close();
+      }
+    } finally {
+      q.close();
     }
   });
 
