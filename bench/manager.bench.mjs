@@ -12,6 +12,8 @@ import { execFileSync } from 'node:child_process';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { trialOrMain } from './trial.mjs';
+
 const here = path.dirname(fileURLToPath(import.meta.url));
 const self = fileURLToPath(import.meta.url);
 const TRIALS = 3;
@@ -107,10 +109,4 @@ async function main() {
   }
 }
 
-if (process.argv[2] === '--trial') {
-  const value = await trial(process.argv[3], Number(process.argv[4]));
-  console.log(JSON.stringify({ value }));
-  process.exit(0);
-} else {
-  await main();
-}
+await trialOrMain(trial, main);

@@ -10,6 +10,8 @@ import * as os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import * as path from 'node:path';
 
+import { trialOrMain } from './trial.mjs';
+
 const here = path.dirname(fileURLToPath(import.meta.url));
 const self = fileURLToPath(import.meta.url);
 const TRIALS = 3;
@@ -165,10 +167,4 @@ async function main() {
   }
 }
 
-if (process.argv[2] === '--trial') {
-  const value = await trial(process.argv[3], Number(process.argv[4]));
-  console.log(JSON.stringify({ value }));
-  process.exit(0);
-} else {
-  await main();
-}
+await trialOrMain(trial, main);
