@@ -6,7 +6,9 @@
 import * as crypto from 'node:crypto';
 import type * as net from 'node:net';
 
+import { Connection } from './connection';
 import { AuthenticationError, stateError } from './errors';
+import { binding } from './native';
 import { invalidType, outOfRange } from './validate';
 
 /** Where a manager listens: a Unix socket path (Manager.start) or a TCP address. */
@@ -43,6 +45,8 @@ export const HANDSHAKE_TIMEOUT_MS = 10_000;
 const CHALLENGE = Buffer.from('#pmp-manager/1#CHALLENGE#');
 const WELCOME = Buffer.from('#WELCOME#');
 const FAILURE = Buffer.from('#FAILURE#');
+/** The server's first frame after the handshake, sent on the Connection (see detach()). */
+const SWITCH = Buffer.from('#SWITCH#');
 
 function header(length: number): Buffer {
   const h = Buffer.allocUnsafe(4);
@@ -154,6 +158,11 @@ export class FrameReader {
     this.#drain();
   }
 
+  /** Bytes received and not yet taken as frames. */
+  get buffered(): number {
+    return this.#buffered;
+  }
+
   /** Fails a pending next() (the socket closed or errored). */
   fail(err: unknown): void {
     this.#error ??= err;
@@ -202,6 +211,50 @@ function withTimeout<T>(work: Promise<T>, socket: net.Socket, what: string): Pro
   return Promise.race([work, expired]).finally(() => clearTimeout(timer));
 }
 
+function protocolError(what: string): Error {
+  return stateError(`manager protocol error: ${what}`, 'ERR_MP_PROTOCOL');
+}
+
+/**
+ * After the handshake, the byte stream is carried on by a Connection (one
+ * message per manager frame: its framing is the same 4-byte length prefix as
+ * writeFrame's) on a dup of the socket's fd, and the net.Socket is destroyed
+ * (the dup keeps the connection open). A round trip over a Connection costs a
+ * third of one over a net.Socket (docs/manager.md, Performance).
+ *
+ * The switch point is clean because nothing crosses it unread: the server
+ * stops reading and detaches right after the handshake, then sends SWITCH on
+ * its Connection; the client sends nothing after its last handshake frame
+ * until it has read SWITCH (readSwitch()), then detaches. Neither side's
+ * FrameReader can hold bytes that belong to the Connection; that is checked.
+ */
+export async function detach(socket: net.Socket, reader: FrameReader): Promise<Connection> {
+  const handle = (socket as unknown as { _handle?: { fd?: number; readStop?(): number } | null })._handle;
+  handle?.readStop?.();
+  if (reader.buffered > 0 || socket.readableLength > 0) {
+    throw protocolError('the peer sent data before the connection switched to its message transport');
+  }
+  // Our handshake frames must be out before the socket goes.
+  if (socket.writableLength > 0) {
+    await new Promise<void>((resolve, reject) => {
+      socket.once('drain', resolve);
+      socket.once('close', () => reject(protocolError('the connection closed during the switch')));
+    });
+  }
+  const fd = handle?.fd;
+  if (socket.destroyed || typeof fd !== 'number' || fd < 0) throw protocolError('the socket has no file descriptor to carry on');
+  const dup = binding.dup(fd);
+  for (const event of ['data', 'end', 'error', 'close']) socket.removeAllListeners(event);
+  socket.on('error', () => undefined);
+  socket.destroy();
+  return new Connection(dup, true, true, true);
+}
+
+/** The server: the first message on the new Connection. */
+export function sendSwitch(conn: Connection): void {
+  conn.sendBytes(SWITCH);
+}
+
 /** The server's half: challenge the client first, then answer its challenge.
  *  Resolves true when both sides proved they hold the key. */
 export function serverHandshake(socket: net.Socket, reader: FrameReader, authkey: Buffer): Promise<boolean> {
@@ -222,6 +275,8 @@ export function clientHandshake(socket: net.Socket, reader: FrameReader, authkey
       if (!(await deliverChallenge(socket, reader, authkey))) {
         throw new AuthenticationError(`authentication failed: the manager at ${where} did not prove it holds the authkey`);
       }
+      // Then nothing is sent until the server has switched (detach()).
+      if (!sameBytes(await reader.next(), SWITCH)) throw protocolError('expected the switch to the message transport');
     })(),
     socket,
     `manager at ${where}`,
