@@ -37,8 +37,6 @@ export function validateAuthkey(value: unknown, name = 'options.authkey'): Buffe
 // Before authentication a peer may be anyone: its frames are tiny and bounded.
 const HANDSHAKE_FRAME_MAX = 256;
 const HANDSHAKE_BUFFER_MAX = 64 * 1024;
-// After it, a frame is one request or response; 2 GiB is v8.serialize's limit anyway.
-const FRAME_MAX = 0x7fffffff;
 /** Either side gives up on a handshake that takes longer than this. */
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
 
@@ -62,18 +60,17 @@ export function writeFrame(socket: net.Socket, ...parts: Buffer[]): void {
 }
 
 /**
- * Cuts a socket's byte stream into frames. During the handshake frames are
- * parsed one at a time on demand (next()), limited to HANDSHAKE_FRAME_MAX, and
- * at most HANDSHAKE_BUFFER_MAX bytes are kept, so an unauthenticated peer
- * cannot make this process allocate much. start() switches to delivering every
- * frame, including any that arrived right behind the last handshake frame.
+ * Cuts a socket's byte stream into the handshake's frames, parsed one at a
+ * time on demand (next()), limited to HANDSHAKE_FRAME_MAX; at most
+ * HANDSHAKE_BUFFER_MAX bytes are kept, so an unauthenticated peer cannot make
+ * this process allocate much. After the handshake a Connection carries the
+ * stream (detach()).
  */
 export class FrameReader {
   #chunks: Buffer[] = [];
   #buffered = 0;
   #waiting: { resolve(b: Buffer): void; reject(e: unknown): void } | null = null;
   #error: unknown = null;
-  #onFrame: ((frame: Buffer) => void) | null = null;
 
   constructor(private readonly socket: net.Socket) {
     socket.on('data', (chunk: Buffer) => this.#push(chunk));
@@ -82,10 +79,6 @@ export class FrameReader {
   #push(chunk: Buffer): void {
     this.#chunks.push(chunk);
     this.#buffered += chunk.length;
-    if (this.#onFrame) {
-      this.#drain();
-      return;
-    }
     if (this.#buffered > HANDSHAKE_BUFFER_MAX) {
       this.#protocolError(`${this.#buffered} bytes arrived before authentication`);
       return;
@@ -97,14 +90,6 @@ export class FrameReader {
         this.#waiting = null;
         w.resolve(frame);
       }
-    }
-  }
-
-  #drain(): void {
-    while (this.#onFrame && !this.socket.destroyed) {
-      const frame = this.#parseOrFail(FRAME_MAX);
-      if (!frame) return;
-      this.#onFrame(frame);
     }
   }
 
@@ -150,12 +135,6 @@ export class FrameReader {
     if (frame) return Promise.resolve(frame);
     if (this.#error) return Promise.reject(this.#error);
     return new Promise((resolve, reject) => (this.#waiting = { resolve, reject }));
-  }
-
-  /** Authenticated: every frame, from now on and already buffered, goes to onFrame. */
-  start(onFrame: (frame: Buffer) => void): void {
-    this.#onFrame = onFrame;
-    this.#drain();
   }
 
   /** Bytes received and not yet taken as frames. */
