@@ -117,6 +117,8 @@ export class Connection {
   #watcher: FdWatcher | null = null;
   #watching = 0;
   #reffed = false;
+  /** Whether pending receives keep the event loop alive (see _setReadsRef). */
+  #readsRef = true;
 
   #in: Buffer = Buffer.allocUnsafe(MIN_READ);
   #start = 0;
@@ -415,7 +417,7 @@ export class Connection {
     return new Promise((resolve, reject) => {
       const waiter = { bytes, resolve, reject };
       this.#waiters.push(waiter);
-      pendingAsyncWaits.add(this);
+      if (this.#readsRef) pendingAsyncWaits.add(this);
       try {
         this.#service();
       } catch (err) {
@@ -444,7 +446,7 @@ export class Connection {
     // Still waiting: keep the loop from sleeping for a short, bounded while,
     // so input that comes soon is seen at once (FdWatcher.spin in pipe.cc;
     // the loop keeps running everything else meanwhile).
-    if (this.#waiters.length > 0 && this.#waitStart === 0 && this.#watching & READABLE) {
+    if (this.#waiters.length > 0 && this.#waitStart === 0 && this.#watching & READABLE && this.#readsRef) {
       this.#waitStart = performance.now();
       const budget = this.#spin.budget();
       // While answers come within the full budget (a request/response loop
@@ -462,6 +464,25 @@ export class Connection {
         }
       }
       if (budget > 0) this.#watcher!.spin(budget);
+    }
+  }
+
+  /**
+   * @internal Whether pending receives keep the event loop alive and are
+   * waited for eagerly (spin, hold; the default), or are idle listeners that
+   * do neither: a manager link keeps a receive pending at all times, to see
+   * its server go, but wants a reply only while a request is (manager.ts).
+   */
+  _setReadsRef(on: boolean): void {
+    if (on === this.#readsRef || this.#closed) return;
+    this.#readsRef = on;
+    if (!on) {
+      pendingAsyncWaits.delete(this);
+      this.#waitStart = 0;
+      this.#arm();
+    } else if (this.#waiters.length > 0) {
+      pendingAsyncWaits.add(this);
+      this.#service();
     }
   }
 
@@ -666,7 +687,7 @@ export class Connection {
     let want = 0;
     if ((this.#waiters.length > 0 || this.#pollers.length > 0) && !this.#eof && this.#readError === null) want |= READABLE;
     if (this.#out.length > 0) want |= WRITABLE;
-    const needed = want !== 0;
+    const needed = (want & WRITABLE) !== 0 || (want !== 0 && this.#readsRef);
     if (want === 0 && this.#watching === READABLE) {
       if (this.#reffed) {
         this.#watcher!.unref();

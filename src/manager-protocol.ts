@@ -6,7 +6,9 @@
 import * as crypto from 'node:crypto';
 import type * as net from 'node:net';
 
+import { Connection } from './connection';
 import { AuthenticationError, stateError } from './errors';
+import { binding } from './native';
 import { invalidType, outOfRange } from './validate';
 
 /** Where a manager listens: a Unix socket path (Manager.start) or a TCP address. */
@@ -35,14 +37,14 @@ export function validateAuthkey(value: unknown, name = 'options.authkey'): Buffe
 // Before authentication a peer may be anyone: its frames are tiny and bounded.
 const HANDSHAKE_FRAME_MAX = 256;
 const HANDSHAKE_BUFFER_MAX = 64 * 1024;
-// After it, a frame is one request or response; 2 GiB is v8.serialize's limit anyway.
-const FRAME_MAX = 0x7fffffff;
 /** Either side gives up on a handshake that takes longer than this. */
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
 
 const CHALLENGE = Buffer.from('#pmp-manager/1#CHALLENGE#');
 const WELCOME = Buffer.from('#WELCOME#');
 const FAILURE = Buffer.from('#FAILURE#');
+/** The server's first frame after the handshake, sent on the Connection (see detach()). */
+const SWITCH = Buffer.from('#SWITCH#');
 
 function header(length: number): Buffer {
   const h = Buffer.allocUnsafe(4);
@@ -58,18 +60,17 @@ export function writeFrame(socket: net.Socket, ...parts: Buffer[]): void {
 }
 
 /**
- * Cuts a socket's byte stream into frames. During the handshake frames are
- * parsed one at a time on demand (next()), limited to HANDSHAKE_FRAME_MAX, and
- * at most HANDSHAKE_BUFFER_MAX bytes are kept, so an unauthenticated peer
- * cannot make this process allocate much. start() switches to delivering every
- * frame, including any that arrived right behind the last handshake frame.
+ * Cuts a socket's byte stream into the handshake's frames, parsed one at a
+ * time on demand (next()), limited to HANDSHAKE_FRAME_MAX; at most
+ * HANDSHAKE_BUFFER_MAX bytes are kept, so an unauthenticated peer cannot make
+ * this process allocate much. After the handshake a Connection carries the
+ * stream (detach()).
  */
 export class FrameReader {
   #chunks: Buffer[] = [];
   #buffered = 0;
   #waiting: { resolve(b: Buffer): void; reject(e: unknown): void } | null = null;
   #error: unknown = null;
-  #onFrame: ((frame: Buffer) => void) | null = null;
 
   constructor(private readonly socket: net.Socket) {
     socket.on('data', (chunk: Buffer) => this.#push(chunk));
@@ -78,10 +79,6 @@ export class FrameReader {
   #push(chunk: Buffer): void {
     this.#chunks.push(chunk);
     this.#buffered += chunk.length;
-    if (this.#onFrame) {
-      this.#drain();
-      return;
-    }
     if (this.#buffered > HANDSHAKE_BUFFER_MAX) {
       this.#protocolError(`${this.#buffered} bytes arrived before authentication`);
       return;
@@ -93,14 +90,6 @@ export class FrameReader {
         this.#waiting = null;
         w.resolve(frame);
       }
-    }
-  }
-
-  #drain(): void {
-    while (this.#onFrame && !this.socket.destroyed) {
-      const frame = this.#parseOrFail(FRAME_MAX);
-      if (!frame) return;
-      this.#onFrame(frame);
     }
   }
 
@@ -148,10 +137,9 @@ export class FrameReader {
     return new Promise((resolve, reject) => (this.#waiting = { resolve, reject }));
   }
 
-  /** Authenticated: every frame, from now on and already buffered, goes to onFrame. */
-  start(onFrame: (frame: Buffer) => void): void {
-    this.#onFrame = onFrame;
-    this.#drain();
+  /** Bytes received and not yet taken as frames. */
+  get buffered(): number {
+    return this.#buffered;
   }
 
   /** Fails a pending next() (the socket closed or errored). */
@@ -202,6 +190,50 @@ function withTimeout<T>(work: Promise<T>, socket: net.Socket, what: string): Pro
   return Promise.race([work, expired]).finally(() => clearTimeout(timer));
 }
 
+function protocolError(what: string): Error {
+  return stateError(`manager protocol error: ${what}`, 'ERR_MP_PROTOCOL');
+}
+
+/**
+ * After the handshake, the byte stream is carried on by a Connection (one
+ * message per manager frame: its framing is the same 4-byte length prefix as
+ * writeFrame's) on a dup of the socket's fd, and the net.Socket is destroyed
+ * (the dup keeps the connection open). A round trip over a Connection costs a
+ * third of one over a net.Socket (docs/manager.md, Performance).
+ *
+ * The switch point is clean because nothing crosses it unread: the server
+ * stops reading and detaches right after the handshake, then sends SWITCH on
+ * its Connection; the client sends nothing after its last handshake frame
+ * until it has read SWITCH (readSwitch()), then detaches. Neither side's
+ * FrameReader can hold bytes that belong to the Connection; that is checked.
+ */
+export async function detach(socket: net.Socket, reader: FrameReader): Promise<Connection> {
+  const handle = (socket as unknown as { _handle?: { fd?: number; readStop?(): number } | null })._handle;
+  handle?.readStop?.();
+  if (reader.buffered > 0 || socket.readableLength > 0) {
+    throw protocolError('the peer sent data before the connection switched to its message transport');
+  }
+  // Our handshake frames must be out before the socket goes.
+  if (socket.writableLength > 0) {
+    await new Promise<void>((resolve, reject) => {
+      socket.once('drain', resolve);
+      socket.once('close', () => reject(protocolError('the connection closed during the switch')));
+    });
+  }
+  const fd = handle?.fd;
+  if (socket.destroyed || typeof fd !== 'number' || fd < 0) throw protocolError('the socket has no file descriptor to carry on');
+  const dup = binding.dup(fd);
+  for (const event of ['data', 'end', 'error', 'close']) socket.removeAllListeners(event);
+  socket.on('error', () => undefined);
+  socket.destroy();
+  return new Connection(dup, true, true, true);
+}
+
+/** The server: the first message on the new Connection. */
+export function sendSwitch(conn: Connection): void {
+  conn.sendBytes(SWITCH);
+}
+
 /** The server's half: challenge the client first, then answer its challenge.
  *  Resolves true when both sides proved they hold the key. */
 export function serverHandshake(socket: net.Socket, reader: FrameReader, authkey: Buffer): Promise<boolean> {
@@ -222,6 +254,8 @@ export function clientHandshake(socket: net.Socket, reader: FrameReader, authkey
       if (!(await deliverChallenge(socket, reader, authkey))) {
         throw new AuthenticationError(`authentication failed: the manager at ${where} did not prove it holds the authkey`);
       }
+      // Then nothing is sent until the server has switched (detach()).
+      if (!sameBytes(await reader.next(), SWITCH)) throw protocolError('expected the switch to the message transport');
     })(),
     socket,
     `manager at ${where}`,

@@ -18,9 +18,10 @@ import {
   FrameReader,
   Op,
   Status,
+  detach,
   frameHead,
+  sendSwitch,
   serverHandshake,
-  writeFrame,
   type ObjectKind,
 } from './manager-protocol';
 import { decode, encode, type CodecContext } from './serialize';
@@ -29,7 +30,10 @@ import { invalidType, outOfRange } from './validate';
 
 interface Client {
   id: number;
+  /** Until the handshake is done; then destroyed (manager-protocol.ts detach()). */
   socket: net.Socket;
+  /** The message transport after the handshake. */
+  conn: Connection | null;
   /** Requests of this client parked on an object, by request id. */
   waits: Map<number, Waiter>;
   gone: boolean;
@@ -39,7 +43,7 @@ const MAX_UNAUTHENTICATED = 64;
 
 /** Whether an answer can still reach the client. */
 function connected(client: Client): boolean {
-  return !client.gone && !client.socket.destroyed && !client.socket.writableEnded;
+  return !client.gone && client.conn !== null && !client.conn.closed;
 }
 
 /** A parked request: answered once, by whichever comes first (the object, its
@@ -440,7 +444,7 @@ export class ManagerCore {
       return;
     }
     if (socket.remoteFamily) socket.setNoDelay(true);
-    const client: Client = { id: this.#nextClient++, socket, waits: new Map(), gone: false };
+    const client: Client = { id: this.#nextClient++, socket, conn: null, waits: new Map(), gone: false };
     const reader = new FrameReader(socket);
     this.#clients.add(client);
     // A client is gone from its first sign of going ('end', 'error'), not
@@ -463,10 +467,48 @@ export class ManagerCore {
         (ok) => {
           // A wrong key: this connection is dropped, the server keeps serving.
           if (!ok || this.#closing) socket.end();
-          else reader.start((frame) => this.#onFrame(client, frame));
+          else void this.#serve(client, reader);
         },
         () => socket.destroy(),
       );
+  }
+
+  // Switches the client to its Connection, then takes its requests one by one
+  // until it goes: the end of its stream (or an error) is its going.
+  async #serve(client: Client, reader: FrameReader): Promise<void> {
+    let conn: Connection;
+    try {
+      conn = await detach(client.socket, reader);
+    } catch {
+      client.socket.destroy();
+      this.#gone(client);
+      return;
+    }
+    if (client.gone || this.#closing) {
+      conn.close();
+      this.#gone(client);
+      return;
+    }
+    client.conn = conn;
+    try {
+      sendSwitch(conn);
+    } catch {
+      conn.close();
+      this.#gone(client);
+      return;
+    }
+    for (;;) {
+      let frame: Buffer;
+      try {
+        frame = await conn.recvBytes();
+      } catch {
+        conn.close();
+        this.#gone(client);
+        return;
+      }
+      this.#onFrame(client, frame);
+      if (client.gone) return;
+    }
   }
 
   #gone(client: Client): void {
@@ -488,13 +530,22 @@ export class ManagerCore {
       status = Status.Error;
       body = encode(err, codecContext());
     }
-    writeFrame(client.socket, frameHead(id, status), body);
+    const head = frameHead(id, status);
+    try {
+      client.conn!.sendBytes(Buffer.concat([head, body], head.length + body.length));
+    } catch {
+      // The client went away (EPIPE, ECONNRESET): its receive loop ends with
+      // the closed Connection and drops it (#gone).
+      client.conn!.close();
+      return false;
+    }
     return true;
   }
 
   #onFrame(client: Client, frame: Buffer): void {
     if (frame.length < 5) {
-      client.socket.destroy();
+      client.conn?.close();
+      this.#gone(client);
       return;
     }
     const id = frame.readUInt32BE(0);
@@ -540,17 +591,12 @@ export class ManagerCore {
    *  fail with ERR_MP_CLOSED on their side) and the objects are dropped. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
-      const closing = [...this.#clients].map(
-        (c) =>
-          new Promise<void>((resolve) => {
-            if (c.socket.destroyed) return resolve();
-            c.socket.once('close', () => resolve());
-            c.socket.end();
-            // A client that does not read must not hold the server open.
-            setTimeout(() => c.socket.destroy(), 1000).unref();
-          }),
-      );
-      await Promise.all(closing);
+      // Replies already queued are written first (Connection.close()); a
+      // client still in the handshake is cut off.
+      for (const c of [...this.#clients]) {
+        if (c.conn) c.conn.close();
+        else c.socket.destroy();
+      }
       for (const c of [...this.#clients]) this.#gone(c);
       for (const obj of this.#objects.values()) obj.close();
       this.#objects.clear();

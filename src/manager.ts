@@ -10,7 +10,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { Pipe } from './connection';
+import { Pipe, type Connection } from './connection';
 import { QueueEmptyError, QueueFullError, abortError, closedError, stateError } from './errors';
 import {
   FrameReader,
@@ -19,9 +19,9 @@ import {
   addressKey,
   clientHandshake,
   describeAddress,
+  detach,
   frameHead,
   validateAuthkey,
-  writeFrame,
   type ManagerAddress,
   type ObjectKind,
 } from './manager-protocol';
@@ -67,14 +67,20 @@ interface Pending {
 }
 
 /**
- * One authenticated connection to a manager server. Requests are multiplexed
- * by id; the socket keeps the event loop alive only while a request is
- * pending, so a program that forgets shutdown() can still exit.
+ * One authenticated connection to a manager server. A net.Socket connects and
+ * authenticates; then a Connection on the same socket carries the requests
+ * and replies (manager-protocol.ts detach()). Requests are multiplexed by id;
+ * a receive is pending, and keeps the event loop alive, only while a request
+ * is, so a program that forgets shutdown() can still exit.
  */
 class Link {
   readonly address: ManagerAddress;
   readonly #where: string;
   readonly #socket: net.Socket;
+  /** The message transport once the handshake is done. */
+  #conn: Connection | null = null;
+  /** Whether a receive loop (#pump) is running. */
+  #pumping = false;
   readonly #pending = new Map<number, Pending>();
   #nextId = 1;
   #failure: Error | null = null;
@@ -112,14 +118,23 @@ class Link {
     this.ready = new Promise<void>((resolve, reject) => {
       const onConnect = () => {
         if ('host' in address) socket.setNoDelay(true);
-        clientHandshake(socket, reader, authkey, this.#where).then(() => {
-          this.#open = true;
-          for (const frame of this.#backlog) writeFrame(socket, ...frame);
-          this.#backlog = [];
-          reader.start((frame) => this.#onFrame(frame));
-          if (this.#pending.size === 0) socket.unref();
-          resolve();
-        }, reject);
+        clientHandshake(socket, reader, authkey, this.#where)
+          .then(() => detach(socket, reader))
+          .then((conn) => {
+            if (this.#failure) {
+              conn.close();
+              reject(this.#failure);
+              return;
+            }
+            this.#conn = conn;
+            this.#open = true;
+            const backlog = this.#backlog;
+            this.#backlog = [];
+            for (const [head, bytes] of backlog) this.#write(head, bytes);
+            conn._setReadsRef(this.#pending.size > 0);
+            void this.#pump();
+            resolve();
+          }, reject);
       };
       socket.once('connect', onConnect);
       socket.once('close', () => reject(this.#failure));
@@ -139,6 +154,7 @@ class Link {
     if (this.#failure) return;
     this.#failure = err;
     this.#socket.unref();
+    this.#conn?.close();
     // Proxies that arrive later connect afresh: the server may be back.
     const key = addressKey(this.address);
     if (links.get(key) === this) links.delete(key);
@@ -148,8 +164,41 @@ class Link {
   #settle(id: number, p: Pending): Pending {
     this.#pending.delete(id);
     if (p.onAbort) p.signal!.removeEventListener('abort', p.onAbort);
-    if (this.#pending.size === 0) this.#socket.unref();
+    if (this.#pending.size === 0) this.#conn?._setReadsRef(false);
     return p;
+  }
+
+  // Receives replies, and the end of the stream when the server goes; the
+  // receive keeps the process alive only while a request is pending.
+  async #pump(): Promise<void> {
+    if (this.#pumping) return;
+    this.#pumping = true;
+    try {
+      while (this.#conn && !this.#failure) {
+        let frame: Buffer;
+        try {
+          frame = await this.#conn.recvBytes();
+        } catch (err) {
+          this.#lost(err);
+          return;
+        }
+        this.#onFrame(frame);
+      }
+    } finally {
+      this.#pumping = false;
+    }
+  }
+
+  // The connection ended or failed under an open link: the manager is gone.
+  #lost(err: unknown): void {
+    if (this.#failure) return;
+    const gone = closedError(`the manager at ${this.#where}`);
+    if ((err as { code?: unknown } | null)?.code === 'ERR_MP_EOF') gone.message += ' (its server stopped or the connection was lost)';
+    else {
+      gone.message += ` (the connection was lost: ${(err as Error | null)?.message ?? String(err)})`;
+      gone.cause = err;
+    }
+    this.#fail(gone);
   }
 
   #onFrame(frame: Buffer): void {
@@ -189,21 +238,31 @@ class Link {
         p.onAbort = () => this.#send(0, Op.Cancel, encode([id], codecContext()));
         signal.addEventListener('abort', p.onAbort, { once: true });
       }
-      if (this.#pending.size === 0) this.#socket.ref();
       this.#pending.set(id, p);
       this.#send(id, op, bytes);
+      // After the send: the receive may then hold the loop for a quick reply.
+      if (this.#pending.size === 1) this.#conn?._setReadsRef(true);
     });
   }
 
   #send(id: number, op: Op, bytes: Buffer): void {
-    if (this.#failure || this.#socket.destroyed) return;
-    if (this.#open) writeFrame(this.#socket, frameHead(id, op), bytes);
+    if (this.#failure) return;
+    if (this.#open) this.#write(frameHead(id, op), bytes);
     else this.#backlog.push([frameHead(id, op), bytes]);
+  }
+
+  #write(head: Buffer, bytes: Buffer): void {
+    try {
+      this.#conn!.sendBytes(Buffer.concat([head, bytes], head.length + bytes.length));
+    } catch (err) {
+      this.#lost(err);
+    }
   }
 
   /** Ends the connection; pending and later requests fail with ERR_MP_CLOSED. */
   close(): void {
     this.#fail(closedError(`the manager at ${this.#where}`));
+    this.#conn?.close();
     this.#socket.destroy();
   }
 }
