@@ -38,7 +38,7 @@ export function validateAuthkey(value: unknown, name = 'options.authkey'): Buffe
 const HANDSHAKE_FRAME_MAX = 256;
 const HANDSHAKE_BUFFER_MAX = 64 * 1024;
 /** Either side gives up on a handshake that takes longer than this. */
-export const HANDSHAKE_TIMEOUT_MS = 10_000;
+const HANDSHAKE_TIMEOUT_MS = 10_000;
 
 const CHALLENGE = Buffer.from('#pmp-manager/1#CHALLENGE#');
 const WELCOME = Buffer.from('#WELCOME#');
@@ -46,17 +46,12 @@ const FAILURE = Buffer.from('#FAILURE#');
 /** The server's first frame after the handshake, sent on the Connection (see detach()). */
 const SWITCH = Buffer.from('#SWITCH#');
 
-function header(length: number): Buffer {
-  const h = Buffer.allocUnsafe(4);
-  h.writeUInt32BE(length, 0);
-  return h;
-}
-
-/** Writes one frame: a 4-byte big-endian length, then the parts. */
-export function writeFrame(socket: net.Socket, ...parts: Buffer[]): void {
-  let length = 0;
-  for (const p of parts) length += p.length;
-  socket.write(Buffer.concat([header(length), ...parts], 4 + length));
+/** Writes one handshake frame: a 4-byte big-endian length, then the message. */
+function writeFrame(socket: net.Socket, message: Buffer): void {
+  const frame = Buffer.allocUnsafe(4 + message.length);
+  frame.writeUInt32BE(message.length, 0);
+  message.copy(frame, 4);
+  socket.write(frame);
 }
 
 /**
@@ -289,4 +284,3 @@ export function frameHead(id: number, code: number): Buffer {
 }
 
 export type ObjectKind = 'dict' | 'list' | 'Namespace' | 'Value' | 'Queue' | 'Lock';
-export const OBJECT_KINDS: readonly ObjectKind[] = ['dict', 'list', 'Namespace', 'Value', 'Queue', 'Lock'];
