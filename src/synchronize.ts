@@ -29,6 +29,7 @@ import {
   waitSync,
   wake,
   type KindName,
+  type PendingWait,
   type Words,
   type WaitResult,
 } from './sync/words';
@@ -203,10 +204,16 @@ function parseWait(options: unknown): { timeout: number | undefined; signal: Abo
   return { timeout: validateTimeout(o.timeout, 'options.timeout'), signal: validateSignal(o.signal) };
 }
 
+interface Pending extends PendingWait {
+  reject(err: Error): void;
+}
+
 /** Common to every primitive: its words, named creation, close() and dispose. */
 abstract class SyncObject {
   protected _w: Words | null;
   readonly #name: string | undefined;
+  // This handle's pending async waits (made on first use: most handles never wait).
+  #pending: Set<Pending> | null = null;
 
   protected constructor(kind: KindName, options: NamedOptions | undefined, init: (w: Words) => void, check?: (w: Words) => void) {
     const o = validateObject(options, 'options') as NamedOptions;
@@ -241,13 +248,61 @@ abstract class SyncObject {
     return this.w.ref;
   }
 
-  /** Drops this handle. The object lives on in other processes (a named one until unlink). */
+  /**
+   * Runs an async wait that this handle's close() ends: the returned promise
+   * rejects with ERR_MP_CLOSED at once, whatever `run` is waiting for (see
+   * PendingWait in sync/words.ts for the protocol `run` follows).
+   */
+  protected _pendingWait<T>(run: (p: PendingWait) => Promise<T>): Promise<T> {
+    const set = (this.#pending ??= new Set());
+    return new Promise<T>((resolve, reject) => {
+      const p: Pending = { closed: false, stop: undefined, cleanup: undefined, reject, done: () => set.delete(p) };
+      set.add(p);
+      run(p).then(
+        (v) => {
+          set.delete(p);
+          if (!p.closed) resolve(v);
+        },
+        (err) => {
+          set.delete(p);
+          if (!p.closed) reject(err);
+        },
+      );
+    });
+  }
+
+  /**
+   * Drops this handle. The object lives on in other processes (a named one
+   * until unlink). Pending async waits of this handle reject with
+   * ERR_MP_CLOSED first, and give back what they had registered in the
+   * shared words, while those are still mapped.
+   */
   close(): void {
     const w = this._w;
     if (w === null) return;
     this._w = null;
+    const pending = this.#pending;
+    if (pending !== null && pending.size > 0) {
+      const err = closedError(this.constructor.name);
+      for (const p of [...pending]) {
+        p.closed = true;
+        p.stop?.();
+        const cleanup = p.cleanup;
+        p.cleanup = undefined;
+        try {
+          cleanup?.();
+        } finally {
+          p.reject(err);
+        }
+      }
+      pending.clear();
+    }
+    this._beforeUnmap();
     w.unmap?.();
   }
+
+  /** Closes what this handle owns inside its mapping (a named Condition's lock). */
+  protected _beforeUnmap(): void {}
 
   [Symbol.dispose](): void {
     this.close();
@@ -371,10 +426,13 @@ function holdBack(i32: Int32Array, i: number, s: Spin, deadline: number): void {
 }
 
 /** The same without blocking the event loop: looks again once per loop turn. */
-async function holdBackAsync(i32: Int32Array, i: number, s: Spin, deadline: number): Promise<void> {
+async function holdBackAsync(i32: Int32Array, i: number, s: Spin, deadline: number, p: PendingWait): Promise<void> {
   const until = Math.min(s.holdBack, deadline);
   s.holdBack = 0;
-  while (Atomics.load(i32, i) === 0 && performance.now() < until) await new Promise(setImmediate);
+  while (Atomics.load(i32, i) === 0 && performance.now() < until) {
+    await new Promise(setImmediate);
+    if (p.closed) return;
+  }
 }
 
 // How long one sleep may last: a holder in another process is looked at
@@ -440,7 +498,7 @@ function lockAcquireSync(w: Words, at: number, deadline: number, spin: Spin): Go
   }
 }
 
-async function lockAcquireAsync(w: Words, at: number, deadline: number, spin: Spin, signal?: AbortSignal): Promise<Got> {
+async function lockAcquireAsync(w: Words, at: number, deadline: number, spin: Spin, signal: AbortSignal | undefined, p: PendingWait): Promise<Got> {
   const i32 = w.i32;
   const i = w.base + at;
   // The spin below holds the event loop: only for this thread's only pending
@@ -448,15 +506,32 @@ async function lockAcquireAsync(w: Words, at: number, deadline: number, spin: Sp
   const pending = {};
   pendingAsyncWaits.add(pending);
   try {
-    if (spin.holdBack !== 0) await holdBackAsync(i32, i, spin, deadline);
+    if (spin.holdBack !== 0) {
+      await holdBackAsync(i32, i, spin, deadline, p);
+      if (p.closed) return Got.No;
+    }
     const start = performance.now();
-    if (deadline > start && pendingAsyncWaits.alone(pending) && spinLock(i32, i, spin)) return Got.Yes;
+    if (deadline > start && pendingAsyncWaits.alone(pending) && spinLock(i32, i, spin)) {
+      p.done();
+      return Got.Yes;
+    }
     const t: Turn = { start, since: performance.now(), slept: false };
+    // Closed while asleep: this waiter may have taken the wake-up meant for
+    // another, so close() hands it on, as an abort does.
+    p.cleanup = () => {
+      if (t.slept) passOn(w, at);
+    };
     for (;;) {
       const v = lockTurn(w, at, deadline, spin, t);
-      if (v <= DONE_BASE) return (DONE_BASE - v) as Got;
-      const r = await waitAsync(w, at, v, sliceMs(v, deadline), signal, spin.loop);
+      if (v <= DONE_BASE) {
+        p.cleanup = undefined;
+        if (v !== DONE_BASE - Got.No) p.done();
+        return (DONE_BASE - v) as Got;
+      }
+      const r = await waitAsync(w, at, v, sliceMs(v, deadline), signal, spin.loop, p);
+      if (p.closed) return Got.No;
       if (r === 'aborted') {
+        p.cleanup = undefined;
         passOn(w, at);
         throw abortError(signal!);
       }
@@ -544,7 +619,8 @@ export class Lock extends LockBase {
     const { timeout, signal } = parseAcquire(options);
     if (signal?.aborted) throw abortError(signal);
     if (this._spin.holdBack === 0 && Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return true;
-    return this.#took(await lockAcquireAsync(w, 0, deadlineOf(timeout), this._spin, signal));
+    const deadline = deadlineOf(timeout);
+    return this.#took(await this._pendingWait((p) => lockAcquireAsync(w, 0, deadline, this._spin, signal, p)));
   }
 
   #took(got: Got): boolean {
@@ -631,7 +707,8 @@ export class RLock extends LockBase {
       return true;
     }
     if (this._spin.holdBack === 0 && Atomics.compareExchange(w.i32, w.base, 0, PID) === 0) return this.#own(w, Got.Yes);
-    return this.#own(w, await lockAcquireAsync(w, 0, deadlineOf(timeout), this._spin, signal));
+    const deadline = deadlineOf(timeout);
+    return this._pendingWait(async (p) => this.#own(w, await lockAcquireAsync(w, 0, deadline, this._spin, signal, p)));
   }
 
   release(): void {
@@ -710,6 +787,13 @@ export class Semaphore extends SyncObject {
     }
   }
 
+  // A sleeper leaves; passOn: it leaves without a unit while one is there
+  // (aborted, closed), so the wake-up it may have taken goes to another sleeper.
+  #leave(w: Words, passOn: boolean): void {
+    Atomics.sub(w.i32, w.base + 1, 1);
+    if (passOn && Atomics.load(w.i32, w.base) > 0 && Atomics.load(w.i32, w.base + 1) > 0) wake(w, 0, 1);
+  }
+
   #try(w: Words): boolean {
     let v = Atomics.load(w.i32, w.base);
     while (v > 0) {
@@ -748,30 +832,44 @@ export class Semaphore extends SyncObject {
     if (signal?.aborted) throw abortError(signal);
     if (this.#try(w)) return true;
     const deadline = deadlineOf(timeout);
+    return this._pendingWait((p) => this.#acquireAsync(w, deadline, signal, p));
+  }
+
+  async #acquireAsync(w: Words, deadline: number, signal: AbortSignal | undefined, p: PendingWait): Promise<boolean> {
     const start = performance.now();
     // The spin holds the event loop: only for this thread's only pending async wait.
     const pending = {};
     pendingAsyncWaits.add(pending);
-    let sleeper = false;
     try {
-      if (deadline > start && pendingAsyncWaits.alone(pending) && this.#spin(w)) return true;
+      if (deadline > start && pendingAsyncWaits.alone(pending) && this.#spin(w)) {
+        p.done();
+        return true;
+      }
       Atomics.add(w.i32, w.base + 1, 1);
-      sleeper = true;
+      // Closed while asleep: no longer a sleeper, and a wake-up this waiter may
+      // have taken goes to another, as after an abort.
+      p.cleanup = () => this.#leave(w, true);
       for (let slept = false; ; slept = true) {
         if (this.#try(w)) {
+          p.done();
           if (slept) tookAfterSleep(this.#budget, start);
           return true;
         }
         if (performance.now() >= deadline) return false;
-        const r = await waitAsync(w, 0, 0, msLeft(deadline), signal, this.#budget.loop);
+        const r = await waitAsync(w, 0, 0, msLeft(deadline), signal, this.#budget.loop, p);
+        if (p.closed) return false;
         if (r === 'aborted') {
-          if (Atomics.load(w.i32, w.base) > 0 && Atomics.load(w.i32, w.base + 1) > 1) wake(w, 0, 1);
+          p.cleanup = undefined;
+          this.#leave(w, true);
           throw abortError(signal!);
         }
         checkResult(r, 'Semaphore');
       }
     } finally {
-      if (sleeper) Atomics.sub(w.i32, w.base + 1, 1);
+      if (p.cleanup !== undefined) {
+        p.cleanup = undefined;
+        this.#leave(w, false);
+      }
       pendingAsyncWaits.delete(pending);
     }
   }
@@ -874,17 +972,27 @@ export class Event extends SyncObject {
     if (Atomics.load(w.i32, w.base) === 1) return true;
     const deadline = deadlineOf(timeout);
     if (deadline !== Infinity && performance.now() >= deadline) return false;
+    return this._pendingWait((p) => this.#waitAsync(w, deadline, signal, p));
+  }
+
+  async #waitAsync(w: Words, deadline: number, signal: AbortSignal | undefined, p: PendingWait): Promise<boolean> {
     Atomics.add(w.i32, w.base + 1, 1);
+    const leave = (): void => void Atomics.sub(w.i32, w.base + 1, 1);
+    p.cleanup = leave;
     try {
       for (;;) {
         if (Atomics.load(w.i32, w.base) === 1) return true;
         if (performance.now() >= deadline) return false;
-        const r = await waitAsync(w, 0, 0, msLeft(deadline), signal, this.#loop);
+        const r = await waitAsync(w, 0, 0, msLeft(deadline), signal, this.#loop, p);
+        if (p.closed) return false;
         if (r === 'aborted') throw abortError(signal!);
         checkResult(r, 'Event');
       }
     } finally {
-      Atomics.sub(w.i32, w.base + 1, 1);
+      if (p.cleanup !== undefined) {
+        p.cleanup = undefined;
+        leave();
+      }
     }
   }
 }
@@ -925,6 +1033,15 @@ export class Condition extends SyncObject {
     if (lock) this.#lock = lock;
     else if (named) this.#lock = adopt({ ...this.w, unmap: undefined }, () => new RLock());
     else this.#lock = new RLock();
+    this.#lockInMapping = named;
+  }
+
+  // A named Condition's RLock lives in the Condition's own mapping.
+  readonly #lockInMapping: boolean;
+
+  // Its waits end (and give back what they registered) before the mapping goes.
+  protected override _beforeUnmap(): void {
+    if (this.#lockInMapping) this.#lock.close();
   }
 
   /** The lock this condition uses. */
@@ -1031,8 +1148,18 @@ export class Condition extends SyncObject {
     const { timeout, signal } = parseWait(options);
     if (signal?.aborted) throw abortError(signal);
     const deadline = deadlineOf(timeout);
+    return this._pendingWait((p) => this.#waitAsync(w, deadline, signal, p));
+  }
+
+  async #waitAsync(w: Words, deadline: number, signal: AbortSignal | undefined, p: PendingWait): Promise<boolean> {
     let seq = this.#register(w);
     const saved = this.#lock[kSave]();
+    // Closed while waiting: leave through a slot, or pass on the notification
+    // that counted this waiter. The lock is then not taken back: the wait
+    // rejects, and the handle that would release it is closed.
+    p.cleanup = () => {
+      if (this.#leave(w)) this.#giveBack(w);
+    };
     let aborted = false;
     let notified = false;
     try {
@@ -1045,7 +1172,8 @@ export class Condition extends SyncObject {
           notified = this.#leave(w);
           break;
         }
-        const r = await waitAsync(w, C_SEQ, seq, msLeft(deadline), signal, this.#loop);
+        const r = await waitAsync(w, C_SEQ, seq, msLeft(deadline), signal, this.#loop, p);
+        if (p.closed) return false;
         if (r === 'aborted') {
           // A notification that raced with the abort is passed on, not lost.
           if (this.#leave(w)) this.#giveBack(w);
@@ -1056,7 +1184,13 @@ export class Condition extends SyncObject {
         seq = Atomics.load(w.i32, w.base + C_SEQ);
       }
     } finally {
-      await this.#lock[kRestore](saved);
+      if (!p.closed) {
+        p.cleanup = undefined;
+        await this.#lock[kRestore](saved);
+        // Closed while taking the lock back: nobody will release it.
+        if (p.closed) this.#lock[kSave]();
+        else p.done();
+      }
     }
     if (aborted) throw abortError(signal!);
     return notified;
@@ -1316,37 +1450,57 @@ export class Barrier extends SyncObject {
     const w = this.w;
     const { deadline, signal } = this.#timeoutOf(options);
     if (signal?.aborted) throw abortError(signal);
+    return this._pendingWait((p) => this.#waitAsync(w, deadline, signal, p));
+  }
+
+  async #waitAsync(w: Words, deadline: number, signal: AbortSignal | undefined, p: PendingWait): Promise<number> {
     for (;;) {
       const a = this.#arrive(w);
       if (a.kind === 'busy') {
         if (performance.now() >= deadline) throw new BrokenBarrierError('timed out waiting at the barrier');
-        const r = await waitAsync(w, B_SEQ, a.seq, msLeft(deadline), signal, this.#spin.loop);
+        const r = await waitAsync(w, B_SEQ, a.seq, msLeft(deadline), signal, this.#spin.loop, p);
+        if (p.closed) return -1;
         if (r === 'aborted') throw abortError(signal!);
         continue;
       }
+      // From here this handle is counted in the cycle. Leaving it half-filled
+      // would deadlock the others, so a close() breaks it, as an abort or a
+      // timeout does.
+      p.cleanup = () => this.#breakCycle(w, a.gen);
       if (a.kind === 'last') {
         try {
           await this.#runAction();
         } catch (err) {
+          if (p.closed) return -1;
+          p.cleanup = undefined;
           this.#breakCycle(w, a.gen);
           throw err;
         }
+        if (p.closed) return -1;
+        p.cleanup = undefined;
         if (!this.#complete(w, a.gen)) throw new BrokenBarrierError();
+        p.done();
         return a.index;
       }
       for (;;) {
         const c = this.#check(w, a.gen, a.index);
-        if (typeof c === 'number') return c;
+        if (typeof c === 'number') {
+          p.done();
+          return c;
+        }
         if (performance.now() >= deadline) {
+          p.cleanup = undefined;
           this.#breakCycle(w, a.gen);
           const again = this.#check(w, a.gen, a.index);
           if (typeof again === 'number') return again;
           throw new BrokenBarrierError('timed out waiting at the barrier');
         }
-        const r = await waitAsync(w, B_SEQ, c.seq, msLeft(deadline), signal, this.#spin.loop);
+        const r = await waitAsync(w, B_SEQ, c.seq, msLeft(deadline), signal, this.#spin.loop, p);
+        if (p.closed) return -1;
         if (r === 'aborted') {
           // Python has no cancellation; leaving a barrier half-filled would
           // deadlock the others, so an abort breaks it, as a timeout does.
+          p.cleanup = undefined;
           this.#breakCycle(w, a.gen);
           throw abortError(signal!);
         }

@@ -199,7 +199,27 @@ export function unlinkNamed(name: string): void {
 
 // ---- waiting ------------------------------------------------------------------
 
-export type WaitResult = 'ok' | 'timed-out' | 'not-equal' | 'cancelled' | 'fault' | 'aborted';
+export type WaitResult = 'ok' | 'timed-out' | 'not-equal' | 'cancelled' | 'fault' | 'aborted' | 'closed';
+
+/**
+ * One pending async wait of a handle, which the handle's close() ends
+ * (SyncObject in synchronize.ts). close() runs before the handle's memory is
+ * unmapped, and synchronously: it sets `closed`, calls `stop` (the step in
+ * progress, a watch from the loop or a sleep on an addon thread, then
+ * resolves 'closed' at once), runs `cleanup` (which takes back what the wait
+ * put in the shared words: a sleeper count, a condition slot, an arrival),
+ * and rejects the wait with ERR_MP_CLOSED. The wait's own code checks
+ * `closed` after every await and from then on touches nothing shared. A wait
+ * that has taken what it waited for (a lock, a unit) calls `done()` at that
+ * moment, before anything else can run, so that close() leaves it alone and
+ * the caller receives what was taken.
+ */
+export interface PendingWait {
+  closed: boolean;
+  stop: (() => void) | undefined;
+  cleanup: (() => void) | undefined;
+  done(): void;
+}
 
 /** Milliseconds until the deadline for the kernel (negative: no limit). */
 export function msLeft(deadline: number): number {
@@ -236,12 +256,13 @@ export function waitAsync(
   ms: number,
   signal?: AbortSignal,
   policy?: SpinPolicy,
+  pending?: PendingWait,
 ): Promise<WaitResult> {
   const budgetUs = policy === undefined || ms === 0 ? 0 : policy.budget();
   if (budgetUs === 0) {
-    if (policy === undefined) return sleepAsync(w, word, expected, ms, signal);
+    if (policy === undefined) return sleepAsync(w, word, expected, ms, signal, pending);
     const start = performance.now();
-    return sleepAsync(w, word, expected, ms, signal).then((r) => recorded(policy, start, r));
+    return sleepAsync(w, word, expected, ms, signal, pending).then((r) => recorded(policy, start, r));
   }
   const start = performance.now();
   const i = w.base + word;
@@ -256,11 +277,11 @@ export function waitAsync(
     } while (performance.now() < turnEnd);
     return false;
   };
-  return watchFromLoop(changed, spinEnd, signal).then((r) => {
+  return watchFromLoop(changed, spinEnd, signal, pending).then((r) => {
     if (r === 'ok') return recorded(policy!, start, 'not-equal');
-    if (r === 'aborted') return r;
+    if (r === 'aborted' || r === 'closed') return r;
     const left = ms < 0 ? ms : Math.max(0, Math.ceil(ms - (performance.now() - start)));
-    return sleepAsync(w, word, expected, left, signal).then((s) => recorded(policy!, start, s));
+    return sleepAsync(w, word, expected, left, signal, pending).then((s) => recorded(policy!, start, s));
   });
 }
 
@@ -268,16 +289,26 @@ export function waitAsync(
  * Calls look() once per turn of the event loop (setImmediate: timers, I/O and
  * other callbacks run between two calls) until it returns true ('ok'), `until`
  * (a performance.now() time) has passed ('spun'), or the signal aborts
- * ('aborted'). A look that throws ends the watch as 'spun': what comes next
- * (a wait on a thread) reports the problem.
+ * ('aborted'), or `pending`'s handle is closed ('closed'). A look that throws
+ * ends the watch as 'spun': what comes next (a wait on a thread) reports the
+ * problem.
  */
-export function watchFromLoop(look: () => boolean, until: number, signal?: AbortSignal): Promise<'ok' | 'spun' | 'aborted'> {
+export function watchFromLoop(
+  look: () => boolean,
+  until: number,
+  signal?: AbortSignal,
+  pending?: PendingWait,
+): Promise<'ok' | 'spun' | 'aborted' | 'closed'> {
   return new Promise((resolve) => {
     let timer: NodeJS.Immediate | undefined;
-    const onAbort = (): void => {
+    const end = (r: 'aborted' | 'closed'): void => {
       clearImmediate(timer);
-      resolve('aborted');
+      signal?.removeEventListener('abort', onAbort);
+      if (pending) pending.stop = undefined;
+      resolve(r);
     };
+    const onAbort = (): void => end('aborted');
+    if (pending) pending.stop = () => end('closed');
     const turn = (): void => {
       timer = undefined;
       let r: 'ok' | 'spun' | undefined;
@@ -292,6 +323,7 @@ export function watchFromLoop(look: () => boolean, until: number, signal?: Abort
         return;
       }
       signal?.removeEventListener('abort', onAbort);
+      if (pending) pending.stop = undefined;
       resolve(r);
     };
     signal?.addEventListener('abort', onAbort, { once: true });
@@ -303,26 +335,40 @@ export function watchFromLoop(look: () => boolean, until: number, signal?: Abort
 const TURN_WATCH_MS = 0.002;
 
 function recorded(policy: SpinPolicy, start: number, r: WaitResult): WaitResult {
-  if (r !== 'aborted') policy.record((performance.now() - start) * 1000);
+  if (r !== 'aborted' && r !== 'closed') policy.record((performance.now() - start) * 1000);
   return r;
 }
 
-function sleepAsync(w: Words, word: number, expected: number, ms: number, signal?: AbortSignal): Promise<WaitResult> {
+function sleepAsync(
+  w: Words,
+  word: number,
+  expected: number,
+  ms: number,
+  signal?: AbortSignal,
+  pending?: PendingWait,
+): Promise<WaitResult> {
+  // Closed between the watch and this sleep: nothing to start.
+  if (pending?.closed) return Promise.resolve('closed');
   return new Promise((resolve) => {
     let done = false;
-    const onAbort = (): void => {
+    const end = (r: 'aborted' | 'closed'): void => {
       if (done) return;
       done = true;
       handle.cancel();
-      resolve('aborted');
+      signal?.removeEventListener('abort', onAbort);
+      if (pending) pending.stop = undefined;
+      resolve(r);
     };
+    const onAbort = (): void => end('aborted');
     const handle = binding.futexWaitAsync(w.buffer, (w.base + word) * 4, expected, ms, (r: string) => {
       if (done) return;
       done = true;
       signal?.removeEventListener('abort', onAbort);
+      if (pending) pending.stop = undefined;
       resolve(r as WaitResult);
     });
     signal?.addEventListener('abort', onAbort, { once: true });
+    if (pending) pending.stop = () => end('closed');
   });
 }
 
