@@ -59,11 +59,19 @@ function localError(err: unknown): unknown {
   return err;
 }
 
+/** Cancels a pending call; an Aborted answer then rejects with `err`. */
+type CancelCall = (err: Error) => void;
+
 interface Pending {
   resolve(value: unknown): void;
   reject(err: unknown): void;
   signal?: AbortSignal;
   onAbort?: () => void;
+  /** The calls of the proxy that made this request, which its close() cancels. */
+  calls?: Set<CancelCall>;
+  onClose?: CancelCall;
+  /** Cancelled by that close(): an Aborted answer rejects with ERR_MP_CLOSED. */
+  closedBy?: Error;
 }
 
 /**
@@ -164,6 +172,7 @@ class Link {
   #settle(id: number, p: Pending): Pending {
     this.#pending.delete(id);
     if (p.onAbort) p.signal!.removeEventListener('abort', p.onAbort);
+    if (p.onClose) p.calls!.delete(p.onClose);
     if (this.#pending.size === 0) this.#conn?._setReadsRef(false);
     return p;
   }
@@ -215,12 +224,15 @@ class Link {
       return;
     }
     if (frame[4] === Status.Ok) p.resolve(value);
-    else if (frame[4] === Status.Aborted) p.reject(abortError(p.signal!));
+    else if (frame[4] === Status.Aborted) p.reject(p.closedBy ?? abortError(p.signal!));
     else p.reject(localError(value));
   }
 
-  /** Sends a request; resolves with the server's answer. */
-  async request(op: Op, body: unknown[], signal?: AbortSignal): Promise<unknown> {
+  /**
+   * Sends a request; resolves with the server's answer. `calls`: the set of a
+   * proxy's pending calls, whose close() cancels them (see BaseProxy.close).
+   */
+  async request(op: Op, body: unknown[], signal?: AbortSignal, calls?: Set<CancelCall>): Promise<unknown> {
     if (this.#failure) throw this.#failure;
     if (signal?.aborted) throw abortError(signal);
     const bytes = encode(body, codecContext());
@@ -237,6 +249,14 @@ class Link {
         p.signal = signal;
         p.onAbort = () => this.#send(0, Op.Cancel, encode([id], codecContext()));
         signal.addEventListener('abort', p.onAbort, { once: true });
+      }
+      if (calls) {
+        p.calls = calls;
+        p.onClose = (err) => {
+          p.closedBy = err;
+          this.#send(0, Op.Cancel, encode([id], codecContext()));
+        };
+        calls.add(p.onClose);
       }
       this.#pending.set(id, p);
       this.#send(id, op, bytes);
@@ -307,20 +327,28 @@ abstract class BaseProxy {
   }
 
   #closed = false;
+  // This proxy's calls still waiting for their answer: close() cancels them.
+  readonly #calls = new Set<CancelCall>();
 
   protected _call(method: string, args: unknown[], signal?: AbortSignal): Promise<unknown> {
     if (this.#closed) return Promise.reject(closedError(`${this.constructor.name} ${this.#ref.id}`));
     const link = this.#link ?? linkFor(this.#ref.address, this.#ref.authkey);
-    return link.request(Op.Call, [this.#ref.id, method, args], signal);
+    return link.request(Op.Call, [this.#ref.id, method, args], signal, this.#calls);
   }
 
   /**
    * Ends this handle only (like Queue.close()): its later calls reject with
    * ERR_MP_CLOSED; the object on the server and other proxies to it are
-   * untouched. Twice is a no-op.
+   * untouched. Twice is a no-op. Calls of this proxy parked on the server
+   * (a get, a put, an acquire) are cancelled and reject with ERR_MP_CLOSED,
+   * within a round trip; one whose answer crossed the cancel resolves with it
+   * (an item taken off a queue is never lost).
    */
   async close(): Promise<void> {
+    if (this.#closed) return;
     this.#closed = true;
+    const err = closedError(`${this.constructor.name} ${this.#ref.id}`);
+    for (const cancel of [...this.#calls]) cancel(err);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { Barrier, BrokenBarrierError, Condition, Event, Lock, Process, RLock, Semaphore } from 'posix-multiprocessing';
+import { Barrier, BrokenBarrierError, Condition, Event, Lock, Manager, Process, RLock, Semaphore } from 'posix-multiprocessing';
 import heapModule from '../dist/cjs/heap.js';
 import serializeModule from '../dist/cjs/serialize.js';
 import * as fx from './fixtures/close.mjs';
@@ -142,5 +142,23 @@ describe('close() ends the pending waits of its handle', () => {
     await sleep(30);
     expect(peer.getValue()).toBe(3);
     peer.close();
+  });
+
+  it('manager proxies: a parked get() and acquire() reject on close(); the item put later reaches another proxy', async () => {
+    const m = await Manager.start();
+    try {
+      const q = await m.Queue();
+      const lock = await m.Lock();
+      await lock.acquire();
+      const other = twin(q);
+      await expectClosedPromptly({ close: () => void q.close() }, q.get());
+      await expectClosedPromptly({ close: () => void lock.close() }, lock.acquire());
+      await other.put('after');
+      expect(await other.get({ timeout: 5 })).toBe('after');
+      expect(await other.qsize()).toBe(0);
+      await other.close();
+    } finally {
+      await m.shutdown();
+    }
   });
 });
