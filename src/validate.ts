@@ -3,6 +3,9 @@
 
 function describe(value: unknown): string {
   if (value === null) return 'null';
+  if (value === undefined) return 'undefined';
+  if (typeof value === 'function') return `function ${value.name || '(anonymous)'}`;
+  if (typeof value === 'symbol') return value.toString();
   if (typeof value === 'string') return `the string ${JSON.stringify(value.length > 40 ? value.slice(0, 40) + '…' : value)}`;
   if (typeof value === 'object') return `an instance of ${(value as object).constructor?.name ?? 'Object'}`;
   return `${typeof value} ${String(value)}`;
@@ -51,9 +54,69 @@ export function validateString(value: unknown, name: string): string {
 export function validateInteger(value: unknown, name: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
   if (typeof value !== 'number' || !Number.isInteger(value)) throw invalidType(name, 'an integer', value);
   if (value < min || value > max) {
-    throw outOfRange(name, max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `between ${min} and ${max}`, value);
+    throw outOfRange(name, max === Number.MAX_SAFE_INTEGER ? `a safe integer >= ${min}` : `an integer between ${min} and ${max}`, value);
   }
   return value;
+}
+
+/** What an options argument may hold, for validateOptions. */
+export interface OptionsSpec {
+  /** The call the options belong to, as messages name it: 'q.get()'. */
+  readonly call: string;
+  readonly keys: readonly string[];
+  /** The option a Python-style positional number or boolean stands for (q.get(5), lock.acquire(false)). */
+  readonly number?: string;
+  readonly boolean?: string;
+}
+
+/**
+ * An options object: undefined is {}; anything else must be a plain object
+ * whose keys the call knows. A typo such as { timeot: 5 } would otherwise wait
+ * for ever, and a Python-style positional call (q.get(5)) would be read as
+ * "no options": both throw a TypeError that says what to write instead.
+ */
+export function validateOptions(value: unknown, spec: OptionsSpec, name = 'options'): Record<string, unknown> {
+  if (value === undefined) return {};
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    const key = typeof value === 'number' ? spec.number : typeof value === 'boolean' ? spec.boolean : undefined;
+    if (key !== undefined) {
+      const form = `${spec.call.replace(/\(\)$/, '')}({ ${key}: ${String(value)} })`;
+      const e = new TypeError(`${spec.call} takes an options object, not a positional ${typeof value}: write ${form}`) as TypeError & {
+        code: string;
+      };
+      e.code = 'ERR_INVALID_ARG_TYPE';
+      throw e;
+    }
+    throw invalidType(name, 'an object', value);
+  }
+  const o = value as Record<string, unknown>;
+  for (const key in o) {
+    if (!spec.keys.includes(key)) throw unknownOption(name, key, spec);
+  }
+  return o;
+}
+
+function unknownOption(name: string, key: string, spec: OptionsSpec): TypeError {
+  const close = spec.keys.find((k) => editDistance(k, key) <= Math.max(1, Math.floor(k.length / 4)));
+  const known = spec.keys.length === 0 ? 'it takes none' : `known: ${spec.keys.join(', ')}`;
+  const e = new TypeError(
+    `${name}.${key} is not an option of ${spec.call}${close ? ` (did you mean '${close}'?)` : ''}; ${known}`,
+  ) as TypeError & { code: string };
+  e.code = 'ERR_MP_UNKNOWN_OPTION';
+  return e;
+}
+
+// Levenshtein distance of two short strings (option names), for the hint.
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) {
+      row[j] = Math.min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = row;
+  }
+  return prev[b.length];
 }
 
 export function validateSignal(value: unknown, name = 'options.signal'): AbortSignal | undefined {
