@@ -7,7 +7,7 @@ import * as crypto from 'node:crypto';
 import type * as net from 'node:net';
 
 import { Connection } from './connection';
-import { AuthenticationError, stateError } from './errors';
+import { AuthenticationError, TimeoutError, stateError } from './errors';
 import { binding } from './native';
 import { invalidType, outOfRange } from './validate';
 
@@ -37,8 +37,9 @@ export function validateAuthkey(value: unknown, name = 'options.authkey'): Buffe
 // Before authentication a peer may be anyone: its frames are tiny and bounded.
 const HANDSHAKE_FRAME_MAX = 256;
 const HANDSHAKE_BUFFER_MAX = 64 * 1024;
-/** Either side gives up on a handshake that takes longer than this. */
-const HANDSHAKE_TIMEOUT_MS = 10_000;
+/** The server gives up on a handshake that takes longer than this; a client's
+ *  default for connecting and authenticating (Manager.connect's timeout). */
+export const HANDSHAKE_TIMEOUT_S = 10;
 
 const CHALLENGE = Buffer.from('#pmp-manager/1#CHALLENGE#');
 const WELCOME = Buffer.from('#WELCOME#');
@@ -179,8 +180,8 @@ function withTimeout<T>(work: Promise<T>, socket: net.Socket, what: string): Pro
   const expired = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
       socket.destroy();
-      reject(stateError(`${what}: the authentication handshake took more than ${HANDSHAKE_TIMEOUT_MS / 1000} s`, 'ERR_MP_TIMEOUT'));
-    }, HANDSHAKE_TIMEOUT_MS);
+      reject(new TimeoutError(`${what}: the authentication handshake took more than ${HANDSHAKE_TIMEOUT_S} s`));
+    }, HANDSHAKE_TIMEOUT_S * 1000);
   });
   return Promise.race([work, expired]).finally(() => clearTimeout(timer));
 }
@@ -239,22 +240,17 @@ export function serverHandshake(socket: net.Socket, reader: FrameReader, authkey
   );
 }
 
-/** The client's half; rejects with AuthenticationError when either proof fails. */
-export function clientHandshake(socket: net.Socket, reader: FrameReader, authkey: Buffer, where: string): Promise<void> {
-  return withTimeout(
-    (async () => {
-      if (!(await answerChallenge(socket, reader, authkey))) {
-        throw new AuthenticationError(`authentication failed: the manager at ${where} rejected this authkey`);
-      }
-      if (!(await deliverChallenge(socket, reader, authkey))) {
-        throw new AuthenticationError(`authentication failed: the manager at ${where} did not prove it holds the authkey`);
-      }
-      // Then nothing is sent until the server has switched (detach()).
-      if (!sameBytes(await reader.next(), SWITCH)) throw protocolError('expected the switch to the message transport');
-    })(),
-    socket,
-    `manager at ${where}`,
-  );
+/** The client's half; rejects with AuthenticationError when either proof fails.
+ *  Not bounded in time here: the caller's deadline covers connect and handshake. */
+export async function clientHandshake(socket: net.Socket, reader: FrameReader, authkey: Buffer, where: string): Promise<void> {
+  if (!(await answerChallenge(socket, reader, authkey))) {
+    throw new AuthenticationError(`authentication failed: the manager at ${where} rejected this authkey`);
+  }
+  if (!(await deliverChallenge(socket, reader, authkey))) {
+    throw new AuthenticationError(`authentication failed: the manager at ${where} did not prove it holds the authkey`);
+  }
+  // Then nothing is sent until the server has switched (detach()).
+  if (!sameBytes(await reader.next(), SWITCH)) throw protocolError('expected the switch to the message transport');
 }
 
 // ---- messages after authentication -------------------------------------------

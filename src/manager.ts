@@ -11,9 +11,11 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { Pipe, type Connection } from './connection';
-import { QueueEmptyError, QueueFullError, abortError, closedError, stateError } from './errors';
+import { QueueEmptyError, QueueFullError, TimeoutError, abortError, closedError, stateError } from './errors';
+import { type LongTimeout, setLongTimeout } from './long-timeout';
 import {
   FrameReader,
+  HANDSHAKE_TIMEOUT_S,
   Op,
   Status,
   addressKey,
@@ -90,7 +92,8 @@ class Link {
   /** Settles when the handshake is done; rejects with why it could not be. */
   readonly ready: Promise<void>;
 
-  constructor(address: ManagerAddress, authkey: Buffer) {
+  /** timeout: seconds to connect and authenticate, undefined for no limit. */
+  constructor(address: ManagerAddress, authkey: Buffer, timeout: number | undefined = HANDSHAKE_TIMEOUT_S) {
     this.address = address;
     this.#where = describeAddress(address);
     const socket = 'path' in address ? net.connect(address.path) : net.connect(address.port, address.host);
@@ -115,8 +118,28 @@ class Link {
       reader.fail(gone);
       this.#fail(gone);
     });
+    let deadline: LongTimeout | undefined;
     this.ready = new Promise<void>((resolve, reject) => {
+      let connected = false;
+      // One deadline for connecting and authenticating. Without it a TCP
+      // connect to a host that drops packets waits out the kernel's SYN
+      // retries (over two minutes on Linux), and a peer that accepts and then
+      // says nothing holds the handshake for ever.
+      if (timeout !== undefined) {
+        deadline = setLongTimeout(() => {
+          const err = new TimeoutError(
+            connected
+              ? `the manager at ${this.#where} did not complete the authentication handshake within ${timeout} s`
+              : `could not connect to the manager at ${this.#where} within ${timeout} s`,
+          );
+          this.#fail(err);
+          reader.fail(err);
+          socket.destroy();
+          reject(err);
+        }, timeout * 1000);
+      }
       const onConnect = () => {
+        connected = true;
         if ('host' in address) socket.setNoDelay(true);
         clientHandshake(socket, reader, authkey, this.#where)
           .then(() => detach(socket, reader))
@@ -138,11 +161,13 @@ class Link {
       };
       socket.once('connect', onConnect);
       socket.once('close', () => reject(this.#failure));
-    }).catch((err) => {
-      this.#fail(err);
-      socket.destroy();
-      throw err;
-    });
+    })
+      .finally(() => deadline?.clear())
+      .catch((err) => {
+        this.#fail(err);
+        socket.destroy();
+        throw err;
+      });
     this.ready.catch(() => undefined);
   }
 
@@ -574,6 +599,12 @@ export interface ManagerConnectOptions {
   host?: string;
   port: number;
   authkey: string | Buffer;
+  /**
+   * Seconds to connect and authenticate (default 10); then the promise
+   * rejects with TimeoutError. null or Infinity: no limit of ours (the
+   * kernel's connect timeout still applies).
+   */
+  timeout?: number | null;
 }
 
 export interface ManagerServeOptions {
@@ -694,7 +725,11 @@ export class Manager {
     return new ManagerServer(kCreate, core, server);
   }
 
-  /** Connects to a manager served with Manager.serve(); rejects with AuthenticationError on a wrong authkey. */
+  /**
+   * Connects to a manager served with Manager.serve(); rejects with
+   * AuthenticationError on a wrong authkey, TimeoutError when connecting and
+   * authenticating take longer than options.timeout seconds (default 10).
+   */
   static async connect(options: ManagerConnectOptions): Promise<Manager> {
     const o = validateObject(options, 'options');
     if (options === undefined) throw invalidType('options', 'an object with a port and an authkey', options);
@@ -702,8 +737,9 @@ export class Manager {
     if (o.port === undefined) throw invalidType('options.port', 'an integer between 1 and 65535', o.port);
     const port = validateInteger(o.port, 'options.port', 1, 65535);
     const authkey = validateAuthkey(o.authkey);
+    const timeout = o.timeout === undefined ? HANDSHAKE_TIMEOUT_S : validateTimeout(o.timeout, 'options.timeout');
     const address: ManagerAddress = { host, port };
-    const link = new Link(address, authkey);
+    const link = new Link(address, authkey, timeout);
     await link.ready;
     links.set(addressKey(address), link);
     return new Manager(address, authkey, link, null, null);
