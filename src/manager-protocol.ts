@@ -204,8 +204,9 @@ function protocolError(what: string): Error {
  * FrameReader can hold bytes that belong to the Connection; that is checked.
  */
 export async function detach(socket: net.Socket, reader: FrameReader): Promise<Connection> {
-  const handle = (socket as unknown as { _handle?: { fd?: number; readStop?(): number } | null })._handle;
-  handle?.readStop?.();
+  const handle = streamHandle(socket);
+  const stopped = handle.readStop();
+  if (stopped !== 0) throw protocolError(`could not stop reading the socket before the switch (libuv error ${stopped})`);
   if (reader.buffered > 0 || socket.readableLength > 0) {
     throw protocolError('the peer sent data before the connection switched to its message transport');
   }
@@ -216,13 +217,34 @@ export async function detach(socket: net.Socket, reader: FrameReader): Promise<C
       socket.once('close', () => reject(protocolError('the connection closed during the switch')));
     });
   }
-  const fd = handle?.fd;
-  if (socket.destroyed || typeof fd !== 'number' || fd < 0) throw protocolError('the socket has no file descriptor to carry on');
-  const dup = binding.dup(fd);
+  if (socket.destroyed || handle.fd < 0) throw protocolError('the connection closed during the switch');
+  const dup = binding.dup(handle.fd);
   for (const event of ['data', 'end', 'error', 'close']) socket.removeAllListeners(event);
   socket.on('error', () => undefined);
   socket.destroy();
   return new Connection(dup, true, true, true);
+}
+
+// net.Socket has no public way to hand over its connection: no fd accessor,
+// and pause() stops 'data' events, not libuv's reads, which go on filling the
+// stream's buffer with bytes that belong after the switch point. Its
+// private _handle (the libuv stream wrap: .fd, .readStop()) has both, and has
+// kept that shape for many major versions; it is checked here, so that a Node
+// that changes it fails every connection with this error instead of
+// misbehaving.
+// (The public alternative, a socket made and connected by our own native
+// code, would duplicate what net does for DNS, IPv6 and connect errors.)
+export function streamHandle(socket: net.Socket): { fd: number; readStop(): number } {
+  const handle = (socket as unknown as { _handle?: { fd?: unknown; readStop?: unknown } | null })._handle;
+  if (handle == null) throw protocolError('the connection closed during the switch');
+  if (typeof handle.fd !== 'number' || typeof handle.readStop !== 'function') {
+    throw stateError(
+      `the manager cannot take over its connection: net.Socket's internal handle in Node ${process.version} ` +
+        'has no numeric fd or no readStop() (posix-multiprocessing needs updating for this Node)',
+      'ERR_MP_UNSUPPORTED',
+    );
+  }
+  return handle as { fd: number; readStop(): number };
 }
 
 /** The server: the first message on the new Connection. */

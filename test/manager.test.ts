@@ -558,6 +558,27 @@ describe('over the network', () => {
     }
   });
 
+  it("the transport's take-over of a connected socket checks net.Socket's internal handle and fails loudly if it changed", async () => {
+    const { streamHandle } = await import('../dist/cjs/manager-protocol.js');
+    const srv = net.createServer((s) => s.destroy());
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    const s = net.connect((srv.address() as net.AddressInfo).port, '127.0.0.1');
+    s.on('error', () => undefined);
+    try {
+      await once(s, 'connect');
+      // This Node: the handle has a numeric fd and readStop().
+      expect(streamHandle(s).fd).toBeGreaterThan(2);
+      // A Node whose handle had another shape: a clear error, not a misread.
+      const unsupported = expect.objectContaining({ code: 'ERR_MP_UNSUPPORTED', message: expect.stringContaining(process.version) });
+      expect(() => streamHandle({ _handle: { fd: 7 } } as any)).toThrow(unsupported);
+      expect(() => streamHandle({ _handle: { fd: '7', readStop: () => 0 } } as any)).toThrow(unsupported);
+      expect(() => streamHandle({ _handle: null } as any)).toThrow(expect.objectContaining({ code: 'ERR_MP_PROTOCOL' }));
+    } finally {
+      s.destroy();
+      await new Promise((r) => srv.close(r));
+    }
+  });
+
   it('bad arguments throw TypeError/RangeError naming the argument', async () => {
     await expect(Manager.serve({ authkey: 5 as any })).rejects.toThrow(/options.authkey must be/);
     await expect(Manager.serve({ authkey: '' })).rejects.toThrow(RangeError);
