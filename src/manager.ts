@@ -30,6 +30,7 @@ import {
 import { serveTcp, type ManagerCore } from './manager-server';
 import { distDir } from './paths';
 import { Process } from './process';
+import { track, untrack } from './resource-tracker';
 import type { QueueWaitOptions } from './queues';
 import { decode, encode, registerTransferable, type CodecContext } from './serialize';
 import { coerce, ctypeOf, type TypeCode, type TypeName } from './sharedctypes';
@@ -581,17 +582,29 @@ registerTransferable<BaseProxy>('ManagerProxy', BaseProxy, {
 
 // ---- the manager ---------------------------------------------------------------
 
-// The private directories of servers this process started: removed at exit
-// even when shutdown() was never called.
+// The private directories of servers this process started. Each is removed
+// by shutdown(), when its server ends (a crash included), at this process's
+// exit even when shutdown() was never called, and, when this process dies
+// without running any of that (SIGINT, SIGTERM, SIGKILL, a fatal error), by the
+// resource tracker, which removes a 'process'-lifetime name once its
+// registering process is gone. The server cannot do it then: it gets SIGKILL
+// from the kernel when this process dies (a daemon's parent-death signal).
 const ownDirs = new Set<string>();
 let exitHook = false;
-function removeAtExit(dir: string): void {
+function ownDir(dir: string): void {
   ownDirs.add(dir);
+  track(dir, 'socket-dir', { lifetime: 'process' });
   if (exitHook) return;
   exitHook = true;
   process.on('exit', () => {
-    for (const d of ownDirs) fs.rmSync(d, { recursive: true, force: true });
+    for (const d of ownDirs) removeDir(d);
   });
+}
+
+function removeDir(dir: string): void {
+  if (!ownDirs.delete(dir)) return;
+  fs.rmSync(dir, { recursive: true, force: true });
+  untrack(dir, 'socket-dir');
 }
 
 export interface ManagerConnectOptions {
@@ -662,7 +675,7 @@ export class Manager {
   static async start(): Promise<Manager> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), `pmp-mgr-${process.pid}-`));
     fs.chmodSync(dir, 0o700);
-    removeAtExit(dir);
+    ownDir(dir);
     const authkey = crypto.randomBytes(32);
     const [ready, readyWriter] = Pipe(false);
     let proc: Process;
@@ -678,8 +691,7 @@ export class Manager {
       proc.start();
     } catch (err) {
       ready.close();
-      fs.rmSync(dir, { recursive: true, force: true });
-      ownDirs.delete(dir);
+      removeDir(dir);
       throw err;
     } finally {
       readyWriter.close();
@@ -701,12 +713,14 @@ export class Manager {
       link?.close();
       if (proc.exitCode === null) proc.kill();
       await proc.join();
-      fs.rmSync(dir, { recursive: true, force: true });
-      ownDirs.delete(dir);
+      removeDir(dir);
       throw err;
     } finally {
       ready.close();
     }
+    // A server that ends on its own (it crashed, or was killed) leaves its
+    // directory to us.
+    void proc.sentinel.then(() => removeDir(dir));
     links.set(addressKey(address), link);
     return new Manager(address, authkey, link, proc, dir);
   }
@@ -835,10 +849,7 @@ export class Manager {
       }
       proc.close();
     }
-    if (this.#dir) {
-      fs.rmSync(this.#dir, { recursive: true, force: true });
-      ownDirs.delete(this.#dir);
-    }
+    if (this.#dir) removeDir(this.#dir);
   }
 }
 

@@ -7,6 +7,7 @@ import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -339,19 +340,31 @@ describe('lifetime', () => {
     expect(isRunning(pid)).toBe(false);
   });
 
-  it('the server exits when its owner is killed with SIGKILL', async () => {
-    const [here, there] = Pipe(false);
-    const owner = new Process({ target: fx.startAndIdle, args: [there] });
-    owner.start();
-    there.close();
-    const { server, socket } = (await here.recv()) as { server: number; socket: string };
-    here.close();
-    expect(isRunning(server)).toBe(true);
-    owner.kill();
-    expect(await owner.join(10)).toBe(-9);
-    await waitUntil(() => !isRunning(server), 5000, 'the manager server to exit');
-    // Nobody was left to remove its private directory.
-    fs.rmSync(path.dirname(socket), { recursive: true, force: true });
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGKILL'] as const) {
+    it(`an owner ended by ${signal}: its server exits and its socket directory is removed`, async () => {
+      const [here, there] = Pipe(false);
+      const owner = new Process({ target: fx.startAndIdle, args: [there] });
+      owner.start();
+      there.close();
+      const { server, socket } = (await here.recv()) as { server: number; socket: string };
+      here.close();
+      expect(isRunning(server)).toBe(true);
+      expect(fs.existsSync(socket)).toBe(true);
+      process.kill(owner.pid!, signal);
+      expect(await owner.join(10)).toBe(-os.constants.signals[signal]);
+      await waitUntil(() => !isRunning(server), 5000, 'the manager server to exit');
+      await waitUntil(() => !fs.existsSync(path.dirname(socket)), 5000, 'the socket directory to be removed');
+    }, 20_000);
+  }
+
+  it('a server that dies while its owner lives on: the owner removes the socket directory', async () => {
+    const own = await Manager.start();
+    const dir = path.dirname((own.address as { path: string }).path);
+    expect(fs.existsSync(dir)).toBe(true);
+    process.kill(own.pid!, 'SIGKILL');
+    await waitUntil(() => !fs.existsSync(dir), 5000, 'the socket directory to be removed');
+    await expect(own.dict()).rejects.toMatchObject({ code: 'ERR_MP_CLOSED' });
+    await own.shutdown();
   }, 20_000);
 
   it('a program that never calls shutdown() exits by itself, and its server with it', async () => {
