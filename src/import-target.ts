@@ -17,7 +17,7 @@ const importOnly = new Set(['ERR_REQUIRE_ASYNC_MODULE', 'ERR_REQUIRE_ESM', 'ERR_
 // Loaders given with --import/--loader may hook only import() (module.register
 // hooks do not see require), and would then transform what require() reads raw.
 const loaderFlag = /(^|\s)--(import|loader|experimental-loader)\b/;
-const hasLoaders = process.execArgv.some((a) => loaderFlag.test(a)) || loaderFlag.test(process.env.NODE_OPTIONS ?? '');
+export const hasLoaders = process.execArgv.some((a) => loaderFlag.test(a)) || loaderFlag.test(process.env.NODE_OPTIONS ?? '');
 
 /** require() of a module by URL or specifier (CommonJS, or a synchronous ES module on Node >= 20.19). */
 export function requireModule(url: string): any {

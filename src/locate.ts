@@ -10,11 +10,14 @@
 // evaluated (the main module calling start() at top level) or one with
 // top-level await cannot be required; for those the module's source is checked
 // for an export of that name, and the child verifies the export when it imports.
+// A module that a loader handed to Node under another URL (a data: URL) is
+// named by its real file, which the child imports through the same loaders.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 import { stateError } from './errors';
+import { hasLoaders } from './import-target';
 
 export interface TargetRef {
   /** A file: URL (or a bare specifier, for { module } targets). */
@@ -28,9 +31,28 @@ type InspectorSession = {
   on(event: string, listener: (msg: any) => void): void;
 };
 
+interface Script {
+  url: string;
+  sourceMapURL?: string;
+}
+
 let session: InspectorSession | null | undefined;
-const scriptUrls = new Map<string, string>();
+const scripts = new Map<string, Script>();
 const located = new WeakMap<Function, TargetRef>();
+
+// node:module loads lazily: children load this file but never locate.
+function createRequire(filename: string): NodeRequire {
+  return (require('node:module') as typeof import('node:module')).createRequire(filename);
+}
+
+let cache: NodeJS.Dict<NodeJS.Module> | undefined;
+
+// The CommonJS loader's module cache. When Node's ESM loader evaluates this
+// package as CommonJS (tsx hands a CommonJS entry to the ESM loader), the
+// require() it passes in has no .cache; one made by createRequire always has.
+function cjsCache(): NodeJS.Dict<NodeJS.Module> {
+  return (cache ??= createRequire(__filename).cache);
+}
 
 function post(method: string, params?: object): any {
   let error: Error | null = null;
@@ -51,7 +73,8 @@ function getSession(): InspectorSession | null {
     const s: InspectorSession = new inspector.Session();
     s.connect();
     s.on('Debugger.scriptParsed', (msg) => {
-      if (msg.params.url) scriptUrls.set(msg.params.scriptId, msg.params.url);
+      const { scriptId, url, sourceMapURL } = msg.params;
+      if (url) scripts.set(scriptId, { url, sourceMapURL: sourceMapURL || undefined });
     });
     session = s;
   } catch {
@@ -60,8 +83,8 @@ function getSession(): InspectorSession | null {
   return session;
 }
 
-/** The URL of the script that defines fn, or undefined when V8 cannot say. */
-function definingUrl(fn: Function): string | undefined {
+/** The script that defines fn, or undefined when V8 cannot say. */
+function definingScript(fn: Function): Script | undefined {
   const s = getSession();
   if (!s) return undefined;
   const key = '__pmpLocate';
@@ -77,12 +100,12 @@ function definingUrl(fn: Function): string | undefined {
     const loc = props.internalProperties?.find((p: any) => p.name === '[[FunctionLocation]]');
     const scriptId: string | undefined = loc?.value?.value?.scriptId;
     if (scriptId === undefined) return undefined;
-    if (!scriptUrls.has(scriptId)) {
+    if (!scripts.has(scriptId)) {
       // Enabling the debugger replays scriptParsed for every loaded script.
       post('Debugger.enable');
       post('Debugger.disable');
     }
-    return scriptUrls.get(scriptId);
+    return scripts.get(scriptId);
   } finally {
     post('Runtime.releaseObject', { objectId });
   }
@@ -143,18 +166,19 @@ function notImportable(what: string, fn: Function, detail: string): Error {
 export function locate(fn: Function, what = 'function'): TargetRef {
   const cached = located.get(fn);
   if (cached) return cached;
-  const url = definingUrl(fn);
+  const script = definingScript(fn);
   let ref: TargetRef | undefined;
-  if (url !== undefined) {
-    const filename = toFilename(url);
-    if (filename === undefined) {
-      throw notImportable(what, fn, `it was defined in ${url}, which is not a module file`);
+  if (script !== undefined) {
+    const filename = toFilename(script.url);
+    if (filename !== undefined) {
+      ref = lookIn(filename, fn, what);
+      if (!ref) throw notImportable(what, fn, `${filename} does not export it`);
+    } else {
+      ref = lookInDelivered(script, fn, what);
     }
-    ref = lookIn(filename, fn, what);
-    if (!ref) throw notImportable(what, fn, `${filename} does not export it`);
   } else {
     // No inspector, or a native/bound function: search loaded CommonJS modules.
-    for (const [filename, mod] of Object.entries(require.cache)) {
+    for (const [filename, mod] of Object.entries(cjsCache())) {
       const name = findExport(mod?.exports, fn);
       if (name) {
         ref = { url: pathToFileURL(filename).href, exportName: name };
@@ -167,16 +191,110 @@ export function locate(fn: Function, what = 'function'): TargetRef {
   return ref;
 }
 
+// A loader's load hook may return a module's code under a responseURL that is
+// not its file, and Node then names the script (and, for CommonJS, the
+// require.cache entry) by that URL. tsx (4.x) does so for a .ts file of a package
+// without "type": "module" imported from an ES module: it compiles the file to
+// CommonJS and answers `data:text/javascript,<code>?filePath=<file>`. Importing
+// the file itself through the same loaders gives a child the same module, so
+// the reference names the file: from tsx's filePath parameter, or else from a
+// source map with a single source (how transpiling loaders say where code came
+// from). The export is found by identity in the CommonJS exports Node holds
+// under the delivered URL, or, for an ES module, in the file's source.
+function lookInDelivered(script: Script, fn: Function, what: string): TargetRef {
+  const { url } = script;
+  const shown = url.length > 80 ? `${url.slice(0, 80)}...` : url;
+  const file = fileOf(script);
+  if (file === undefined) throw notImportable(what, fn, `it was defined in ${shown}, which is not a module file`);
+  if (!hasLoaders) {
+    // Only a loader delivers code that way, and one registered from code (not
+    // by --import/--loader in execArgv or NODE_OPTIONS) is not in the child.
+    throw notImportable(
+      what,
+      fn,
+      `${file.path} was loaded through ${url.slice(0, url.indexOf(':') + 1)} by a loader that child processes will not have ` +
+        `(register loaders with --import in execArgv or NODE_OPTIONS so children inherit them)`,
+    );
+  }
+  const cjs = cjsCache()[url];
+  let name = cjs ? findExport(cjs.exports, fn) : undefined;
+  if (!cjs && fn.name && sourceExports(file.path, fn.name)) name = fn.name;
+  if (!name) throw notImportable(what, fn, `${file.path} does not export it`);
+  return { url: file.url, exportName: name };
+}
+
+function fileOf(script: Script): { path: string; url: string } | undefined {
+  let query = '';
+  let filename: string | undefined;
+  const filePath = searchParam(script.url, 'filePath');
+  if (filePath !== undefined) {
+    // tsx appends the importer's own query (and its namespace, which only a
+    // tsx API call in this process has) to the path.
+    const q = filePath.indexOf('?');
+    filename = q < 0 ? filePath : filePath.slice(0, q);
+    if (q >= 0) {
+      const params = new URLSearchParams(filePath.slice(q + 1));
+      params.delete('namespace');
+      query = params.size > 0 ? `?${params}` : '';
+    }
+  } else if (script.sourceMapURL !== undefined) {
+    filename = soleSource(script.sourceMapURL);
+  }
+  if (filename === undefined || !path.isAbsolute(filename) || !isFile(filename)) return undefined;
+  return { path: filename, url: pathToFileURL(filename).href + query };
+}
+
+function searchParam(url: string, name: string): string | undefined {
+  try {
+    return new URL(url).searchParams.get(name) ?? undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+// The one file a source map (inline data: or a file: URL) was made from.
+function soleSource(mapUrl: string): string | undefined {
+  try {
+    let text: string;
+    let base: string | undefined;
+    if (mapUrl.startsWith('data:')) {
+      const comma = mapUrl.indexOf(',');
+      const body = mapUrl.slice(comma + 1);
+      text = /;base64$/i.test(mapUrl.slice(0, comma)) ? Buffer.from(body, 'base64').toString('utf8') : decodeURIComponent(body);
+    } else if (mapUrl.startsWith('file:')) {
+      text = fs.readFileSync(fileURLToPath(mapUrl), 'utf8');
+      base = mapUrl;
+    } else {
+      return undefined;
+    }
+    const map = JSON.parse(text) as { sources?: unknown; sourceRoot?: unknown };
+    if (!Array.isArray(map.sources) || map.sources.length !== 1 || typeof map.sources[0] !== 'string') return undefined;
+    const root = typeof map.sourceRoot === 'string' && map.sourceRoot ? map.sourceRoot.replace(/\/?$/, '/') : '';
+    const source = root + map.sources[0];
+    if (source.startsWith('file:')) return fileURLToPath(source);
+    if (path.isAbsolute(source)) return source;
+    return base ? fileURLToPath(new URL(source, base)) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function isFile(filename: string): boolean {
+  try {
+    return fs.statSync(filename).isFile();
+  } catch {
+    return false;
+  }
+}
+
 function lookIn(filename: string, fn: Function, what: string): TargetRef | undefined {
   const url = pathToFileURL(filename).href;
-  const cjs = require.cache[filename];
+  const cjs = cjsCache()[filename];
   if (cjs) {
     const name = findExport(cjs.exports, fn);
     return name ? { url, exportName: name } : undefined;
   }
   try {
-    // node:module loads lazily: children load this file but never locate.
-    const { createRequire } = require('node:module') as typeof import('node:module');
     const ns = createRequire(filename)(filename);
     const name = findExport(ns, fn);
     return name ? { url, exportName: name } : undefined;

@@ -7,7 +7,7 @@ import * as crypto from 'node:crypto';
 import type * as net from 'node:net';
 
 import { Connection } from './connection';
-import { AuthenticationError, stateError } from './errors';
+import { AuthenticationError, TimeoutError, stateError } from './errors';
 import { binding } from './native';
 import { invalidType, outOfRange } from './validate';
 
@@ -37,8 +37,9 @@ export function validateAuthkey(value: unknown, name = 'options.authkey'): Buffe
 // Before authentication a peer may be anyone: its frames are tiny and bounded.
 const HANDSHAKE_FRAME_MAX = 256;
 const HANDSHAKE_BUFFER_MAX = 64 * 1024;
-/** Either side gives up on a handshake that takes longer than this. */
-const HANDSHAKE_TIMEOUT_MS = 10_000;
+/** The server gives up on a handshake that takes longer than this; a client's
+ *  default for connecting and authenticating (Manager.connect's timeout). */
+export const HANDSHAKE_TIMEOUT_S = 10;
 
 const CHALLENGE = Buffer.from('#pmp-manager/1#CHALLENGE#');
 const WELCOME = Buffer.from('#WELCOME#');
@@ -179,8 +180,8 @@ function withTimeout<T>(work: Promise<T>, socket: net.Socket, what: string): Pro
   const expired = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
       socket.destroy();
-      reject(stateError(`${what}: the authentication handshake took more than ${HANDSHAKE_TIMEOUT_MS / 1000} s`, 'ERR_MP_TIMEOUT'));
-    }, HANDSHAKE_TIMEOUT_MS);
+      reject(new TimeoutError(`${what}: the authentication handshake took more than ${HANDSHAKE_TIMEOUT_S} s`));
+    }, HANDSHAKE_TIMEOUT_S * 1000);
   });
   return Promise.race([work, expired]).finally(() => clearTimeout(timer));
 }
@@ -203,8 +204,9 @@ function protocolError(what: string): Error {
  * FrameReader can hold bytes that belong to the Connection; that is checked.
  */
 export async function detach(socket: net.Socket, reader: FrameReader): Promise<Connection> {
-  const handle = (socket as unknown as { _handle?: { fd?: number; readStop?(): number } | null })._handle;
-  handle?.readStop?.();
+  const handle = streamHandle(socket);
+  const stopped = handle.readStop();
+  if (stopped !== 0) throw protocolError(`could not stop reading the socket before the switch (libuv error ${stopped})`);
   if (reader.buffered > 0 || socket.readableLength > 0) {
     throw protocolError('the peer sent data before the connection switched to its message transport');
   }
@@ -215,13 +217,34 @@ export async function detach(socket: net.Socket, reader: FrameReader): Promise<C
       socket.once('close', () => reject(protocolError('the connection closed during the switch')));
     });
   }
-  const fd = handle?.fd;
-  if (socket.destroyed || typeof fd !== 'number' || fd < 0) throw protocolError('the socket has no file descriptor to carry on');
-  const dup = binding.dup(fd);
+  if (socket.destroyed || handle.fd < 0) throw protocolError('the connection closed during the switch');
+  const dup = binding.dup(handle.fd);
   for (const event of ['data', 'end', 'error', 'close']) socket.removeAllListeners(event);
   socket.on('error', () => undefined);
   socket.destroy();
   return new Connection(dup, true, true, true);
+}
+
+// net.Socket has no public way to hand over its connection: no fd accessor,
+// and pause() stops 'data' events, not libuv's reads, which go on filling the
+// stream's buffer with bytes that belong after the switch point. Its
+// private _handle (the libuv stream wrap: .fd, .readStop()) has both, and has
+// kept that shape for many major versions; it is checked here, so that a Node
+// that changes it fails every connection with this error instead of
+// misbehaving.
+// (The public alternative, a socket made and connected by our own native
+// code, would duplicate what net does for DNS, IPv6 and connect errors.)
+export function streamHandle(socket: net.Socket): { fd: number; readStop(): number } {
+  const handle = (socket as unknown as { _handle?: { fd?: unknown; readStop?: unknown } | null })._handle;
+  if (handle == null) throw protocolError('the connection closed during the switch');
+  if (typeof handle.fd !== 'number' || typeof handle.readStop !== 'function') {
+    throw stateError(
+      `the manager cannot take over its connection: net.Socket's internal handle in Node ${process.version} ` +
+        'has no numeric fd or no readStop() (posix-multiprocessing needs updating for this Node)',
+      'ERR_MP_UNSUPPORTED',
+    );
+  }
+  return handle as { fd: number; readStop(): number };
 }
 
 /** The server: the first message on the new Connection. */
@@ -239,22 +262,17 @@ export function serverHandshake(socket: net.Socket, reader: FrameReader, authkey
   );
 }
 
-/** The client's half; rejects with AuthenticationError when either proof fails. */
-export function clientHandshake(socket: net.Socket, reader: FrameReader, authkey: Buffer, where: string): Promise<void> {
-  return withTimeout(
-    (async () => {
-      if (!(await answerChallenge(socket, reader, authkey))) {
-        throw new AuthenticationError(`authentication failed: the manager at ${where} rejected this authkey`);
-      }
-      if (!(await deliverChallenge(socket, reader, authkey))) {
-        throw new AuthenticationError(`authentication failed: the manager at ${where} did not prove it holds the authkey`);
-      }
-      // Then nothing is sent until the server has switched (detach()).
-      if (!sameBytes(await reader.next(), SWITCH)) throw protocolError('expected the switch to the message transport');
-    })(),
-    socket,
-    `manager at ${where}`,
-  );
+/** The client's half; rejects with AuthenticationError when either proof fails.
+ *  Not bounded in time here: the caller's deadline covers connect and handshake. */
+export async function clientHandshake(socket: net.Socket, reader: FrameReader, authkey: Buffer, where: string): Promise<void> {
+  if (!(await answerChallenge(socket, reader, authkey))) {
+    throw new AuthenticationError(`authentication failed: the manager at ${where} rejected this authkey`);
+  }
+  if (!(await deliverChallenge(socket, reader, authkey))) {
+    throw new AuthenticationError(`authentication failed: the manager at ${where} did not prove it holds the authkey`);
+  }
+  // Then nothing is sent until the server has switched (detach()).
+  if (!sameBytes(await reader.next(), SWITCH)) throw protocolError('expected the switch to the message transport');
 }
 
 // ---- messages after authentication -------------------------------------------

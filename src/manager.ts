@@ -11,9 +11,11 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { Pipe, type Connection } from './connection';
-import { QueueEmptyError, QueueFullError, abortError, closedError, stateError } from './errors';
+import { QueueEmptyError, QueueFullError, TimeoutError, abortError, closedError, stateError } from './errors';
+import { type LongTimeout, setLongTimeout } from './long-timeout';
 import {
   FrameReader,
+  HANDSHAKE_TIMEOUT_S,
   Op,
   Status,
   addressKey,
@@ -28,6 +30,7 @@ import {
 import { serveTcp, type ManagerCore } from './manager-server';
 import { distDir } from './paths';
 import { Process } from './process';
+import { track, untrack } from './resource-tracker';
 import type { QueueWaitOptions } from './queues';
 import { decode, encode, registerTransferable, type CodecContext } from './serialize';
 import { coerce, ctypeOf, type TypeCode, type TypeName } from './sharedctypes';
@@ -98,7 +101,8 @@ class Link {
   /** Settles when the handshake is done; rejects with why it could not be. */
   readonly ready: Promise<void>;
 
-  constructor(address: ManagerAddress, authkey: Buffer) {
+  /** timeout: seconds to connect and authenticate, undefined for no limit. */
+  constructor(address: ManagerAddress, authkey: Buffer, timeout: number | undefined = HANDSHAKE_TIMEOUT_S) {
     this.address = address;
     this.#where = describeAddress(address);
     const socket = 'path' in address ? net.connect(address.path) : net.connect(address.port, address.host);
@@ -123,8 +127,28 @@ class Link {
       reader.fail(gone);
       this.#fail(gone);
     });
+    let deadline: LongTimeout | undefined;
     this.ready = new Promise<void>((resolve, reject) => {
+      let connected = false;
+      // One deadline for connecting and authenticating. Without it a TCP
+      // connect to a host that drops packets waits out the kernel's SYN
+      // retries (over two minutes on Linux), and a peer that accepts and then
+      // says nothing holds the handshake for ever.
+      if (timeout !== undefined) {
+        deadline = setLongTimeout(() => {
+          const err = new TimeoutError(
+            connected
+              ? `the manager at ${this.#where} did not complete the authentication handshake within ${timeout} s`
+              : `could not connect to the manager at ${this.#where} within ${timeout} s`,
+          );
+          this.#fail(err);
+          reader.fail(err);
+          socket.destroy();
+          reject(err);
+        }, timeout * 1000);
+      }
       const onConnect = () => {
+        connected = true;
         if ('host' in address) socket.setNoDelay(true);
         clientHandshake(socket, reader, authkey, this.#where)
           .then(() => detach(socket, reader))
@@ -146,11 +170,13 @@ class Link {
       };
       socket.once('connect', onConnect);
       socket.once('close', () => reject(this.#failure));
-    }).catch((err) => {
-      this.#fail(err);
-      socket.destroy();
-      throw err;
-    });
+    })
+      .finally(() => deadline?.clear())
+      .catch((err) => {
+        this.#fail(err);
+        socket.destroy();
+        throw err;
+      });
     this.ready.catch(() => undefined);
   }
 
@@ -584,17 +610,29 @@ registerTransferable<BaseProxy>('ManagerProxy', BaseProxy, {
 
 // ---- the manager ---------------------------------------------------------------
 
-// The private directories of servers this process started: removed at exit
-// even when shutdown() was never called.
+// The private directories of servers this process started. Each is removed
+// by shutdown(), when its server ends (a crash included), at this process's
+// exit even when shutdown() was never called, and, when this process dies
+// without running any of that (SIGINT, SIGTERM, SIGKILL, a fatal error), by the
+// resource tracker, which removes a 'process'-lifetime name once its
+// registering process is gone. The server cannot do it then: it gets SIGKILL
+// from the kernel when this process dies (a daemon's parent-death signal).
 const ownDirs = new Set<string>();
 let exitHook = false;
-function removeAtExit(dir: string): void {
+function ownDir(dir: string): void {
   ownDirs.add(dir);
+  track(dir, 'socket-dir', { lifetime: 'process' });
   if (exitHook) return;
   exitHook = true;
   process.on('exit', () => {
-    for (const d of ownDirs) fs.rmSync(d, { recursive: true, force: true });
+    for (const d of ownDirs) removeDir(d);
   });
+}
+
+function removeDir(dir: string): void {
+  if (!ownDirs.delete(dir)) return;
+  fs.rmSync(dir, { recursive: true, force: true });
+  untrack(dir, 'socket-dir');
 }
 
 export interface ManagerConnectOptions {
@@ -602,6 +640,12 @@ export interface ManagerConnectOptions {
   host?: string;
   port: number;
   authkey: string | Buffer;
+  /**
+   * Seconds to connect and authenticate (default 10); then the promise
+   * rejects with TimeoutError. null or Infinity: no limit of ours (the
+   * kernel's connect timeout still applies).
+   */
+  timeout?: number | null;
 }
 
 export interface ManagerServeOptions {
@@ -659,7 +703,7 @@ export class Manager {
   static async start(): Promise<Manager> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), `pmp-mgr-${process.pid}-`));
     fs.chmodSync(dir, 0o700);
-    removeAtExit(dir);
+    ownDir(dir);
     const authkey = crypto.randomBytes(32);
     const [ready, readyWriter] = Pipe(false);
     let proc: Process;
@@ -675,8 +719,7 @@ export class Manager {
       proc.start();
     } catch (err) {
       ready.close();
-      fs.rmSync(dir, { recursive: true, force: true });
-      ownDirs.delete(dir);
+      removeDir(dir);
       throw err;
     } finally {
       readyWriter.close();
@@ -698,12 +741,14 @@ export class Manager {
       link?.close();
       if (proc.exitCode === null) proc.kill();
       await proc.join();
-      fs.rmSync(dir, { recursive: true, force: true });
-      ownDirs.delete(dir);
+      removeDir(dir);
       throw err;
     } finally {
       ready.close();
     }
+    // A server that ends on its own (it crashed, or was killed) leaves its
+    // directory to us.
+    void proc.sentinel.then(() => removeDir(dir));
     links.set(addressKey(address), link);
     return new Manager(address, authkey, link, proc, dir);
   }
@@ -722,7 +767,11 @@ export class Manager {
     return new ManagerServer(kCreate, core, server);
   }
 
-  /** Connects to a manager served with Manager.serve(); rejects with AuthenticationError on a wrong authkey. */
+  /**
+   * Connects to a manager served with Manager.serve(); rejects with
+   * AuthenticationError on a wrong authkey, TimeoutError when connecting and
+   * authenticating take longer than options.timeout seconds (default 10).
+   */
   static async connect(options: ManagerConnectOptions): Promise<Manager> {
     const o = validateObject(options, 'options');
     if (options === undefined) throw invalidType('options', 'an object with a port and an authkey', options);
@@ -730,8 +779,9 @@ export class Manager {
     if (o.port === undefined) throw invalidType('options.port', 'an integer between 1 and 65535', o.port);
     const port = validateInteger(o.port, 'options.port', 1, 65535);
     const authkey = validateAuthkey(o.authkey);
+    const timeout = o.timeout === undefined ? HANDSHAKE_TIMEOUT_S : validateTimeout(o.timeout, 'options.timeout');
     const address: ManagerAddress = { host, port };
-    const link = new Link(address, authkey);
+    const link = new Link(address, authkey, timeout);
     await link.ready;
     links.set(addressKey(address), link);
     return new Manager(address, authkey, link, null, null);
@@ -827,10 +877,7 @@ export class Manager {
       }
       proc.close();
     }
-    if (this.#dir) {
-      fs.rmSync(this.#dir, { recursive: true, force: true });
-      ownDirs.delete(this.#dir);
-    }
+    if (this.#dir) removeDir(this.#dir);
   }
 }
 

@@ -18,8 +18,8 @@ import * as path from 'node:path';
 import { binding } from './native';
 import { distDir } from './paths';
 
-/** Kinds the tracker knows how to unlink. */
-export type TrackedKind = 'shm' | 'semaphore';
+/** Kinds the tracker knows how to unlink ('socket-dir': a private directory of Unix sockets, the manager's). */
+export type TrackedKind = 'shm' | 'semaphore' | 'socket-dir';
 
 /** The environment variable that tells a child where its inherited write end is: "<fd>:<inode>". */
 export const TRACKER_ENV = 'PMP_RESOURCE_TRACKER';

@@ -6,16 +6,25 @@
 // soon as that process is gone, which is what its normal exit would have done.
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as path from 'node:path';
 
 import { binding } from './native';
 
 type Unlinker = (name: string) => void;
 
-// Every object the package names today is a shared-memory segment (the
-// synchronisation primitives live in them too); a kind without an unlinker is
-// reported rather than silently dropped.
+// The package names shared-memory segments (the synchronisation primitives
+// live in them too) and managers' socket directories; a kind without an
+// unlinker is reported rather than silently dropped.
 const unlinkers: Record<string, Unlinker | undefined> = {
   shm: (name) => binding.shmUnlink(name),
+  // Its sockets, then the directory itself: anything else in it makes rmdir
+  // fail, which is reported rather than deleted.
+  'socket-dir': (dir) => {
+    for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+      if (entry.isSocket()) fs.rmSync(path.join(dir, entry.name), { force: true });
+    }
+    fs.rmdirSync(dir);
+  },
 };
 
 // After each chunk the tracker stops reading for a moment: messages written

@@ -1,11 +1,14 @@
 // Targets by reference: exported functions of ES and CommonJS modules, default
 // exports, { module, export } targets (path, file: URL string, URL), run()
-// overrides, and the errors for targets a child could never import.
+// overrides, targets of modules that a loader handed to Node under a data: URL
+// (tsx), and the errors for targets a child could never import.
+import { execFile } from 'node:child_process';
 import { createRequire } from 'node:module';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { Process, activeChildren } from 'posix-multiprocessing';
@@ -16,6 +19,9 @@ const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pmp-locate-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 const out = (name: string) => path.join(tmp, name);
 const fixture = path.join(__dirname, 'fixtures', 'targets.mjs');
+const program = (name: string) => path.join(__dirname, 'fixtures', 'programs', name);
+const root = path.join(__dirname, '..');
+const exec = promisify(execFile);
 
 async function runTo(options: ConstructorParameters<typeof Process>[0], file: string): Promise<string> {
   const p = new Process(options);
@@ -53,6 +59,57 @@ describe('function targets', () => {
     p.start();
     expect(await p.join(20)).toBe(0);
   });
+});
+
+describe('targets of modules that tsx and other loaders deliver', () => {
+  it('tsx: a .ts module of a CommonJS package imported from an .mts entry (a data: URL) is found by its file', async () => {
+    const file = out('tsx-cjs.json');
+    const { stdout } = await exec(process.execPath, ['--import', 'tsx', program('ts-cjs-main.mts'), file], {
+      cwd: root,
+      timeout: 40_000,
+    });
+    const result = JSON.parse(stdout);
+    expect(result.deliveredAs).toEqual(['data:']); // the case under test, not a file: module
+    expect(result.exitCode).toBe(0);
+    expect(JSON.parse(fs.readFileSync(file, 'utf8'))).toEqual({ text: 'from the child', execArgv: ['--import', 'tsx'] });
+    // A function of that module that is not exported still fails at start().
+    expect(result.hiddenError).toEqual({
+      code: 'ERR_MP_TARGET_NOT_IMPORTABLE',
+      message: expect.stringMatching(/inner cannot be sent.*ts-cjs-tasks\.ts does not export it.*export it, or pass \{ module, export \}/),
+    });
+  }, 60_000);
+
+  it('tsx: a .cts entry (evaluated by the ESM loader, whose require() has no cache) exporting its own target', async () => {
+    const file = out('tsx-cts.json');
+    const { stdout } = await exec(process.execPath, ['--import', 'tsx', program('ts-cts-parent.cts'), file], {
+      cwd: root,
+      timeout: 40_000,
+    });
+    expect(JSON.parse(stdout)).toEqual({ exitCode: 0 });
+    expect(JSON.parse(fs.readFileSync(file, 'utf8'))).toEqual({ isMain: false });
+  }, 60_000);
+
+  it('any loader: an ES module delivered as a data: URL with a source map is found by its file', async () => {
+    const file = out('delivered');
+    const register = program('delivered-register.mjs');
+    const { stdout } = await exec(process.execPath, ['--import', register, program('delivered-main.mjs'), file], {
+      cwd: root,
+      timeout: 30_000,
+    });
+    expect(JSON.parse(stdout)).toEqual({ deliveredAs: 'data:', exitCode: 0 });
+    expect(fs.readFileSync(file, 'utf8')).toBe('delivered');
+  }, 40_000);
+
+  it('a loader registered in code, which children do not inherit, fails at start() saying so', async () => {
+    const { stdout } = await exec(process.execPath, [program('delivered-main.mjs'), out('unused')], { cwd: root, timeout: 30_000 });
+    expect(JSON.parse(stdout)).toEqual({
+      deliveredAs: 'data:',
+      error: {
+        code: 'ERR_MP_TARGET_NOT_IMPORTABLE',
+        message: expect.stringMatching(/targets\.delivered\.mjs was loaded through data: by a loader that child processes will not have.*--import/),
+      },
+    });
+  }, 40_000);
 });
 
 describe('{ module, export } targets', () => {

@@ -3,9 +3,11 @@
 // Queue, a Pipe and a Pool task, blocking calls with timeouts, shutdown, the
 // server's death with its owner, a program that forgets shutdown(), and the
 // authenticated TCP server.
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -20,6 +22,7 @@ import {
   Queue,
   QueueEmptyError,
   QueueFullError,
+  TimeoutError,
 } from 'posix-multiprocessing';
 import * as fx from './fixtures/manager.mjs';
 import { childPids, isRunning } from './support/proc';
@@ -337,19 +340,31 @@ describe('lifetime', () => {
     expect(isRunning(pid)).toBe(false);
   });
 
-  it('the server exits when its owner is killed with SIGKILL', async () => {
-    const [here, there] = Pipe(false);
-    const owner = new Process({ target: fx.startAndIdle, args: [there] });
-    owner.start();
-    there.close();
-    const { server, socket } = (await here.recv()) as { server: number; socket: string };
-    here.close();
-    expect(isRunning(server)).toBe(true);
-    owner.kill();
-    expect(await owner.join(10)).toBe(-9);
-    await waitUntil(() => !isRunning(server), 5000, 'the manager server to exit');
-    // Nobody was left to remove its private directory.
-    fs.rmSync(path.dirname(socket), { recursive: true, force: true });
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGKILL'] as const) {
+    it(`an owner ended by ${signal}: its server exits and its socket directory is removed`, async () => {
+      const [here, there] = Pipe(false);
+      const owner = new Process({ target: fx.startAndIdle, args: [there] });
+      owner.start();
+      there.close();
+      const { server, socket } = (await here.recv()) as { server: number; socket: string };
+      here.close();
+      expect(isRunning(server)).toBe(true);
+      expect(fs.existsSync(socket)).toBe(true);
+      process.kill(owner.pid!, signal);
+      expect(await owner.join(10)).toBe(-os.constants.signals[signal]);
+      await waitUntil(() => !isRunning(server), 5000, 'the manager server to exit');
+      await waitUntil(() => !fs.existsSync(path.dirname(socket)), 5000, 'the socket directory to be removed');
+    }, 20_000);
+  }
+
+  it('a server that dies while its owner lives on: the owner removes the socket directory', async () => {
+    const own = await Manager.start();
+    const dir = path.dirname((own.address as { path: string }).path);
+    expect(fs.existsSync(dir)).toBe(true);
+    process.kill(own.pid!, 'SIGKILL');
+    await waitUntil(() => !fs.existsSync(dir), 5000, 'the socket directory to be removed');
+    await expect(own.dict()).rejects.toMatchObject({ code: 'ERR_MP_CLOSED' });
+    await own.shutdown();
   }, 20_000);
 
   it('a program that never calls shutdown() exits by itself, and its server with it', async () => {
@@ -446,8 +461,7 @@ describe('over the network', () => {
 
   it('at most 64 connections wait in the handshake at once; past that new ones are refused, not queued', async () => {
     const srv = await Manager.serve({ host: '127.0.0.1', port: 0, authkey: 'k' });
-    const net = await import('node:net');
-    const raw: import('node:net').Socket[] = [];
+    const raw: net.Socket[] = [];
     try {
       let refused = 0;
       await Promise.all(
@@ -497,7 +511,6 @@ describe('over the network', () => {
 
   it('the server drops a client that is not a manager client', async () => {
     const srv = await Manager.serve({ port: 0, authkey: 'k' });
-    const net = await import('node:net');
     const s = net.connect(srv.address.port, '127.0.0.1');
     s.on('error', () => undefined);
     await new Promise((r) => s.once('connect', r));
@@ -507,6 +520,76 @@ describe('over the network', () => {
     expect(await (await remote.Value('d', 2.5)).get()).toBe(2.5);
     await remote.close();
     await srv.close();
+  });
+
+  it('connect to a server that accepts and says nothing rejects with TimeoutError after options.timeout', async () => {
+    const held: net.Socket[] = [];
+    const silent = net.createServer((s) => held.push(s));
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    const { port } = silent.address() as net.AddressInfo;
+    try {
+      const t = performance.now();
+      const err = await Manager.connect({ port, authkey: 'k', timeout: 1 }).catch((e) => e);
+      expect(err).toBeInstanceOf(TimeoutError);
+      expect(err).toMatchObject({ name: 'TimeoutError', code: 'ERR_MP_TIMEOUT', message: expect.stringMatching(/handshake within 1 s/) });
+      expect(seconds(t)).toBeGreaterThan(0.9);
+      expect(seconds(t)).toBeLessThan(5);
+      // The client gave up on its connection: the server sees it close.
+      await waitUntil(() => held.length === 1 && held[0].destroyed, 5000, 'the connection to close');
+    } finally {
+      for (const s of held) s.destroy();
+      await new Promise((r) => silent.close(r));
+    }
+  });
+
+  it('connect to a listener whose backlog is full (SYNs dropped) rejects with TimeoutError after options.timeout', async () => {
+    const program = path.join(__dirname, 'fixtures', 'programs', 'full-backlog.mjs');
+    const listener = spawn(process.execPath, [program], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const raw: net.Socket[] = [];
+    try {
+      const [line] = (await once(listener.stdout!, 'data')) as [Buffer];
+      const { port } = JSON.parse(line.toString()) as { port: number };
+      // Fill the accept queue: connect until one connection stays pending.
+      for (;;) {
+        const s = net.connect(port, '127.0.0.1');
+        s.on('error', () => undefined);
+        raw.push(s);
+        const state = await Promise.race([once(s, 'connect').then(() => 'connected'), sleep(500).then(() => 'pending')]);
+        if (state === 'pending') break;
+        expect(raw.length).toBeLessThan(20);
+      }
+      const t = performance.now();
+      const err = await Manager.connect({ port, authkey: 'k', timeout: 1 }).catch((e) => e);
+      expect(err).toBeInstanceOf(TimeoutError);
+      expect(err).toMatchObject({ code: 'ERR_MP_TIMEOUT', message: expect.stringMatching(/could not connect to the manager at 127\.0\.0\.1:\d+ within 1 s/) });
+      expect(seconds(t)).toBeGreaterThan(0.9);
+      expect(seconds(t)).toBeLessThan(5);
+    } finally {
+      for (const s of raw) s.destroy();
+      listener.kill('SIGKILL');
+      if (listener.exitCode === null && listener.signalCode === null) await once(listener, 'exit');
+    }
+  });
+
+  it("the transport's take-over of a connected socket checks net.Socket's internal handle and fails loudly if it changed", async () => {
+    const { streamHandle } = await import('../dist/cjs/manager-protocol.js');
+    const srv = net.createServer((s) => s.destroy());
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    const s = net.connect((srv.address() as net.AddressInfo).port, '127.0.0.1');
+    s.on('error', () => undefined);
+    try {
+      await once(s, 'connect');
+      // This Node: the handle has a numeric fd and readStop().
+      expect(streamHandle(s).fd).toBeGreaterThan(2);
+      // A Node whose handle had another shape: a clear error, not a misread.
+      const unsupported = expect.objectContaining({ code: 'ERR_MP_UNSUPPORTED', message: expect.stringContaining(process.version) });
+      expect(() => streamHandle({ _handle: { fd: 7 } } as any)).toThrow(unsupported);
+      expect(() => streamHandle({ _handle: { fd: '7', readStop: () => 0 } } as any)).toThrow(unsupported);
+      expect(() => streamHandle({ _handle: null } as any)).toThrow(expect.objectContaining({ code: 'ERR_MP_PROTOCOL' }));
+    } finally {
+      s.destroy();
+      await new Promise((r) => srv.close(r));
+    }
   });
 
   it('bad arguments throw TypeError/RangeError naming the argument', async () => {
@@ -519,6 +602,8 @@ describe('over the network', () => {
     await expect(Manager.connect({ authkey: 'k' } as any)).rejects.toThrow(/options.port/);
     await expect(Manager.connect({ host: 7 as any, port: 1, authkey: 'k' })).rejects.toThrow(/options.host/);
     await expect(Manager.connect({ port: 1, authkey: Buffer.alloc(0) })).rejects.toThrow(RangeError);
+    await expect(Manager.connect({ port: 1, authkey: 'k', timeout: -1 })).rejects.toThrow(/options.timeout/);
+    await expect(Manager.connect({ port: 1, authkey: 'k', timeout: '5' as any })).rejects.toThrow(TypeError);
     await expect(m.Queue('x' as any)).rejects.toThrow(/maxsize/);
     await expect(m.list(5 as any)).rejects.toThrow(TypeError);
     await expect(m.Namespace([] as any)).rejects.toThrow(TypeError);
