@@ -444,11 +444,10 @@ export class Pool {
       w.inflight.set(job.id, job);
       w.assigned++;
       try {
-        w.channel.send(
-          job.single
-            ? (['m', job.id, job.fnId, job.items] satisfies ToWorker)
-            : (['t', job.id, job.fnId, job.items as unknown[][]] satisfies ToWorker),
-        );
+        // Envelopes: the tuple and the item list; a task's argument lists too
+        // (the worker spreads them, so extra properties on them mean nothing).
+        if (job.single) w.channel.send(['m', job.id, job.fnId, job.items] satisfies ToWorker, 2);
+        else w.channel.send(['t', job.id, job.fnId, job.items as unknown[][]] satisfies ToWorker, 3);
       } catch (err) {
         // The arguments cannot be cloned: fail this job alone.
         w.inflight.delete(job.id);

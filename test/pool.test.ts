@@ -3,6 +3,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { types } from 'node:util';
 
 import { AsyncResult, Connection, Pipe, Pool, Queue, TimeoutError, WorkerCrashedError } from 'posix-multiprocessing';
 import * as tasks from './fixtures/pool.mjs';
@@ -303,4 +304,33 @@ describe('Pool', () => {
   it('chaos (light): 2,000 tasks while a worker is SIGKILLed every 200 ms all settle; the pool still works', async () => {
     await chaos(2_000, 200);
   }, 120_000);
+});
+
+describe('Pool: failures that used to hang or hit the wrong task (issue #12)', () => {
+  it('item 12: Errors and arrays with extra properties cross to a task and back as themselves', async () => {
+    await withPool({ processes: 1 }, async (pool) => {
+      const sent = Object.assign(new TypeError('x', { cause: new RangeError('c') }), { code: 'E_X' });
+      const seen = (await pool.apply(tasks.describeError, [sent])) as any;
+      expect(seen).toMatchObject({ isNativeError: true, isError: true, ctor: 'TypeError', name: 'TypeError', message: 'x', code: 'E_X', stack: sent.stack });
+      expect(seen.cause).toEqual({ isNativeError: true, name: 'RangeError', message: 'c' });
+      expect([seen.cloneIsNativeError, seen.cloneMessage]).toEqual([true, 'x']);
+      const agg = (await pool.apply(tasks.describeError, [new AggregateError([new Error('e1')], 'agg')])) as any;
+      expect(agg).toMatchObject({ isNativeError: true, ctor: 'AggregateError', errors: [{ isNativeError: true, name: 'Error', message: 'e1' }] });
+
+      const [custom, aggBack, syn] = (await pool.apply(tasks.makeErrors, [])) as any[];
+      for (const e of [custom, aggBack, syn]) expect(types.isNativeError(e)).toBe(true);
+      expect([custom.name, custom.message, custom.code, custom.cause.name]).toEqual(['CustomError', 'custom', 'E_CUSTOM', 'TypeError']);
+      expect(custom.stack).toContain('makeErrors');
+      expect(aggBack).toBeInstanceOf(AggregateError);
+      expect(aggBack.errors.map((e: Error) => [types.isNativeError(e), e.message])).toEqual([[true, 'r1'], [true, 'e2']]);
+      expect(syn).toBeInstanceOf(SyntaxError);
+      expect([syn.code, syn.detail]).toEqual(['E_SYN', { n: 1 }]);
+
+      const arg = Object.assign([1, 2], { extra: 'x' });
+      expect(await pool.apply(tasks.describeArray, [arg])).toEqual({ isArray: true, length: 2, keys: ['0', '1', 'extra'], extra: 'x' });
+      expect(await pool.map(tasks.describeArray, [arg])).toEqual([{ isArray: true, length: 2, keys: ['0', '1', 'extra'], extra: 'x' }]);
+      const back = (await pool.apply(tasks.arrayWithExtra, [3])) as any;
+      expect([[...back], Object.keys(back), back.extra]).toEqual([[0, 1, 2], ['0', '1', '2', 'extra'], 'x']);
+    });
+  }, 30_000);
 });
