@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -19,6 +19,19 @@ async function withPool<T>(options: ConstructorParameters<typeof Pool>[0], body:
   } finally {
     pool.terminate();
     await pool.join();
+  }
+}
+
+/** p, or a rejection if it has not settled within `seconds` (a hang fails the test instead of timing it out). */
+async function within<T>(p: Promise<T>, seconds = 10): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`did not settle within ${seconds} s`)), seconds * 1000);
+  });
+  try {
+    return await Promise.race([p, expired]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -307,6 +320,49 @@ describe('Pool', () => {
 });
 
 describe('Pool: failures that used to hang or hit the wrong task (issue #12)', () => {
+  it('item 4: a task whose error cannot be encoded whole still rejects, and its worker goes on', async () => {
+    await withPool({ processes: 1 }, async (pool) => {
+      const pids = pool.pids;
+      const err = await within(pool.apply(tasks.throwWithCallback, ['boom'])).catch((e) => e);
+      expect(types.isNativeError(err)).toBe(true);
+      expect(err).toBeInstanceOf(RangeError);
+      expect([err.message, err.code]).toEqual(['boom', 'E_RETRY']);
+      expect(err.stack).toContain('throwWithCallback');
+      expect(Object.keys(err.droppedProperties)).toEqual(['retry']);
+      expect(err.droppedProperties.retry).toMatch(/function/);
+      expect(await within(pool.apply(tasks.identity, [1]))).toBe(1);
+      const thrown: Array<[(...a: any[]) => unknown, RegExp]> = [
+        [tasks.throwSymbol, /throwSymbol .*Symbol\(thrown\)/],
+        [tasks.throwFunction, /throwFunction .*function \(handler\)/],
+        [tasks.rejectWithObjectHoldingFunction, /rejectWithObjectHoldingFunction .*reason: 'nope'.*callback/],
+      ];
+      for (const [fn, message] of thrown) {
+        const e = await within(pool.apply(fn, [])).catch((x) => x);
+        expect(types.isNativeError(e)).toBe(true);
+        expect(e.code).toBe('ERR_MP_DATA_CLONE');
+        expect(e.message).toMatch(message);
+        expect(await within(pool.apply(tasks.identity, [2]))).toBe(2);
+      }
+      // One worker served all of it: none was lost or replaced.
+      expect(pool.pids).toEqual(pids);
+    });
+  }, 30_000);
+
+  it('item 10: a stray rejection is reported by its worker and fails no task, later or running', () => {
+    const script = path.join(__dirname, 'fixtures', 'programs', 'pool-stray.mjs');
+    const r = spawnSync(process.execPath, [script], { encoding: 'utf8', timeout: 30_000 });
+    expect(r.status).toBe(0);
+    const out = JSON.parse(r.stdout.trim());
+    expect(out.sloppy).toEqual({ value: 'done' });
+    expect(out.next).toEqual({ value: 1 });
+    expect(out.sloppyAsync).toEqual({ value: 'done' });
+    expect(out.last).toEqual({ value: 2 });
+    expect(out.pidsAfter).toEqual(out.pids);
+    const [pid] = out.pids;
+    expect(r.stderr).toContain(`pool worker ${pid}: unhandled rejection after task sloppy (pool.mjs) finished: Error: stray`);
+    expect(r.stderr).toContain(`pool worker ${pid}: unhandled rejection while task sloppyAsync (pool.mjs) was running: Error: stray while running`);
+  }, 40_000);
+
   it('item 12: Errors and arrays with extra properties cross to a task and back as themselves', async () => {
     await withPool({ processes: 1 }, async (pool) => {
       const sent = Object.assign(new TypeError('x', { cause: new RangeError('c') }), { code: 'E_X' });
