@@ -75,4 +75,26 @@ describe('ProcessPoolExecutor: failures that used to hang (issue #12)', () => {
       await ex.shutdown({ cancelFutures: true });
     }
   }, 30_000);
+
+  it('item 11: map delivers the results drawn before an input iterable threw, then throws', async () => {
+    const ex = new ProcessPoolExecutor({ maxWorkers: 2 });
+    function* numbers(failAt: number) {
+      for (let i = 0; ; i++) {
+        if (i === failAt) throw new Error(`input failed at ${failAt}`);
+        yield i;
+      }
+    }
+    try {
+      for (const failAt of [5, 100]) {
+        const got: number[] = [];
+        const err = await (async () => {
+          for await (const x of ex.map(tasks.add, numbers(failAt), numbers(1000))) got.push(x as number);
+        })().catch((e) => e);
+        expect(got).toEqual(Array.from({ length: failAt }, (_, i) => 2 * i));
+        expect(err?.message).toBe(`input failed at ${failAt}`);
+      }
+    } finally {
+      await ex.shutdown();
+    }
+  }, 30_000);
 });

@@ -363,6 +363,47 @@ describe('Pool: failures that used to hang or hit the wrong task (issue #12)', (
     expect(r.stderr).toContain(`pool worker ${pid}: unhandled rejection while task sloppyAsync (pool.mjs) was running: Error: stray while running`);
   }, 40_000);
 
+  it('item 11: imap and imapUnordered deliver every result drawn before the source threw, then throw', async () => {
+    await withPool({ processes: 2 }, async (pool) => {
+      function* source(failAt: number) {
+        for (let i = 0; ; i++) {
+          if (i === failAt) throw new Error(`source failed at ${failAt}`);
+          yield i;
+        }
+      }
+      async function* asyncSource(failAt: number) {
+        yield* source(failAt);
+      }
+      for (const failAt of [5, 100]) {
+        for (const chunksize of [1, 3]) {
+          for (const ordered of [true, false]) {
+            for (const make of [source, asyncSource]) {
+              const got: number[] = [];
+              const it = ordered ? pool.imap(tasks.square, make(failAt), { chunksize }) : pool.imapUnordered(tasks.square, make(failAt), { chunksize });
+              const err = await (async () => {
+                for await (const x of it) got.push(x as number);
+              })().catch((e) => e);
+              const expected = Array.from({ length: failAt }, (_, i) => i * i);
+              const what = `${ordered ? 'imap' : 'imapUnordered'} failAt=${failAt} chunksize=${chunksize} ${make.name}`;
+              expect(err?.message, what).toBe(`source failed at ${failAt}`);
+              expect(ordered ? got : [...got].sort((a, b) => a - b), what).toEqual(expected);
+            }
+          }
+        }
+      }
+      // A task that fails still fails at its place; a bad argument list for
+      // imapStar comes after the results drawn before it.
+      const err = await collect(pool.imap(tasks.failWithCause, ['x'])).catch((e) => e);
+      expect(err.name).toBe('CustomError');
+      const star: unknown[] = [];
+      const starErr = await (async () => {
+        for await (const x of pool.imapStar(tasks.add, [[1, 2], [3, 4], 'bad' as never])) star.push(x);
+      })().catch((e) => e);
+      expect(star).toEqual([3, 7]);
+      expect(starErr).toBeInstanceOf(TypeError);
+    });
+  }, 60_000);
+
   it('item 12: Errors and arrays with extra properties cross to a task and back as themselves', async () => {
     await withPool({ processes: 1 }, async (pool) => {
       const sent = Object.assign(new TypeError('x', { cause: new RangeError('c') }), { code: 'E_X' });
