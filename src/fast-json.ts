@@ -24,6 +24,8 @@
 //   Array.prototype, which JSON.parse's define would not.
 // - any whitespace, other tokens, depth > 8, or trailing bytes → NOT_FAST.
 
+import { hasExtraKeys } from './serialize';
+
 export const NOT_FAST: unique symbol = Symbol('not fast');
 
 const MAX_DEPTH = 8;
@@ -174,8 +176,9 @@ function object(b: RawBytes, end: number, depth: number): unknown {
 //   (the same shortest round-trip form JSON.stringify uses);
 // - strings (keys too): bytes 0x20-0x7e without '"' or '\' (no escapes,
 //   no UTF-8); booleans; null;
-// - arrays without holes; objects whose prototype is Object.prototype, keys
-//   in for-in order (JSON.stringify's order), the codec's marker key refused;
+// - arrays without holes or extra own properties (JSON would drop those);
+//   objects whose prototype is Object.prototype, keys in for-in order
+//   (JSON.stringify's order), the codec's marker key refused;
 // - anything else (undefined, functions, symbols, bigints, class instances,
 //   Dates, buffers, non-ASCII or escaped text), depth > 32 or text longer
 //   than ENCODE_LIMIT → -1, and the caller takes the general path.
@@ -299,7 +302,7 @@ function writeArray(a: unknown[], out: Uint8Array, depth: number): boolean {
     if (!(i in a) || !write(a[i], out, depth + 1)) return false;
   }
   out[wpos++] = 0x5d; // ]
-  return true;
+  return !hasExtraKeys(a);
 }
 
 function writeObject(o: Record<string, unknown>, out: Uint8Array, depth: number): boolean {

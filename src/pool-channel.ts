@@ -54,10 +54,12 @@ export class Channel {
     return this.#closed;
   }
 
-  /** Queues a message; it is written with the others queued in this turn. */
-  send(msg: unknown): void {
+  /** Queues a message; it is written with the others queued in this turn.
+   *  envelope: how many levels of arrays from the top are the protocol's own
+   *  tuples and lists (never user arrays with extra properties to keep). */
+  send(msg: unknown, envelope = 1): void {
     if (this.#closed) return;
-    const json = encodeJson(msg);
+    const json = encodeJson(msg, envelope);
     if (json !== null) {
       this.#text += 'J' + json + '\n';
     } else {

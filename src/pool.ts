@@ -444,11 +444,10 @@ export class Pool {
       w.inflight.set(job.id, job);
       w.assigned++;
       try {
-        w.channel.send(
-          job.single
-            ? (['m', job.id, job.fnId, job.items] satisfies ToWorker)
-            : (['t', job.id, job.fnId, job.items as unknown[][]] satisfies ToWorker),
-        );
+        // Envelopes: the tuple and the item list; a task's argument lists too
+        // (the worker spreads them, so extra properties on them mean nothing).
+        if (job.single) w.channel.send(['m', job.id, job.fnId, job.items] satisfies ToWorker, 2);
+        else w.channel.send(['t', job.id, job.fnId, job.items as unknown[][]] satisfies ToWorker, 3);
       } catch (err) {
         // The arguments cannot be cloned: fail this job alone.
         w.inflight.delete(job.id);
@@ -582,31 +581,46 @@ export class Pool {
       async *[Symbol.asyncIterator]() {
         const it: AsyncIterator<unknown> | Iterator<unknown> =
           typeof source[Symbol.asyncIterator] === 'function' ? source[Symbol.asyncIterator]() : source[Symbol.iterator]();
+        // Drawing stops at the source's end, or when drawing fails (the source
+        // throws, a bad item, the pool closed): what was drawn before still
+        // runs and is delivered, then the failure is thrown, as CPython does.
         let exhausted = false;
+        let failure: { error: unknown } | undefined;
         type Slot = { promise: Promise<unknown[]>; settled: boolean; results?: unknown[]; error?: unknown; ok?: boolean };
         const slots: Slot[] = [];
+        const submit = (chunk: unknown[]) => {
+          pool.#checkOpen();
+          const slot: Slot = { promise: pool.#submit(fn, chunk, undefined, !star), settled: false };
+          slot.promise.then(
+            (r) => Object.assign(slot, { settled: true, ok: true, results: r }),
+            (e) => Object.assign(slot, { settled: true, ok: false, error: e }),
+          );
+          slots.push(slot);
+        };
         const fill = async () => {
           while (!exhausted && slots.length < window) {
             const chunk: unknown[] = [];
-            while (chunk.length < chunksize) {
-              const next = await it.next();
-              if (next.done) {
-                exhausted = true;
-                break;
-              }
-              if (star) {
-                if (!Array.isArray(next.value)) throw invalidType('iterable item', 'an array of arguments', next.value);
+            try {
+              while (chunk.length < chunksize) {
+                const next = await it.next();
+                if (next.done) {
+                  exhausted = true;
+                  break;
+                }
+                if (star && !Array.isArray(next.value)) throw invalidType('iterable item', 'an array of arguments', next.value);
                 chunk.push(next.value);
-              } else chunk.push(next.value);
+              }
+            } catch (error) {
+              exhausted = true;
+              failure = { error };
             }
             if (chunk.length === 0) break;
-            pool.#checkOpen();
-            const slot: Slot = { promise: pool.#submit(fn, chunk, undefined, !star), settled: false };
-            slot.promise.then(
-              (r) => Object.assign(slot, { settled: true, ok: true, results: r }),
-              (e) => Object.assign(slot, { settled: true, ok: false, error: e }),
-            );
-            slots.push(slot);
+            try {
+              submit(chunk);
+            } catch (error) {
+              exhausted = true;
+              failure ??= { error };
+            }
           }
         };
         await fill();
@@ -624,6 +638,7 @@ export class Pool {
           for (const r of slot.results!) yield r;
           await fill();
         }
+        if (failure) throw failure.error;
       },
     };
   }

@@ -2,16 +2,18 @@
 // pipe and queue messages, pool tasks and results.
 //
 // Semantics are structured clone (Map, Set, Date, RegExp, BigInt, typed arrays,
-// cycles), plus two things structured clone lacks: Errors keep name (custom
-// subclasses too), message, stack, cause and own properties; and classes that
-// hold OS objects (Lock, SharedMemory, Connection, ...) register how they travel,
-// so they arrive as a handle to the same object.
+// cycles, arrays with extra own properties), plus two things structured clone
+// lacks: Errors keep name (custom subclasses too), message, stack, cause and own
+// properties; and classes that hold OS objects (Lock, SharedMemory, Connection,
+// ...) register how they travel, so they arrive as a handle to the same object.
 //
 // Cost: v8.serialize costs 6-11 µs per small message, JSON 0.7 µs. Most messages
 // are plain JSON data, so a quick walk decides: JSON when it round-trips exactly,
 // v8's serializer (after a walk that rewrites registered classes and Errors into
 // tagged plain objects) otherwise. The first byte says which.
 import type * as V8 from 'node:v8';
+
+import { withdrawOffers } from './fd-share';
 
 // node:v8 costs a few ms to load (it pulls in streams); a child whose
 // arguments are plain JSON never needs it, so it loads on first use.
@@ -76,7 +78,9 @@ const MARK = '\u0000pmp';
 
 // ---- fast path: is the value plain JSON data that JSON round-trips exactly? ----
 
-function isJsonSafe(value: unknown, depth: number): boolean {
+// envelope: arrays nearer the top than this depth are the caller's own framing
+// (the pool's message tuples), known to hold nothing but their elements.
+function isJsonSafe(value: unknown, depth: number, envelope: number): boolean {
   switch (typeof value) {
     case 'string':
     case 'boolean':
@@ -88,20 +92,29 @@ function isJsonSafe(value: unknown, depth: number): boolean {
       if (depth > 32) return false; // deep or cyclic: the v8 path handles it
       if (Array.isArray(value)) {
         for (let i = 0; i < value.length; i++) {
-          if (!(i in value) || !isJsonSafe(value[i], depth + 1)) return false;
+          if (!(i in value) || !isJsonSafe(value[i], depth + 1, envelope)) return false;
         }
-        return true;
+        return depth < envelope || !hasExtraKeys(value);
       }
       if (Object.getPrototypeOf(value) !== Object.prototype) return false;
       for (const key in value) {
         if (key === MARK) return false;
-        if (!isJsonSafe((value as Record<string, unknown>)[key], depth + 1)) return false;
+        if (!isJsonSafe((value as Record<string, unknown>)[key], depth + 1, envelope)) return false;
       }
       return true;
     }
     default:
       return false;
   }
+}
+
+/** Whether a dense array has own enumerable properties besides its elements
+ *  ([1, 2, extra: 'x'], a RegExp match's index/input/groups): structured clone
+ *  keeps them, JSON drops them. Object.keys is the only way JS shows them, and
+ *  it lists the indices too (O(length), about 15 ns an element), so callers ask
+ *  only once the elements have passed. */
+export function hasExtraKeys(a: readonly unknown[]): boolean {
+  return Object.keys(a).length !== a.length;
 }
 
 // ---- general path ----------------------------------------------------------
@@ -163,30 +176,24 @@ function prepare(value: unknown, ctx: CodecContext, seen: Map<object, unknown>):
     out.d = prepare(reg.codec.encode(value, ctx), ctx, seen);
     return out;
   }
-  if (isError(value)) {
-    const out: Record<string, unknown> = { [MARK]: 'Error' };
-    seen.set(value, out);
-    out.name = value.name;
-    out.ctor = value.constructor?.name;
-    out.message = value.message;
-    out.stack = value.stack;
-    if ('cause' in value) out.cause = prepare(value.cause, ctx, seen);
-    const props: Record<string, unknown> = {};
-    // AggregateError keeps its errors in an own, non-enumerable property.
-    if (value instanceof AggregateError) props.errors = prepare(value.errors, ctx, seen);
-    for (const key of Object.keys(value)) {
-      if (key !== 'cause' && key !== 'stack' && key !== 'message') {
-        defineOwn(props, key, prepare((value as unknown as Record<string, unknown>)[key], ctx, seen));
-      }
-    }
-    out.props = props;
-    return out;
-  }
+  if (isError(value)) return prepareError(value, ctx, seen);
   if (Array.isArray(value)) {
+    // Extra own properties go beside the elements, in a tagged envelope (set
+    // up front, so that a cycle through the array meets the envelope too).
     const out: unknown[] = new Array(value.length);
-    seen.set(value, out);
+    const extra = extraKeys(value);
+    let envelope: Record<string, unknown> | undefined;
+    if (extra) {
+      envelope = { [MARK]: 'Array', d: out, p: {} };
+      seen.set(value, envelope);
+    } else {
+      seen.set(value, out);
+    }
     for (let i = 0; i < value.length; i++) if (i in value) out[i] = prepare(value[i], ctx, seen);
-    return out;
+    if (!envelope) return out;
+    const props = envelope.p as Record<string, unknown>;
+    for (const key of extra!) defineOwn(props, key, prepare((value as unknown as Record<string, unknown>)[key], ctx, seen));
+    return envelope;
   }
   if (value instanceof Map) {
     const out = new Map();
@@ -219,31 +226,136 @@ function defineOwn(target: Record<string, unknown>, key: string, v: unknown): vo
   else target[key] = v;
 }
 
-const errorConstructors: Record<string, ErrorConstructor> = {
-  AggregateError: AggregateError as unknown as ErrorConstructor,
-  Error,
-  TypeError,
-  RangeError,
-  SyntaxError,
-  ReferenceError,
-  EvalError,
-  URIError,
-};
+// The own enumerable keys of an array that are not indices, or undefined.
+// Object.keys lists indices first, then the other keys: only the tail is read.
+function extraKeys(a: unknown[]): string[] | undefined {
+  const keys = Object.keys(a);
+  let j = keys.length;
+  while (j > 0 && !isIndexKey(keys[j - 1])) j--;
+  return j < keys.length ? keys.slice(j) : undefined;
+}
+
+function isIndexKey(key: string): boolean {
+  const n = Number(key);
+  return n >>> 0 === n && n !== 0xffffffff && String(n) === key;
+}
+
+// ---- Errors ------------------------------------------------------------------
+//
+// An Error travels as its parts and is rebuilt as a real Error of its nearest
+// built-in class (util.types.isNativeError is true, so structuredClone and
+// v8.serialize keep it an Error on the other side); a subclass keeps its name,
+// not its class. An Error is most often a failure being reported, so a part
+// that cannot travel (a callback, a socket, a getter that throws) is left out
+// instead of failing the whole report, and the copy's `droppedProperties`
+// says which and why.
+
+const errorConstructors = new Map<string, ErrorConstructor>([
+  ['Error', Error],
+  ['TypeError', TypeError],
+  ['RangeError', RangeError],
+  ['SyntaxError', SyntaxError],
+  ['ReferenceError', ReferenceError],
+  ['EvalError', EvalError],
+  ['URIError', URIError],
+  ['AggregateError', AggregateError as unknown as ErrorConstructor],
+]);
+
+function builtinErrorClass(err: object): string {
+  for (let p = Object.getPrototypeOf(err); p !== null; p = Object.getPrototypeOf(p)) {
+    const ctor = Object.prototype.hasOwnProperty.call(p, 'constructor') ? p.constructor : undefined;
+    if (typeof ctor === 'function' && errorConstructors.get(ctor.name) === ctor) return ctor.name;
+  }
+  return 'Error';
+}
+
+const DROPPED = Symbol('dropped');
+
+function prepareError(err: Error, ctx: CodecContext, seen: Map<object, unknown>): Record<string, unknown> {
+  const ctor = builtinErrorClass(err);
+  const out: Record<string, unknown> = { [MARK]: 'Error', ctor };
+  seen.set(err, out);
+  const source = err as unknown as Record<string, unknown>;
+  const dropped: Record<string, string> = {};
+  const part = (key: string): unknown => preparePart(source, key, ctx, seen, dropped);
+  const set = (key: string, v: unknown) => {
+    if (v !== DROPPED) out[key] = v;
+  };
+  set('name', part('name'));
+  set('message', part('message'));
+  set('stack', part('stack'));
+  if ('cause' in err) set('cause', part('cause'));
+  // AggregateError keeps its errors in an own, non-enumerable property.
+  if (ctor === 'AggregateError') set('errors', part('errors'));
+  const props: Record<string, unknown> = {};
+  for (const key of Object.keys(err)) {
+    const v = part(key);
+    if (v !== DROPPED) defineOwn(props, key, v);
+  }
+  out.props = props;
+  if (Object.keys(dropped).length > 0) out.dropped = dropped;
+  return out;
+}
+
+// One part of an Error, or DROPPED (noted in `dropped`) when it cannot travel.
+// What the failed attempt registered is undone: entries in `seen` (they may
+// stand for half-built copies), fds listed for the channel, and offers made to
+// the fd sharer, which nobody would ever claim.
+function preparePart(
+  source: Record<string, unknown>,
+  key: string,
+  ctx: CodecContext,
+  seen: Map<object, unknown>,
+  dropped: Record<string, string>,
+): unknown {
+  const seenMark = seen.size;
+  const fdMark = ctx.fds.length;
+  const offerMark = ctx.offers?.length ?? 0;
+  try {
+    return prepare(source[key], ctx, seen);
+  } catch (reason) {
+    if (seen.size > seenMark) {
+      const added: object[] = [];
+      let i = 0;
+      for (const k of seen.keys()) if (i++ >= seenMark) added.push(k);
+      for (const k of added) seen.delete(k);
+    }
+    ctx.fds.length = fdMark;
+    if (ctx.offers && ctx.offers.length > offerMark) withdrawOffers(ctx.offers.splice(offerMark));
+    dropped[key] = describeFailure(reason);
+    return DROPPED;
+  }
+}
+
+function describeFailure(reason: unknown): string {
+  try {
+    // The codec's own refusal says why; anything else was thrown by a getter
+    // or a transferable's encode().
+    if ((reason as { code?: unknown } | null)?.code === 'ERR_MP_DATA_CLONE') return (reason as Error).message;
+    return `reading or encoding it threw ${String(reason)}`;
+  } catch {
+    return 'it could not be cloned';
+  }
+}
 
 function reviveError(data: Record<string, any>, ctx: CodecContext, seen: Map<object, unknown>): Error {
-  const Ctor = errorConstructors[data.ctor as string] ?? errorConstructors[data.name as string] ?? Error;
-  const err = Object.create(Ctor.prototype) as Error;
+  const Ctor = errorConstructors.get(data.ctor) ?? Error;
+  const err: Error = data.ctor === 'AggregateError' ? new AggregateError([]) : new Ctor();
   seen.set(data, err);
-  const define = (key: string, value: unknown) =>
-    Object.defineProperty(err, key, { value, writable: true, configurable: true, enumerable: false });
-  define('message', data.message);
-  define('stack', data.stack);
-  if (data.name !== Ctor.prototype.name) define('name', data.name);
-  if ('cause' in data) define('cause', revive(data.cause, ctx, seen));
-  for (const key of Object.keys(data.props ?? {})) {
-    if (key === 'name') continue;
-    defineOwn(err as unknown as Record<string, unknown>, key, revive(data.props[key], ctx, seen));
-  }
+  const has = (key: string) => Object.prototype.hasOwnProperty.call(data, key);
+  const define = (key: string, value: unknown, enumerable: boolean) =>
+    Object.defineProperty(err, key, { value, writable: true, configurable: true, enumerable });
+  // message, stack, cause and errors are own, non-enumerable properties of a
+  // native Error; a name that differs from the class's goes the same way.
+  if (has('message')) define('message', revive(data.message, ctx, seen), false);
+  if (has('stack')) define('stack', revive(data.stack, ctx, seen), false);
+  else delete err.stack; // the one captured here would describe this process
+  if (has('name') && data.name !== err.name) define('name', revive(data.name, ctx, seen), false);
+  if (has('cause')) define('cause', revive(data.cause, ctx, seen), false);
+  if (has('errors')) define('errors', revive(data.errors, ctx, seen), false);
+  const props = (data.props ?? {}) as Record<string, unknown>;
+  for (const key of Object.keys(props)) define(key, revive(props[key], ctx, seen), true);
+  if (has('dropped')) define('droppedProperties', data.dropped, true);
   return err;
 }
 
@@ -281,6 +393,16 @@ function revive(value: unknown, ctx: CodecContext, seen: Map<object, unknown>): 
     return obj;
   }
   if (tag === 'Error') return reviveError(obj, ctx, seen);
+  if (tag === 'Array') {
+    const arr = obj.d as unknown[];
+    seen.set(obj, arr);
+    revive(arr, ctx, seen);
+    // Defined, not assigned: a setter on Array.prototype must not see them.
+    for (const key of Object.keys(obj.p)) {
+      Object.defineProperty(arr, key, { value: revive(obj.p[key], ctx, seen), writable: true, enumerable: true, configurable: true });
+    }
+    return arr;
+  }
   if (tag === 'Object') {
     seen.set(obj, obj.d);
     return revive(obj.d, ctx, seen);
@@ -293,14 +415,16 @@ function revive(value: unknown, ctx: CodecContext, seen: Map<object, unknown>): 
 }
 
 /** The JSON text of a value when JSON round-trips it exactly, else null.
- *  (JSON text never contains a raw newline, so it can be newline-framed.) */
-export function encodeJson(value: unknown): string | null {
-  return isJsonSafe(value, 0) ? JSON.stringify(value) : null;
+ *  (JSON text never contains a raw newline, so it can be newline-framed.)
+ *  envelope: how many levels of arrays from the top are the caller's own
+ *  framing, not checked for extra properties (each check costs O(length)). */
+export function encodeJson(value: unknown, envelope = 0): string | null {
+  return isJsonSafe(value, 0, envelope) ? JSON.stringify(value) : null;
 }
 
 /** Encodes a value; transferables that carry fds append them to ctx.fds. */
 export function encode(value: unknown, ctx: CodecContext = { fds: [] }): Buffer {
-  if (isJsonSafe(value, 0)) {
+  if (isJsonSafe(value, 0, 0)) {
     const json = JSON.stringify(value);
     const out = Buffer.allocUnsafe(1 + Buffer.byteLength(json));
     out[0] = JSON_TAG;
@@ -339,7 +463,7 @@ export function decode(bytes: Uint8Array, ctx: CodecContext = { fds: [] }): unkn
  *  takes the JSON fast path; undefined otherwise. Lets a transport write the
  *  text straight into its own memory (the queues' ring) without a Buffer between. */
 export function encodeJsonText(value: unknown): string | undefined {
-  return isJsonSafe(value, 0) ? JSON.stringify(value) : undefined;
+  return isJsonSafe(value, 0, 0) ? JSON.stringify(value) : undefined;
 }
 
 /** The first byte of a JSON-coded message. */

@@ -1,3 +1,4 @@
+import { types } from 'node:util';
 import { describe, expect, it } from 'vitest';
 
 import { ProcessPoolExecutor, WorkerCrashedError } from 'posix-multiprocessing';
@@ -55,4 +56,45 @@ describe('ProcessPoolExecutor', () => {
     }
     expect(new Set(pids).size).toBe(3);
   });
+});
+
+describe('ProcessPoolExecutor: failures that used to hang (issue #12)', () => {
+  it('item 4: futures whose errors cannot be encoded whole reject; the worker goes on', async () => {
+    const ex = new ProcessPoolExecutor({ maxWorkers: 1 });
+    const within = <T>(p: Promise<T>) =>
+      Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error('did not settle within 10 s')), 10_000).unref())]);
+    try {
+      const err = await within(ex.submit(tasks.throwWithCallback, 'boom')).catch((e) => e);
+      expect(types.isNativeError(err)).toBe(true);
+      expect(err).toMatchObject({ name: 'RangeError', message: 'boom', code: 'E_RETRY' });
+      expect(Object.keys(err.droppedProperties)).toEqual(['retry']);
+      await expect(within(ex.submit(tasks.throwSymbol))).rejects.toMatchObject({ code: 'ERR_MP_DATA_CLONE', message: expect.stringContaining('Symbol(thrown)') });
+      await expect(within(ex.submit(tasks.throwFunction))).rejects.toMatchObject({ code: 'ERR_MP_DATA_CLONE', message: expect.stringContaining('handler') });
+      expect(await within(ex.submit(tasks.square, 7))).toBe(49);
+    } finally {
+      await ex.shutdown({ cancelFutures: true });
+    }
+  }, 30_000);
+
+  it('item 11: map delivers the results drawn before an input iterable threw, then throws', async () => {
+    const ex = new ProcessPoolExecutor({ maxWorkers: 2 });
+    function* numbers(failAt: number) {
+      for (let i = 0; ; i++) {
+        if (i === failAt) throw new Error(`input failed at ${failAt}`);
+        yield i;
+      }
+    }
+    try {
+      for (const failAt of [5, 100]) {
+        const got: number[] = [];
+        const err = await (async () => {
+          for await (const x of ex.map(tasks.add, numbers(failAt), numbers(1000))) got.push(x as number);
+        })().catch((e) => e);
+        expect(got).toEqual(Array.from({ length: failAt }, (_, i) => 2 * i));
+        expect(err?.message).toBe(`input failed at ${failAt}`);
+      }
+    } finally {
+      await ex.shutdown();
+    }
+  }, 30_000);
 });

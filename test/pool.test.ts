@@ -1,8 +1,9 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { types } from 'node:util';
 
 import { AsyncResult, Connection, Pipe, Pool, Queue, TimeoutError, WorkerCrashedError } from 'posix-multiprocessing';
 import * as tasks from './fixtures/pool.mjs';
@@ -18,6 +19,19 @@ async function withPool<T>(options: ConstructorParameters<typeof Pool>[0], body:
   } finally {
     pool.terminate();
     await pool.join();
+  }
+}
+
+/** p, or a rejection if it has not settled within `seconds` (a hang fails the test instead of timing it out). */
+async function within<T>(p: Promise<T>, seconds = 10): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`did not settle within ${seconds} s`)), seconds * 1000);
+  });
+  try {
+    return await Promise.race([p, expired]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -303,4 +317,117 @@ describe('Pool', () => {
   it('chaos (light): 2,000 tasks while a worker is SIGKILLed every 200 ms all settle; the pool still works', async () => {
     await chaos(2_000, 200);
   }, 120_000);
+});
+
+describe('Pool: failures that used to hang or hit the wrong task (issue #12)', () => {
+  it('item 4: a task whose error cannot be encoded whole still rejects, and its worker goes on', async () => {
+    await withPool({ processes: 1 }, async (pool) => {
+      const pids = pool.pids;
+      const err = await within(pool.apply(tasks.throwWithCallback, ['boom'])).catch((e) => e);
+      expect(types.isNativeError(err)).toBe(true);
+      expect(err).toBeInstanceOf(RangeError);
+      expect([err.message, err.code]).toEqual(['boom', 'E_RETRY']);
+      expect(err.stack).toContain('throwWithCallback');
+      expect(Object.keys(err.droppedProperties)).toEqual(['retry']);
+      expect(err.droppedProperties.retry).toMatch(/function/);
+      expect(await within(pool.apply(tasks.identity, [1]))).toBe(1);
+      const thrown: Array<[(...a: any[]) => unknown, RegExp]> = [
+        [tasks.throwSymbol, /throwSymbol .*Symbol\(thrown\)/],
+        [tasks.throwFunction, /throwFunction .*function \(handler\)/],
+        [tasks.rejectWithObjectHoldingFunction, /rejectWithObjectHoldingFunction .*reason: 'nope'.*callback/],
+      ];
+      for (const [fn, message] of thrown) {
+        const e = await within(pool.apply(fn, [])).catch((x) => x);
+        expect(types.isNativeError(e)).toBe(true);
+        expect(e.code).toBe('ERR_MP_DATA_CLONE');
+        expect(e.message).toMatch(message);
+        expect(await within(pool.apply(tasks.identity, [2]))).toBe(2);
+      }
+      // One worker served all of it: none was lost or replaced.
+      expect(pool.pids).toEqual(pids);
+    });
+  }, 30_000);
+
+  it('item 10: a stray rejection is reported by its worker and fails no task, later or running', () => {
+    const script = path.join(__dirname, 'fixtures', 'programs', 'pool-stray.mjs');
+    const r = spawnSync(process.execPath, [script], { encoding: 'utf8', timeout: 30_000 });
+    expect(r.status).toBe(0);
+    const out = JSON.parse(r.stdout.trim());
+    expect(out.sloppy).toEqual({ value: 'done' });
+    expect(out.next).toEqual({ value: 1 });
+    expect(out.sloppyAsync).toEqual({ value: 'done' });
+    expect(out.last).toEqual({ value: 2 });
+    expect(out.pidsAfter).toEqual(out.pids);
+    const [pid] = out.pids;
+    expect(r.stderr).toContain(`pool worker ${pid}: unhandled rejection after task sloppy (pool.mjs) finished: Error: stray`);
+    expect(r.stderr).toContain(`pool worker ${pid}: unhandled rejection while task sloppyAsync (pool.mjs) was running: Error: stray while running`);
+  }, 40_000);
+
+  it('item 11: imap and imapUnordered deliver every result drawn before the source threw, then throw', async () => {
+    await withPool({ processes: 2 }, async (pool) => {
+      function* source(failAt: number) {
+        for (let i = 0; ; i++) {
+          if (i === failAt) throw new Error(`source failed at ${failAt}`);
+          yield i;
+        }
+      }
+      async function* asyncSource(failAt: number) {
+        yield* source(failAt);
+      }
+      for (const failAt of [5, 100]) {
+        for (const chunksize of [1, 3]) {
+          for (const ordered of [true, false]) {
+            for (const make of [source, asyncSource]) {
+              const got: number[] = [];
+              const it = ordered ? pool.imap(tasks.square, make(failAt), { chunksize }) : pool.imapUnordered(tasks.square, make(failAt), { chunksize });
+              const err = await (async () => {
+                for await (const x of it) got.push(x as number);
+              })().catch((e) => e);
+              const expected = Array.from({ length: failAt }, (_, i) => i * i);
+              const what = `${ordered ? 'imap' : 'imapUnordered'} failAt=${failAt} chunksize=${chunksize} ${make.name}`;
+              expect(err?.message, what).toBe(`source failed at ${failAt}`);
+              expect(ordered ? got : [...got].sort((a, b) => a - b), what).toEqual(expected);
+            }
+          }
+        }
+      }
+      // A task that fails still fails at its place; a bad argument list for
+      // imapStar comes after the results drawn before it.
+      const err = await collect(pool.imap(tasks.failWithCause, ['x'])).catch((e) => e);
+      expect(err.name).toBe('CustomError');
+      const star: unknown[] = [];
+      const starErr = await (async () => {
+        for await (const x of pool.imapStar(tasks.add, [[1, 2], [3, 4], 'bad' as never])) star.push(x);
+      })().catch((e) => e);
+      expect(star).toEqual([3, 7]);
+      expect(starErr).toBeInstanceOf(TypeError);
+    });
+  }, 60_000);
+
+  it('item 12: Errors and arrays with extra properties cross to a task and back as themselves', async () => {
+    await withPool({ processes: 1 }, async (pool) => {
+      const sent = Object.assign(new TypeError('x', { cause: new RangeError('c') }), { code: 'E_X' });
+      const seen = (await pool.apply(tasks.describeError, [sent])) as any;
+      expect(seen).toMatchObject({ isNativeError: true, isError: true, ctor: 'TypeError', name: 'TypeError', message: 'x', code: 'E_X', stack: sent.stack });
+      expect(seen.cause).toEqual({ isNativeError: true, name: 'RangeError', message: 'c' });
+      expect([seen.cloneIsNativeError, seen.cloneMessage]).toEqual([true, 'x']);
+      const agg = (await pool.apply(tasks.describeError, [new AggregateError([new Error('e1')], 'agg')])) as any;
+      expect(agg).toMatchObject({ isNativeError: true, ctor: 'AggregateError', errors: [{ isNativeError: true, name: 'Error', message: 'e1' }] });
+
+      const [custom, aggBack, syn] = (await pool.apply(tasks.makeErrors, [])) as any[];
+      for (const e of [custom, aggBack, syn]) expect(types.isNativeError(e)).toBe(true);
+      expect([custom.name, custom.message, custom.code, custom.cause.name]).toEqual(['CustomError', 'custom', 'E_CUSTOM', 'TypeError']);
+      expect(custom.stack).toContain('makeErrors');
+      expect(aggBack).toBeInstanceOf(AggregateError);
+      expect(aggBack.errors.map((e: Error) => [types.isNativeError(e), e.message])).toEqual([[true, 'r1'], [true, 'e2']]);
+      expect(syn).toBeInstanceOf(SyntaxError);
+      expect([syn.code, syn.detail]).toEqual(['E_SYN', { n: 1 }]);
+
+      const arg = Object.assign([1, 2], { extra: 'x' });
+      expect(await pool.apply(tasks.describeArray, [arg])).toEqual({ isArray: true, length: 2, keys: ['0', '1', 'extra'], extra: 'x' });
+      expect(await pool.map(tasks.describeArray, [arg])).toEqual([{ isArray: true, length: 2, keys: ['0', '1', 'extra'], extra: 'x' }]);
+      const back = (await pool.apply(tasks.arrayWithExtra, [3])) as any;
+      expect([[...back], Object.keys(back), back.extra]).toEqual([[0, 1, 2], ['0', '1', '2', 'extra'], 'x']);
+    });
+  }, 30_000);
 });

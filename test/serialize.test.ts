@@ -3,11 +3,13 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { types } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { Process, registerTransferable } from 'posix-multiprocessing';
+import { Pipe, Process, Queue, WorkerCrashedError, registerTransferable } from 'posix-multiprocessing';
 // The codec is internal: tested through the package's own build.
-import { decode, encode, isPlainJson } from '../dist/cjs/serialize.js';
+import { decode, encode, encodeJsonText, isPlainJson } from '../dist/cjs/serialize.js';
+import * as codecTargets from './fixtures/codec.mjs';
 import * as targets from './fixtures/targets.mjs';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pmp-serialize-'));
@@ -21,6 +23,16 @@ class CustomError extends Error {
     this.name = 'CustomError';
   }
 }
+
+class NotFoundError extends RangeError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'NotFoundError';
+  }
+}
+
+/** Own enumerable keys besides the indices: what JSON drops and structured clone keeps. */
+const extraKeysOf = (a: unknown[]) => Object.keys(a).filter((k) => String(Number(k)) !== k);
 
 describe('encode/decode', () => {
   it('plain JSON data takes the JSON path and round-trips', () => {
@@ -153,6 +165,129 @@ describe('encode/decode', () => {
   });
 });
 
+describe('Errors arrive as real Errors (issue #12 item 12)', () => {
+  it('each revives as a native Error of its nearest built-in class, keeping name, message, stack, cause and own properties', () => {
+    const cases: Array<[Error, ErrorConstructor]> = [
+      [new Error('e'), Error],
+      [new TypeError('t'), TypeError],
+      [new RangeError('r'), RangeError],
+      [new SyntaxError('s'), SyntaxError],
+      [new ReferenceError('f'), ReferenceError],
+      [new EvalError('v'), EvalError],
+      [new URIError('u'), URIError],
+      [new CustomError('c', { cause: new TypeError('why') }), Error],
+      [new NotFoundError('nf'), RangeError],
+      [new WorkerCrashedError('w', 3, null), Error],
+      [Object.assign(new Error('sys'), { code: 'ENOENT', errno: -2, syscall: 'open' }), Error],
+    ];
+    for (const [err, Base] of cases) {
+      const back = roundTrip(err);
+      expect(types.isNativeError(back), err.name).toBe(true);
+      expect(Object.getPrototypeOf(back)).toBe(Base.prototype);
+      expect(back.name).toBe(err.name);
+      expect(back.message).toBe(err.message);
+      expect(back.stack).toBe(err.stack);
+      expect(Object.keys(back).sort()).toEqual(Object.keys(err).sort());
+      for (const key of Object.keys(err)) expect((back as any)[key]).toEqual((err as any)[key]);
+      // A real Error survives structuredClone (and v8.serialize) in the receiver.
+      const clone = structuredClone(back);
+      expect(types.isNativeError(clone)).toBe(true);
+      expect(clone.message).toBe(err.message);
+    }
+    const custom = roundTrip(new CustomError('c', { cause: new TypeError('why') }));
+    expect(types.isNativeError(custom.cause)).toBe(true);
+    expect(custom.cause).toBeInstanceOf(TypeError);
+    expect(Object.getOwnPropertyDescriptor(custom, 'cause')?.enumerable).toBe(false);
+    const crashed = roundTrip(new WorkerCrashedError('w', 3, null)) as any;
+    expect([crashed.name, crashed.code, crashed.exitCode, crashed.signal]).toEqual(['WorkerCrashedError', 'ERR_MP_WORKER_CRASHED', 3, null]);
+  });
+
+  it('AggregateError keeps its class and its errors; cycles through an error survive', () => {
+    const agg = new AggregateError([new RangeError('r1'), new CustomError('c2')], 'many');
+    const back = roundTrip(agg);
+    expect(types.isNativeError(back)).toBe(true);
+    expect(back).toBeInstanceOf(AggregateError);
+    expect(back.errors.map((e: Error) => [types.isNativeError(e), e.name, e.message])).toEqual([
+      [true, 'RangeError', 'r1'],
+      [true, 'CustomError', 'c2'],
+    ]);
+    expect(Object.keys(back)).toEqual([]); // errors stays non-enumerable, as on a native one
+    const loop = Object.assign(new Error('loop'), { self: null as unknown });
+    loop.self = loop;
+    const loopBack = roundTrip({ a: loop, b: loop });
+    expect(loopBack.a).toBe(loopBack.b);
+    expect((loopBack.a as any).self).toBe(loopBack.a);
+  });
+
+  it('an Error whose parts cannot all travel goes without them, and says which and why (issue #12 item 4)', () => {
+    // x fails half-way (its function comes after a); y holds x again: the
+    // half-built copy of x must not be reused for y, which fails the same way.
+    const half = { a: 1, f() {} };
+    const err = Object.assign(new RangeError('boom'), { code: 'E_BOOM', retry: () => {}, x: half, y: { again: half }, ok: { n: 1 } });
+    Object.defineProperty(err, 'bad', { enumerable: true, get: () => { throw new Error('getter broke'); } });
+    (err as any).cause = Symbol('why');
+    const back = roundTrip(err) as any;
+    expect(types.isNativeError(back)).toBe(true);
+    expect(back).toBeInstanceOf(RangeError);
+    expect([back.message, back.code, back.stack]).toEqual(['boom', 'E_BOOM', err.stack]);
+    expect(back.ok).toEqual({ n: 1 });
+    for (const key of ['retry', 'x', 'y', 'bad', 'cause']) expect(key in back, key).toBe(false);
+    expect(Object.keys(back.droppedProperties).sort()).toEqual(['bad', 'cause', 'retry', 'x', 'y']);
+    expect(back.droppedProperties.retry).toMatch(/function/);
+    expect(back.droppedProperties.bad).toBe('reading or encoding it threw Error: getter broke');
+    expect(back.droppedProperties.cause).toMatch(/Symbol\(why\)/);
+    // The fds a dropped part listed for the channel are taken back.
+    class FdHolder {}
+    registerTransferable('test.FdHolder', FdHolder, {
+      encode: (_h, ctx) => ctx.fds.push(0) - 1,
+      decode: () => new FdHolder(),
+    });
+    const ctx = { fds: [] as number[] };
+    const withFd = Object.assign(new Error('fd'), { part: { h: new FdHolder(), f() {} } });
+    const fdBack = decode(encode(withFd, ctx), ctx) as any;
+    expect(ctx.fds).toEqual([]);
+    expect(Object.keys(fdBack.droppedProperties)).toEqual(['part']);
+    // A thrown value that is not an Error is still refused whole.
+    expect(() => encode({ e: Symbol('s') })).toThrow(expect.objectContaining({ code: 'ERR_MP_DATA_CLONE' }));
+  });
+});
+
+describe('arrays keep extra own properties, like structured clone (issue #12 item 12)', () => {
+  it('on the JSON path they are noticed and sent by the general path', () => {
+    const a = Object.assign([1, 2], { extra: 'x' });
+    expect(encodeJsonText(a)).toBeUndefined();
+    expect(encodeJsonText({ list: a })).toBeUndefined();
+    expect(isPlainJson(encode(a))).toBe(false);
+    const back = roundTrip({ list: a }).list;
+    expect(Array.isArray(back)).toBe(true);
+    expect([...back]).toEqual([1, 2]);
+    expect(extraKeysOf(back)).toEqual(['extra']);
+    expect(back.extra).toBe('x');
+    expect(encodeJsonText([1, 2])).toBe('[1,2]'); // a plain array still takes the JSON path
+    // A RegExp match: index, input and groups.
+    const m = 'xaby'.match(/(?<l>a)b/)!;
+    const mb = roundTrip(m) as RegExpMatchArray;
+    expect([...mb]).toEqual(['ab', 'a']);
+    expect([mb.index, mb.input, { ...mb.groups }]).toEqual([1, 'xaby', { l: 'a' }]);
+  });
+
+  it('on the general path, with holes, cycles, and values that need the codec', () => {
+    const g: any = Object.assign([new Map([[1, 2]]), , 3], { err: new TypeError('in array'), '01': 'not an index', '4294967295': 'neither' });
+    g.self = g;
+    const back = roundTrip({ g, again: g }) as any;
+    expect(back.again).toBe(back.g);
+    const b = back.g;
+    expect(b.length).toBe(3);
+    expect(1 in b).toBe(false);
+    expect(b[0]).toEqual(new Map([[1, 2]]));
+    expect(b.self).toBe(b);
+    expect(types.isNativeError(b.err)).toBe(true);
+    expect(b.err).toBeInstanceOf(TypeError);
+    expect(extraKeysOf(b).sort()).toEqual(extraKeysOf(g).sort());
+    expect([b['01'], b['4294967295']]).toEqual(['not an index', 'neither']);
+  });
+});
+
 describe('arguments through a child', () => {
   it('the child receives Map, Set, Date, RegExp, BigInt, typed arrays and Errors as themselves', async () => {
     const file = out('echo.json');
@@ -209,4 +344,85 @@ describe('arguments through a child', () => {
     expect(Buffer.compare(Buffer.from(b), Buffer.from(big))).toBe(0);
     expect(t).toBe(text);
   });
+});
+
+describe('Errors and arrays end to end (issue #12 item 12)', () => {
+  const errorCase = () => Object.assign(new NotFoundError('not here'), { code: 'E_NF', detail: { n: 1 } });
+  const checkError = (d: any) => {
+    expect(d).toMatchObject({ error: true, isNativeError: true, ctor: 'RangeError', name: 'NotFoundError', message: 'not here', code: 'E_NF', detail: { n: 1 } });
+    expect(d.stack).toContain('not here');
+    expect(d.cloneIsNativeError).toBe(true);
+    expect(d.cloneMessage).toBe('not here');
+  };
+  const withCause = () => new CustomError('outer', { cause: new TypeError('inner') });
+  const checkWithCause = (d: any) => {
+    expect(d).toMatchObject({ isNativeError: true, ctor: 'Error', name: 'CustomError', message: 'outer', cloneIsNativeError: true });
+    expect(d.cause).toMatchObject({ isNativeError: true, ctor: 'TypeError', name: 'TypeError', message: 'inner' });
+  };
+  const small = () => Object.assign([1, 2], { extra: 'x' }); // small enough for the queue's and pipe's fast paths
+  const checkSmall = (d: any) => expect(d).toEqual({ array: [1, 2], props: { extra: 'x' } });
+
+  it('through Process args: the child sees real Errors and arrays with their extra properties', async () => {
+    const file = out('described.json');
+    const p = new Process({ target: codecTargets.describeArgs, args: [file, errorCase(), withCause(), small()] });
+    p.start();
+    expect(await p.join(20)).toBe(0);
+    const [e, c, a] = JSON.parse(fs.readFileSync(file, 'utf8'));
+    checkError(e);
+    checkWithCause(c);
+    checkSmall(a);
+  }, 30_000);
+
+  it('over a Queue and a Pipe, both ways', async () => {
+    const values = () => [errorCase(), withCause(), small(), Object.assign(['a'], { inner: errorCase() })];
+    const check = (got: any[]) => {
+      const [[de, e], [dc, c], [ds, s], [dn, n]] = got;
+      checkError(de);
+      checkWithCause(dc);
+      checkSmall(ds);
+      expect(dn.array).toEqual(['a']);
+      checkError(dn.props.inner);
+      // and what came back here
+      for (const err of [e, c, n.inner]) expect(types.isNativeError(err)).toBe(true);
+      expect(e).toBeInstanceOf(RangeError);
+      expect([e.name, e.code, c.name, c.cause.message]).toEqual(['NotFoundError', 'E_NF', 'CustomError', 'inner']);
+      expect(extraKeysOf(s)).toEqual(['extra']);
+      expect([...s, s.extra]).toEqual([1, 2, 'x']);
+    };
+
+    const inbox = new Queue();
+    const outbox = new Queue();
+    const q = new Process({ target: codecTargets.echoQueue, args: [inbox, outbox] });
+    q.start();
+    const [mine, theirs] = Pipe();
+    const c = new Process({ target: codecTargets.echoConnection, args: [theirs] });
+    c.start();
+    theirs.close();
+    try {
+      const fromQueue: unknown[] = [];
+      for (const v of values()) {
+        await inbox.put(v);
+        fromQueue.push(await outbox.get({ timeout: 20 }));
+      }
+      check(fromQueue);
+      const fromPipe: unknown[] = [];
+      for (const v of values()) {
+        mine.send(v);
+        fromPipe.push(await mine.recv());
+      }
+      check(fromPipe);
+      await inbox.put(null);
+      mine.send(null);
+      expect(await q.join(20)).toBe(0);
+      expect(await c.join(20)).toBe(0);
+    } finally {
+      q.terminate();
+      c.terminate();
+      await q.join(5);
+      await c.join(5);
+      mine.close();
+      inbox.close();
+      outbox.close();
+    }
+  }, 40_000);
 });
