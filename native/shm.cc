@@ -131,7 +131,10 @@ Napi::Value Ftruncate(const Napi::CallbackInfo& info) {
 //
 // tmpfs abandons a fallocate (EINTR, undoing it) whenever a signal is pending:
 // with signals blocked, a large one cannot be starved by a periodic signal such
-// as a profiler's SIGPROF. They are delivered when the mask is restored.
+// as a profiler's SIGPROF; they are delivered when the mask is restored. A
+// small one ends long before the next such signal, and a retry does.
+constexpr size_t kBlockSignalsAbove = 256 * 1024;
+
 Napi::Value Fallocate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = FdArg(info, 0);
@@ -139,14 +142,17 @@ Napi::Value Fallocate(const Napi::CallbackInfo& info) {
   size_t length = SizeArg(info, 2);
 #if defined(__linux__)
   if (length == 0) return Napi::Boolean::New(env, true);
+  bool block = length > kBlockSignalsAbove;
   sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, &old);
+  if (block) {
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+  }
   int err;
   do {
     err = posix_fallocate(fd, static_cast<off_t>(offset), static_cast<off_t>(length));
   } while (err == EINTR);
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (block) pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (err == 0) return Napi::Boolean::New(env, true);
   if (err != EOPNOTSUPP && err != ENOSYS) ThrowSystemError(env, err, "posix_fallocate");
 #else
