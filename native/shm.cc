@@ -4,6 +4,10 @@
 //   shmOpen(name, create, exclusive, mode) -> fd      (close-on-exec)
 //   shmUnlink(name)
 //   ftruncate(fd, size); fstatSize(fd) -> size
+//   fallocate(fd, offset, length) -> true when the pages of that range now
+//                          exist (posix_fallocate; the size grows to cover
+//                          them); false where they cannot be allocated ahead
+//                          (macOS, a filesystem without fallocate)
 //   mmap(fd, size, ownFd) -> ArrayBuffer over MAP_SHARED memory; with ownFd the
 //                          fd is closed together with the unmapping
 //   unmap(buffer)          detaches an mmap() buffer: every view becomes length 0,
@@ -15,6 +19,9 @@
 //                          N-API aborts the process on a longer external buffer)
 //                          .unmap(): detaches .buffer (every view over it becomes
 //                          length 0) and munmaps. Idempotent; also done by GC.
+//                          .populate(offset, length) -> true when the pages of
+//                          that range now exist (MADV_POPULATE_WRITE, Linux
+//                          5.14+); false where the kernel cannot do that
 //
 // The ArrayBuffer is external and not shared in V8's sense (N-API cannot make a
 // SharedArrayBuffer over foreign memory): Atomics read-modify-write operations
@@ -22,10 +29,13 @@
 // Atomics.wait does not, which is why waiting is native (futex.cc).
 #include <fcntl.h>
 #include <napi.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -34,6 +44,11 @@
 
 #include "addon.h"
 #include "errors.h"
+
+// Linux 5.14; headers from before it lack the name, kernels before it answer EINVAL.
+#if defined(__linux__) && !defined(MADV_POPULATE_WRITE)
+#define MADV_POPULATE_WRITE 23
+#endif
 
 namespace pmp {
 
@@ -106,6 +121,48 @@ Napi::Value Ftruncate(const Napi::CallbackInfo& info) {
     ThrowSystemError(info.Env(), errno, "ftruncate");
   }
   return info.Env().Undefined();
+}
+
+// A tmpfs page is allocated at the first touch of a sparse segment, and when
+// /dev/shm is full that page fault is SIGBUS, which kills the process. So the
+// package allocates pages before it hands them out, where a full /dev/shm is
+// an ENOSPC it can throw. posix_fallocate extends the size only once every
+// page is there, so a peer that waits for the size never maps missing pages.
+//
+// tmpfs abandons a fallocate (EINTR, undoing it) whenever a signal is pending:
+// with signals blocked, a large one cannot be starved by a periodic signal such
+// as a profiler's SIGPROF; they are delivered when the mask is restored. A
+// small one ends long before the next such signal, and a retry does.
+constexpr size_t kBlockSignalsAbove = 256 * 1024;
+
+Napi::Value Fallocate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  size_t offset = SizeArg(info, 1);
+  size_t length = SizeArg(info, 2);
+#if defined(__linux__)
+  if (length == 0) return Napi::Boolean::New(env, true);
+  bool block = length > kBlockSignalsAbove;
+  sigset_t all, old;
+  if (block) {
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+  }
+  int err;
+  do {
+    err = posix_fallocate(fd, static_cast<off_t>(offset), static_cast<off_t>(length));
+  } while (err == EINTR);
+  if (block) pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (err == 0) return Napi::Boolean::New(env, true);
+  if (err != EOPNOTSUPP && err != ENOSYS) ThrowSystemError(env, err, "posix_fallocate");
+#else
+  // macOS has no posix_fallocate, and F_PREALLOCATE does not apply to
+  // shared-memory objects, whose pages come from anonymous memory there.
+  (void)fd;
+  (void)offset;
+  (void)length;
+#endif
+  return Napi::Boolean::New(env, false);
 }
 
 Napi::Value FstatSize(const Napi::CallbackInfo& info) {
@@ -247,6 +304,7 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "Mapping",
                        {InstanceMethod<&Mapping::UnmapMethod>("unmap"),
+                        InstanceMethod<&Mapping::PopulateMethod>("populate"),
                         InstanceAccessor<&Mapping::Buffer>("buffer"),
                         InstanceAccessor<&Mapping::Length>("length")});
   }
@@ -294,6 +352,35 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
     return info.Env().Undefined();
   }
 
+  // Allocates the pages behind [offset, offset + length) of a mapping whose
+  // file is sparse there, without writing to them: where tmpfs cannot, the
+  // kernel answers EFAULT (the fault would have been SIGBUS). Inside our own
+  // mapping and below the file's size that can only mean no page could be
+  // had, so it is reported as the ENOSPC a fallocate would have returned.
+  Napi::Value PopulateMethod(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    size_t offset = SizeArg(info, 0);
+    size_t length = SizeArg(info, 1);
+    if (region_ == nullptr || !region_->mapped) throw Napi::Error::New(env, "the mapping is unmapped");
+    if (offset > region_->length || length > region_->length - offset) {
+      throw Napi::RangeError::New(env, "range is outside the mapping");
+    }
+#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
+    if (length == 0) return Napi::Boolean::New(env, true);
+    uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    uintptr_t start = reinterpret_cast<uintptr_t>(region_->addr) + offset;
+    uintptr_t end = start + length;
+    start &= ~(page - 1);
+    end = (end + page - 1) & ~(page - 1);
+    int r = RetryEintr([&] { return madvise(reinterpret_cast<void*>(start), end - start, MADV_POPULATE_WRITE); });
+    if (r == 0) return Napi::Boolean::New(env, true);
+    if (errno == EFAULT) ThrowSystemError(env, ENOSPC, "madvise");
+    if (errno != EINVAL) ThrowSystemError(env, errno, "madvise");
+#endif
+    // EINVAL: a kernel older than 5.14.
+    return Napi::Boolean::New(env, false);
+  }
+
   Napi::Value Buffer(const Napi::CallbackInfo& info) { return buffer_.Value(); }
 
   Napi::Value Length(const Napi::CallbackInfo& info) {
@@ -331,6 +418,7 @@ void InitShm(Napi::Env env, Napi::Object exports, AddonData* data) {
   exports.Set("shmOpen", Napi::Function::New<ShmOpen>(env, "shmOpen"));
   exports.Set("shmUnlink", Napi::Function::New<ShmUnlink>(env, "shmUnlink"));
   exports.Set("ftruncate", Napi::Function::New<Ftruncate>(env, "ftruncate"));
+  exports.Set("fallocate", Napi::Function::New<Fallocate>(env, "fallocate"));
   exports.Set("fstatSize", Napi::Function::New<FstatSize>(env, "fstatSize"));
   exports.Set("mmap", Napi::Function::New<Mmap>(env, "mmap"));
   exports.Set("unmap", Napi::Function::New<Unmap>(env, "unmap"));

@@ -17,6 +17,8 @@ export interface Mapping {
   readonly buffer: ArrayBuffer;
   readonly length: number;
   unmap(): void;
+  /** Allocates the pages of [offset, offset + length) (MADV_POPULATE_WRITE); false where the kernel cannot. */
+  populate(offset: number, length: number): boolean;
 }
 
 export interface FdWatcher {
@@ -73,6 +75,8 @@ export interface Binding {
   shmOpen(name: string, create: boolean, exclusive: boolean, mode: number): number;
   shmUnlink(name: string): void;
   ftruncate(fd: number, size: number): void;
+  /** posix_fallocate: the pages of [offset, offset + length) exist afterwards; false where they cannot be allocated ahead (macOS). */
+  fallocate(fd: number, offset: number, length: number): boolean;
   fstatSize(fd: number): number;
   Mapping: new (fd: number, size: number) => Mapping;
   /**

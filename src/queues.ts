@@ -175,10 +175,12 @@ abstract class QueueBase<T> {
 
   /** Ends this handle only: the queue lives on for other handles and processes that
    *  have it. In the process that created the queue it also removes the queue's
-   *  name, so it can no longer be passed to new processes. */
+   *  name, so it can no longer be passed to new processes. The last handle of
+   *  the queue in this process unmaps its memory. */
   close(): void {
-    if (this.#ring === null) return;
-    this.#ring.unlinkName();
+    const ring = this.#ring;
+    if (ring === null) return;
+    ring.unlinkName();
     this.#ring = null;
     const err = closedError(this.constructor.name);
     for (const p of this.#pending) {
@@ -186,6 +188,8 @@ abstract class QueueBase<T> {
       p.reject(err);
     }
     this.#pending.clear();
+    // Waits just cancelled keep the memory until their threads have let go.
+    ring.close();
   }
 
   [Symbol.dispose](): void {
@@ -246,12 +250,16 @@ abstract class QueueBase<T> {
       const left = wait.deadline - performance.now();
       if (left <= 0) throw new QueueFullError();
       const seq = Atomics.load(ring.i32, GET_SEQ);
+      // Pinned: a close() during the sleep must not unmap the count before
+      // the finally gives it back.
+      ring.pin();
       Atomics.add(ring.i32, PUT_WAITERS, 1);
       try {
         if (tryPut(ring, bytes)) return;
-        await this.sleep(ring.word(GET_SEQ), seq, left, wait.signal);
+        await this.sleep(ring, ring.word(GET_SEQ), seq, left, wait.signal);
       } finally {
         Atomics.sub(ring.i32, PUT_WAITERS, 1);
+        ring.unpin();
       }
     }
   }
@@ -309,21 +317,28 @@ abstract class QueueBase<T> {
       const left = wait.deadline - performance.now();
       if (left <= 0) throw new QueueEmptyError();
       const seq = Atomics.load(ring.i32, PUT_SEQ);
+      ring.pin();
       Atomics.add(ring.i32, GET_WAITERS, 1);
       try {
         const again = ring.tryGet();
         if (again !== null) return again;
-        await this.sleep(ring.word(PUT_SEQ), seq, left, wait.signal);
+        await this.sleep(ring, ring.word(PUT_SEQ), seq, left, wait.signal);
       } finally {
         Atomics.sub(ring.i32, GET_WAITERS, 1);
+        ring.unpin();
       }
     }
   }
 
-  // One wait on the word, cancellable by close() and by the signal.
-  protected async sleep(word: WaitWord, seq: number, leftMs: number, signal?: AbortSignal): Promise<WaitResult> {
+  // One wait on the word, cancellable by close() and by the signal. The ring
+  // stays mapped until the wait's thread is done with the word, which may be
+  // after a close() has cancelled it.
+  protected async sleep(ring: Ring, word: WaitWord, seq: number, leftMs: number, signal?: AbortSignal): Promise<WaitResult> {
     if (signal?.aborted) throw abortError(signal);
     const { promise, cancel } = waitAsync(word, seq, sliceOf(leftMs));
+    ring.pin();
+    const unpin = () => ring.unpin();
+    promise.then(unpin, unpin);
     let rejectPending: (err: unknown) => void = () => {};
     const interrupted = new Promise<never>((_, reject) => {
       rejectPending = reject;
@@ -460,7 +475,7 @@ export class JoinableQueue<T = unknown> extends Queue<T> {
       // and ends the sleep at once.
       const done = Atomics.load(ring.i32, DONE);
       if (ring.unfinished() === 0) return;
-      await this.sleep(ring.word(DONE), done, Infinity, signal);
+      await this.sleep(ring, ring.word(DONE), done, Infinity, signal);
     }
   }
 

@@ -30,12 +30,21 @@
 // Messages larger than half the ring travel in a shared-memory segment of their
 // own; the record holds its name and length, and the consumer unlinks it after
 // reading.
+//
+// Memory: a page of /dev/shm is allocated at its first touch, and when tmpfs is
+// full that fault is SIGBUS. So no page is written before it is allocated:
+// spills are created whole (segment.ts), and a ring starts with its first
+// 64 KiB allocated; a producer about to write past BACKED allocates up to
+// twice as much (Mapping.populate) under PLOCK, or throws ENOSPC and leaves the
+// queue as it was. A queue that carries little costs little, and a busy one has
+// allocated its whole ring after a few steps. Each process maps a ring once,
+// and the last of its handles to close unmaps it at once (no waiting for GC).
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 
 import { stateError } from './errors';
 import { track, untrack } from './resource-tracker';
-import { createSegment } from './segment';
+import { createSegment, openSegment, reserveError } from './segment';
 import { JSON_TAG_BYTE } from './serialize';
 import { decodeFast, NOT_FAST } from './fast-json';
 import { binding, type Mapping } from './native';
@@ -57,6 +66,7 @@ const TAIL = 18; // byte counter, wraps at 2^32
 const PUTS = 19; // puts committed, wraps at 2^32
 const KNOWN_HEAD = 20; // HEAD as last read by a producer (<= HEAD)
 const KNOWN_GETS = 21; // GETS as last read by a producer (<= GETS)
+const BACKED = 22; // bytes of the segment, from its start, whose pages are allocated (only grows)
 // Line 2: the consumers'.
 const GLOCK = 32; // pid of the consumer inside; GLOCK + 1 counts sleepers
 const HEAD = 34;
@@ -65,7 +75,7 @@ const KNOWN_TAIL = 36; // TAIL as last read by a consumer (HEAD <= KNOWN_TAIL <=
 // Line 3: JoinableQueue's taskDone() calls; join() sleeps on it.
 export const DONE = 48;
 const HEADER_BYTES = 256;
-const MAGIC_VALUE = 0x706d7132; // 'pmq2': this layout
+const MAGIC_VALUE = 0x706d7133; // 'pmq3': this layout
 
 // A record: u32 length (top bit: spilled), u32 put number, the data padded to 8.
 const RECORD_HEADER = 8;
@@ -74,6 +84,10 @@ const FLAG_ASCII = 0x40000000; // JSON text, all ASCII: read back as latin1, no 
 const LENGTH_MASK = 0x3fffffff;
 
 export const DEFAULT_CAPACITY = 4 * 1024 * 1024;
+/** Segment bytes allocated when a ring is created; then it doubles as producers reach the end. */
+const FIRST_BACKED = 64 * 1024;
+/** #backedTo once the whole ring is allocated: above any record's end. */
+const FULLY_BACKED = 0x7fffffff;
 
 const pad8 = (n: number) => (n + 7) & ~7;
 
@@ -102,14 +116,22 @@ export interface RingRef {
   segment: string;
 }
 
-// One mapping per ring per process, however many handles decode it.
-const mappings = new Map<string, WeakRef<Mapping>>();
+// One mapping per ring per process, however many handles use it. The handles
+// are counted, so that the last one's close() unmaps it at once; a handle
+// dropped without close() gives its count back when it is collected.
+interface Shared {
+  readonly name: string;
+  readonly mapping: Mapping;
+  handles: number;
+}
+const shared = new Map<string, Shared>();
+const dropped = new FinalizationRegistry<Shared>(releaseShared);
 let ringCounter = 0;
 
-function mapSegment(name: string, fd: number, size: number): Mapping {
-  const mapping = new binding.Mapping(fd, size);
-  mappings.set(name, new WeakRef(mapping));
-  return mapping;
+function releaseShared(s: Shared): void {
+  if (--s.handles > 0) return;
+  if (shared.get(s.name) === s) shared.delete(s.name);
+  s.mapping.unmap();
 }
 
 // Buffer's own UTF-8 coders, without write()/toString()'s argument parsing
@@ -133,8 +155,7 @@ export class Decoded {
 
 export class Ring {
   readonly ref: RingRef;
-  /** Keeps the mapping alive as long as a handle uses it. */
-  readonly #mapping: Mapping;
+  readonly #shared: Shared;
   readonly i32: Int32Array;
   readonly #bytes: RawBuffer;
   readonly #view: DataView;
@@ -144,11 +165,17 @@ export class Ring {
   readonly #me = process.pid;
   readonly #putSeq: WaitWord;
   readonly #getSeq: WaitWord;
+  // Ring offset below which every page is allocated: BACKED as last read (it
+  // only grows, so a stale value only sends a put to #back needlessly).
+  #backedTo: number;
+  // Async waits of this handle still on its memory; the mapping outlives them.
+  #pins = 0;
+  #closed = false;
 
-  private constructor(ref: RingRef, mapping: Mapping) {
+  private constructor(ref: RingRef, s: Shared) {
     this.ref = ref;
-    this.#mapping = mapping;
-    const buffer = mapping.buffer;
+    this.#shared = s;
+    const buffer = s.mapping.buffer;
     this.i32 = new Int32Array(buffer, 0, HEADER_BYTES / 4);
     this.#capacity = this.i32[CAPACITY];
     this.#maxsize = this.i32[MAXSIZE];
@@ -157,28 +184,61 @@ export class Ring {
     this.#view = new DataView(buffer, HEADER_BYTES, this.#capacity);
     this.#putSeq = this.word(PUT_SEQ);
     this.#getSeq = this.word(GET_SEQ);
+    this.#backedTo = this.#backedFrom(Atomics.load(this.i32, BACKED));
+  }
+
+  /** A new handle over s, counted until close() (or collection). */
+  static #open(ref: RingRef, s: Shared): Ring {
+    const ring = new Ring(ref, s);
+    s.handles++;
+    dropped.register(ring, s, ring);
+    return ring;
   }
 
   /** A new ring in a segment of its own; its name goes at close() by the creator, or at exit. */
   static create(maxsize: number, capacity = DEFAULT_CAPACITY): Ring {
     if (capacity < 64 || (capacity & (capacity - 1)) !== 0) throw new RangeError('capacity must be a power of two >= 64');
     const name = `/pmp-q-${process.pid}-${++ringCounter}-${randomBytes(4).toString('hex')}`;
-    const mapping = createSegment(name, HEADER_BYTES + capacity);
-    mappings.set(name, new WeakRef(mapping));
+    const size = HEADER_BYTES + capacity;
+    let backed = Math.min(size, FIRST_BACKED);
+    const fd = openSegment(name, size, 0o600, backed);
+    let mapping: Mapping | undefined;
+    try {
+      mapping = new binding.Mapping(fd, size);
+      // Without MADV_POPULATE_WRITE (Linux before 5.14; macOS, which has no
+      // tmpfs to run out of) pages cannot be allocated later through the
+      // mapping: allocate them all now.
+      if (backed < size && !mapping.populate(0, 1)) {
+        try {
+          binding.fallocate(fd, backed, size - backed);
+        } catch (err) {
+          throw reserveError(err, name, size - backed);
+        }
+        backed = size;
+      }
+    } catch (err) {
+      mapping?.unmap();
+      binding.shmUnlink(name);
+      throw err;
+    } finally {
+      binding.closeFd(fd);
+    }
     track(name, 'shm', { lifetime: 'process' });
     const i32 = new Int32Array(mapping.buffer, 0, HEADER_BYTES / 4);
     i32[MAXSIZE] = maxsize;
     i32[CAPACITY] = capacity;
+    i32[BACKED] = backed;
     Atomics.store(i32, MAGIC, MAGIC_VALUE);
-    const ring = new Ring({ segment: name }, mapping);
-    Ring.#trackForExit(ring);
-    return ring;
+    const s: Shared = { name, mapping, handles: 0 };
+    shared.set(name, s);
+    Ring.#ownUntilExit(name);
+    return Ring.#open({ segment: name }, s);
   }
 
   static attach(ref: RingRef): Ring {
     if (typeof ref?.segment !== 'string') throw new TypeError('not a queue reference');
-    let mapping = mappings.get(ref.segment)?.deref();
-    if (!mapping || mapping.length === 0) {
+    let s = shared.get(ref.segment);
+    if (!s) {
       let fd: number;
       try {
         fd = binding.shmOpen(ref.segment, false, false, 0o600);
@@ -187,17 +247,48 @@ export class Ring {
         e.message = `cannot attach to the queue: ${e.message} (the process that created it has closed it or exited)`;
         throw e;
       }
+      let mapping: Mapping;
       try {
         const size = binding.fstatSize(fd);
         if (size < HEADER_BYTES) throw new Error('the shared memory segment is not a queue');
-        mapping = mapSegment(ref.segment, fd, size);
+        mapping = new binding.Mapping(fd, size);
       } finally {
         binding.closeFd(fd);
       }
+      const i32 = new Int32Array(mapping.buffer, 0, HEADER_BYTES / 4);
+      if (Atomics.load(i32, MAGIC) !== MAGIC_VALUE) {
+        mapping.unmap();
+        throw new Error('the shared memory segment is not a queue');
+      }
+      s = { name: ref.segment, mapping, handles: 0 };
+      shared.set(ref.segment, s);
     }
-    const i32 = new Int32Array(mapping.buffer, 0, HEADER_BYTES / 4);
-    if (Atomics.load(i32, MAGIC) !== MAGIC_VALUE) throw new Error('the shared memory segment is not a queue');
-    return new Ring(ref, mapping);
+    return Ring.#open(ref, s);
+  }
+
+  /**
+   * Ends this handle. The ring's mapping goes with the last handle of it in this
+   * process: at once, or, while async waits of this handle are still on its
+   * memory (the caller has cancelled them), as soon as the last has ended.
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#pins === 0) this.#release();
+  }
+
+  /** Keeps the mapping while an async wait uses this handle's memory, even past close(). */
+  pin(): void {
+    this.#pins++;
+  }
+
+  unpin(): void {
+    if (--this.#pins === 0 && this.#closed) this.#release();
+  }
+
+  #release(): void {
+    dropped.unregister(this);
+    releaseShared(this.#shared);
   }
 
   /** Removes the ring's name (the creator's close): handles already open keep working. */
@@ -465,9 +556,44 @@ export class Ring {
       }
     }
     const at = tail & this.#mask;
+    // The record's pages (a record that wraps needs the ring's last page; its
+    // start's are allocated already).
+    if (at + size > this.#backedTo) this.#back(at + size);
     this.#view.setUint32(at, (length | flags) >>> 0, true);
     this.#view.setInt32(at + 4, puts, true);
     return (at + RECORD_HEADER) & this.#mask;
+  }
+
+  // Allocates the ring's pages up to ring offset `end` (PLOCK held), doubling
+  // what is allocated, before anything is written there. When /dev/shm is full
+  // it releases PLOCK and throws ENOSPC, the ring untouched.
+  #back(end: number): void {
+    const i32 = this.i32;
+    const size = HEADER_BYTES + this.#capacity;
+    let backed = Atomics.load(i32, BACKED);
+    const need = Math.min(HEADER_BYTES + end, size);
+    if (backed < need) {
+      const to = Math.min(size, Math.max(need, backed * 2));
+      let ok: boolean;
+      try {
+        ok = this.#shared.mapping.populate(backed, to - backed);
+      } catch (err) {
+        this.#unlock(PLOCK);
+        throw reserveError(err, this.ref.segment, to - backed);
+      }
+      if (!ok) {
+        // The creator found MADV_POPULATE_WRITE working on this very kernel.
+        this.#unlock(PLOCK);
+        throw stateError('this kernel cannot allocate the pages of a queue in advance', 'ERR_MP_UNSUPPORTED');
+      }
+      Atomics.store(i32, BACKED, to);
+      backed = to;
+    }
+    this.#backedTo = this.#backedFrom(backed);
+  }
+
+  #backedFrom(backed: number): number {
+    return backed >= HEADER_BYTES + this.#capacity ? FULLY_BACKED : backed - HEADER_BYTES;
   }
 
   // Commits the record #reserve wrote: one store of TAIL makes it visible,
@@ -585,20 +711,19 @@ export class Ring {
   }
 
   // The ring's name goes when its creator exits, after Node has waited for
-  // non-daemon children; large messages nobody took go with it.
-  static #created: WeakRef<Ring>[] = [];
+  // non-daemon children; large messages nobody took go with it (from rings
+  // this process still maps).
   static #owned = new Set<string>();
   static #hooked = false;
-  static #trackForExit(ring: Ring): void {
-    Ring.#created.push(new WeakRef(ring));
-    Ring.#owned.add(ring.ref.segment);
+  static #ownUntilExit(name: string): void {
+    Ring.#owned.add(name);
     if (Ring.#hooked) return;
     Ring.#hooked = true;
     process.on('exit', () => {
-      for (const ref of Ring.#created) {
-        const r = ref.deref();
-        if (!r || r.#mapping.length === 0) continue;
-        for (const name of r.#spillNames()) unlinkSpill(name);
+      for (const name of Ring.#owned) {
+        const s = shared.get(name);
+        if (!s) continue;
+        for (const spill of new Ring({ segment: name }, s).#spillNames()) unlinkSpill(spill);
       }
       for (const name of spillsCreated) unlinkSpill(name);
       for (const name of Ring.#owned) {
@@ -614,25 +739,26 @@ export class Ring {
   }
 }
 
+// Spills are only ever large (over half a ring), so never empty.
 function writeSpill(data: Uint8Array): string {
   const name = `/pmp-q-${process.pid}-${++spillCounter}-${randomBytes(4).toString('hex')}`;
-  const fd = binding.shmOpen(name, true, true, 0o600);
-  spillsCreated.add(name);
   // Another process takes (and unlinks) it; if nobody does, the tracker
-  // removes it when the program tree is gone.
+  // removes it when the program tree is gone. Tracked first, so that no
+  // moment exists when it is in /dev/shm and unknown to the tracker.
+  spillsCreated.add(name);
   track(name, 'shm');
+  let mapping: Mapping;
   try {
-    binding.ftruncate(fd, data.length);
-    if (data.length > 0) {
-      const mapping = new binding.Mapping(fd, data.length);
-      new Uint8Array(mapping.buffer).set(data);
-      mapping.unmap();
-    }
+    // Allocated whole: a full /dev/shm is ENOSPC here, not SIGBUS in the copy.
+    mapping = createSegment(name, data.length);
   } catch (err) {
     unlinkSpill(name);
     throw err;
+  }
+  try {
+    new Uint8Array(mapping.buffer).set(data);
   } finally {
-    binding.closeFd(fd);
+    mapping.unmap();
   }
   return name;
 }

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { closedError, stateError } from './errors';
 import { binding } from './native';
 import { track, trackFamily, untrack } from './resource-tracker';
+import { reserve } from './segment';
 import { registerTransferable } from './serialize';
 import { invalidType, outOfRange, validateBoolean, validateInteger, validateObject } from './validate';
 
@@ -153,7 +154,9 @@ export class SharedMemory {
       }
     }
     try {
-      if (create) binding.ftruncate(fd, size);
+      // Every page allocated now: a full /dev/shm is ENOSPC here, not SIGBUS
+      // at the first write to a page tmpfs cannot back.
+      if (create) reserve(fd, name, size);
       this.#size = create ? size : binding.fstatSize(fd);
       if (this.#size === 0) {
         throw stateError(`cannot map shared memory '${name.slice(1)}': it has size 0`, 'ERR_MP_SHM_EMPTY');

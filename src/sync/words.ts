@@ -8,6 +8,7 @@ import { threadId } from 'node:worker_threads';
 import { stateError } from '../errors';
 import { heap, type BlockRef } from '../heap';
 import { binding } from '../native';
+import { reserve } from '../segment';
 import type { SpinPolicy } from '../spin';
 import { invalidType, outOfRange } from '../validate';
 
@@ -129,7 +130,9 @@ export function openNamed(
     let mapping;
     try {
       if (created) {
-        binding.ftruncate(fd, NAMED_SIZE);
+        // Sized only once its page exists (Linux), so an attacher that
+        // waits for the size never touches a page a full /dev/shm lacks.
+        reserve(fd, segment, NAMED_SIZE);
       } else {
         // The creator may not have sized it yet.
         const deadline = Date.now() + 2000;
