@@ -32,7 +32,8 @@
         "native/shm.cc",
         "native/futex.cc",
         "native/semaphore.cc",
-        "native/fdshare.cc"
+        "native/fdshare.cc",
+        "native/reaper.cc"
       ],
       "conditions": [
         ["OS=='linux'", { "libraries": ["-lrt", "-lpthread"] }]

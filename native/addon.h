@@ -3,6 +3,7 @@
 #pragma once
 
 #include <napi.h>
+#include <sys/types.h>
 
 namespace pmp {
 
@@ -17,6 +18,12 @@ struct AddonData {
   Napi::FunctionReference sem_wait_handle_ctor;
   SemState* sem = nullptr;  // semaphore.cc; never freed, as futex
 };
+
+// reaper.cc: takes over a child of this process that nobody will reap any
+// more (its ExitWatcher's environment is going away); it is reaped when it
+// exits. watch_fd (its pidfd, or the watcher's kqueue, or -1) is the reaper's
+// to use or close. Callable from any thread, cleanup hooks included.
+void ReapLater(pid_t pid, int watch_fd);
 
 void InitProcess(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitPipe(Napi::Env env, Napi::Object exports, AddonData* data);

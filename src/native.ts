@@ -52,7 +52,8 @@ export interface Binding {
   watchParent(ppid: number, signal: number): boolean;
   /** close(2) of an fd the addon handed out (no fs bookkeeping, so no warning in workers). */
   closeFd(fd: number): void;
-  ExitWatcher: new (pid: number, onExit: (exitCode: number) => void) => ExitWatcher;
+  /** deathSignal: sent to the child if this environment goes away first (a worker thread ending); it is then reaped by the process-wide reaper. */
+  ExitWatcher: new (pid: number, onExit: (exitCode: number) => void, deathSignal?: number) => ExitWatcher;
   pipe(): [number, number];
   socketpair(): [number, number];
   setNonblocking(fd: number, on?: boolean): void;

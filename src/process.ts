@@ -260,7 +260,7 @@ export class Process implements ChildRecord {
     this.#sentinel = new Promise((resolve) => (this.#resolveSentinel = resolve));
     ctx.children.add(this);
     installExitHook();
-    this.#watcher = new binding.ExitWatcher(pid, (code) => this.#onExit(code));
+    this.#watcher = new binding.ExitWatcher(pid, (code) => this.#onExit(code), header.deathSignal);
     // A daemon never keeps the parent alive; a non-daemon child does, like
     // Python joining non-daemon children at exit.
     if (this.#daemon) this.#watcher.unref();

@@ -1,7 +1,8 @@
 // Process lifecycle across many children and across process deaths: reaping at
 // scale, side by side with child_process, daemons (SCENARIO 7), parent-death
-// signals, the fork-bomb guard, fd hygiene, and loading the package from
-// CommonJS, ESM and TypeScript (tsx) programs.
+// signals, children of terminated worker threads, the fork-bomb guard, fd
+// hygiene, and loading the package from CommonJS, ESM and TypeScript (tsx)
+// programs.
 import { execFile, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -144,6 +145,19 @@ describe('daemons and parent death (SCENARIO 7)', () => {
     expect(await p.join(20)).toBe(0);
     expect(fs.readFileSync(file, 'utf8')).toBe('started');
   });
+});
+
+describe('children of worker threads', () => {
+  it('worker threads terminated with children running leave no zombie and no child behind', async () => {
+    // Each worker runs a 30 s Process and a 4-process Pool. They get their
+    // death signal as the worker's environment is torn down (on Linux the
+    // kernel sends it too, as the worker's thread ends), and the process-wide
+    // reaper reaps them: within the program's 10 s, all are gone.
+    const { stdout } = await run(process.execPath, [program('worker-children.cjs')], { timeout: 60_000 });
+    const { pids, left } = JSON.parse(stdout);
+    expect(pids.length).toBe(10);
+    expect(left).toEqual({});
+  }, 70_000);
 });
 
 describe('child startup', () => {
