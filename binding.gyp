@@ -33,7 +33,8 @@
         "native/futex.cc",
         "native/semaphore.cc",
         "native/fdshare.cc",
-        "native/reaper.cc"
+        "native/reaper.cc",
+        "native/tracker.cc"
       ],
       "conditions": [
         ["OS=='linux'", { "libraries": ["-lrt", "-lpthread"] }]

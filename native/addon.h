@@ -31,5 +31,6 @@ void InitShm(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitFutex(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitSemaphore(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitFdShare(Napi::Env env, Napi::Object exports, AddonData* data);
+void InitTracker(Napi::Env env, Napi::Object exports, AddonData* data);
 
 }  // namespace pmp

@@ -125,6 +125,15 @@ export interface Binding {
   fdShareOwnFds(): number[];
   /** Offers not yet claimed. */
   fdShareHeld(): number;
+  /** The resource tracker's pipe, shared by every thread of the process: [fd, ino, pid] (pid 0: a parent's tracker). */
+  trackerPipe(): [number, number, number] | null;
+  /**
+   * Records fd as that pipe unless one is recorded, and returns the recorded one (close fd if it is not it).
+   * With ino, fd was inherited and must be a FIFO with that inode (else null). The fd becomes close-on-exec and non-blocking.
+   */
+  trackerSetPipe(fd: number, pid: number, ino?: number): [number, number, number] | null;
+  /** PIPE_BUF: a write of at most this many bytes enters a pipe whole. */
+  readonly pipeBuf: number;
 }
 
 function load(): Binding {
