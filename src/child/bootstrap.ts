@@ -2,24 +2,20 @@
 // It reads its instructions from fd 3 (a pipe the parent filled and closed),
 // becomes "Process-N" for the package, imports its target by reference, runs
 // it, and exits as soon as the target settles (Python's rule: open handles do
-// not keep a child alive). Exit codes: 0 on return, 1 on a throw (printed on
-// stderr under the process name, like Python's traceback), n on process.exit(n).
+// not keep a child alive), once its daemon children are terminated and the
+// others joined (Python's _exit_function). Exit codes: 0 on return, 1 on a
+// throw (printed on stderr under the process name, like Python's traceback),
+// n on process.exit(n).
 import * as fs from 'node:fs';
 import { inspect } from 'node:util';
 
-import { context, type ProcessInfo } from '../context';
+import { context, exitChildren, type ProcessInfo } from '../context';
 import { importTarget } from '../import-target';
 import { binding } from '../native';
 import { Process, reviveCurrent, type ChildHeader } from '../process';
 import { decode, isPlainJson } from '../serialize';
 
 let header: ChildHeader | undefined;
-
-function fail(err: unknown): never {
-  const name = header?.name ?? `pid ${process.pid}`;
-  process.stderr.write(`Process ${name}:\n${inspect(err)}\n`);
-  process.exit(1);
-}
 
 function readInstructions(): { header: ChildHeader; body: Buffer } {
   const payload = fs.readFileSync(3);
@@ -73,7 +69,19 @@ async function main(): Promise<void> {
   await result;
 }
 
+async function finish(code: number): Promise<void> {
+  try {
+    await exitChildren();
+  } finally {
+    process.exit(code);
+  }
+}
+
 main().then(
-  () => process.exit(0),
-  (err) => fail(err),
+  () => finish(0),
+  (err) => {
+    const name = header?.name ?? `pid ${process.pid}`;
+    process.stderr.write(`Process ${name}:\n${inspect(err)}\n`);
+    return finish(1);
+  },
 );
