@@ -292,6 +292,16 @@ describe('child startup', () => {
     expect(stderr).toBe('');
   }, 30_000);
 
+  it('a target whose promise never settles exits 13 once its event loop empties, and says so', async () => {
+    const { stdout, stderr } = await run(process.execPath, [program('run.mjs'), 'neverSettle', '[]', 'Stuck-1'], { timeout: 20_000 });
+    const { pid, exitCode } = JSON.parse(stdout);
+    expect(exitCode).toBe(13);
+    expect(stderr).toBe(
+      `Process Stuck-1 (pid ${pid}): the target's promise never settled: the event loop emptied with nothing ` +
+        'left to settle it; exit code 13, as for an unsettled top-level await\n',
+    );
+  }, 30_000);
+
   it('the addon loads in a worker thread, which can start and join children', async () => {
     const { stdout } = await run(process.execPath, [program('worker-thread.cjs')], { timeout: 30_000 });
     expect(JSON.parse(stdout)).toEqual({ main: 3, worker: 4, cpus: true });
