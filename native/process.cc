@@ -153,7 +153,8 @@ struct SpawnPlan {
 
 #if defined(__linux__)
   if (plan.death_signal > 0) {
-    // Fires when the thread that forked us exits, so spawn from the main thread.
+    // Fires when the thread that forked us exits: for a worker thread, when the
+    // worker ends (as its ExitWatchers' teardown sends it too, see CleanupHook).
     if (prctl(PR_SET_PDEATHSIG, plan.death_signal) != 0) ChildFail(err_fd, errno);
     // The parent may have died before prctl took effect.
     if (getppid() != plan.parent) {
