@@ -32,7 +32,9 @@
         "native/shm.cc",
         "native/futex.cc",
         "native/semaphore.cc",
-        "native/fdshare.cc"
+        "native/fdshare.cc",
+        "native/reaper.cc",
+        "native/tracker.cc"
       ],
       "conditions": [
         ["OS=='linux'", { "libraries": ["-lrt", "-lpthread"] }]

@@ -15,6 +15,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFutex(env, exports, data);
   InitSemaphore(env, exports, data);
   InitFdShare(env, exports, data);
+  InitTracker(env, exports, data);
   return exports;
 }
 

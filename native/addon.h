@@ -3,6 +3,7 @@
 #pragma once
 
 #include <napi.h>
+#include <sys/types.h>
 
 namespace pmp {
 
@@ -18,11 +19,18 @@ struct AddonData {
   SemState* sem = nullptr;  // semaphore.cc; never freed, as futex
 };
 
+// reaper.cc: takes over a child of this process that nobody will reap any
+// more (its ExitWatcher's environment is going away); it is reaped when it
+// exits. watch_fd (its pidfd, or the watcher's kqueue, or -1) is the reaper's
+// to use or close. Callable from any thread, cleanup hooks included.
+void ReapLater(pid_t pid, int watch_fd);
+
 void InitProcess(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitPipe(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitShm(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitFutex(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitSemaphore(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitFdShare(Napi::Env env, Napi::Object exports, AddonData* data);
+void InitTracker(Napi::Env env, Napi::Object exports, AddonData* data);
 
 }  // namespace pmp

@@ -3,11 +3,15 @@
 // waitpid(-1) (which would steal child_process's children).
 //
 //   spawn(file, argv, envp, keepFds, deathSignal) -> pid
-//   new ExitWatcher(pid, onExit)   onExit(exitCode) once; exitCode is -signo
+//   new ExitWatcher(pid, onExit, deathSignal = 0)
+//                                  onExit(exitCode) once; exitCode is -signo
 //                                  for a signal death, as in CPython
 //   watcher.ref() / unref() / waitSync(timeoutMs)
 //   watchParent(ppid, signal)      macOS only: the parent-death signal Linux
 //                                  gives us through PR_SET_PDEATHSIG
+//
+// A watcher whose environment goes away before its child exited sends the
+// child its deathSignal and hands it to the process-wide reaper (reaper.cc).
 //
 // Exit watching: Linux polls a pidfd on the event loop; macOS polls a kqueue
 // with EVFILT_PROC/NOTE_EXIT; a kernel without pidfd falls back to a timer that
@@ -149,7 +153,8 @@ struct SpawnPlan {
 
 #if defined(__linux__)
   if (plan.death_signal > 0) {
-    // Fires when the thread that forked us exits, so spawn from the main thread.
+    // Fires when the thread that forked us exits: for a worker thread, when the
+    // worker ends (as its ExitWatchers' teardown sends it too, see CleanupHook).
     if (prctl(PR_SET_PDEATHSIG, plan.death_signal) != 0) ChildFail(err_fd, errno);
     // The parent may have died before prctl took effect.
     if (getppid() != plan.parent) {
@@ -264,10 +269,12 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
   explicit ExitWatcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ExitWatcher>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsFunction()) {
-      throw Napi::TypeError::New(env, "new ExitWatcher(pid, onExit)");
+      throw Napi::TypeError::New(env, "new ExitWatcher(pid, onExit, deathSignal?)");
     }
     pid_ = info[0].As<Napi::Number>().Int32Value();
     if (pid_ <= 0) throw Napi::RangeError::New(env, "pid must be a positive integer");
+    if (info.Length() > 2 && info[2].IsNumber()) death_signal_ = info[2].As<Napi::Number>().Int32Value();
+    if (death_signal_ < 0 || death_signal_ >= NSIG) throw Napi::RangeError::New(env, "deathSignal out of range");
     callback_ = Napi::Persistent(info[1].As<Napi::Function>());
     if (napi_get_uv_event_loop(env, &loop_) != napi_ok) throw Napi::Error::New(env, "no event loop");
     Start(env);
@@ -381,11 +388,26 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
   }
 
   static void CleanupHook(void* arg) {
-    // The environment is going away (worker thread ending, process exiting):
-    // release the loop handles; the child itself gets its parent-death signal.
+    // The environment is going away (a worker thread terminated or ended,
+    // the process exiting) with the child unreaped. The child gets the signal
+    // its parent's death would send: Linux sends it too when the thread that
+    // forked it ends, but macOS watches the parent process, not the thread,
+    // and an environment may end on a thread that lives on. The pid is still
+    // ours (unreaped), so the signal cannot reach an unrelated process. Then
+    // the process-wide reaper takes the child over, or it would stay a zombie
+    // for the life of the process.
     auto* self = static_cast<ExitWatcher*>(arg);
     self->hook_added_ = false;
+    const int fd = self->fd_;
+    self->fd_ = -1;  // the reaper's now
     self->StopHandles();
+    if (!self->done_) {
+      self->done_ = true;
+      if (self->death_signal_ > 0) kill(self->pid_, self->death_signal_);
+      ReapLater(self->pid_, fd);
+    } else if (fd >= 0) {
+      close(fd);
+    }
   }
 
   uv_handle_t* Handle() {
@@ -448,6 +470,7 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
   }
 
   pid_t pid_ = 0;
+  int death_signal_ = 0;
   int fd_ = -1;
   uv_loop_t* loop_ = nullptr;
   uv_poll_t* poll_ = nullptr;

@@ -15,6 +15,8 @@ export interface ChildRecord {
   isAlive(): boolean;
   /** Called when this process is about to exit: daemon children are terminated. */
   terminateForExit(): void;
+  join(): Promise<number | null>;
+  joinSync(): number | null;
 }
 
 export interface Context {
@@ -59,14 +61,53 @@ export function nextIdentity(): number[] {
   return [...ctx.identity, ctx.counter];
 }
 
-/** Terminates daemon children when this process exits, as Python does at exit. */
+// Python's _exit_function: when a process ends, its daemon children are
+// terminated and its non-daemon children joined. A child runs it with its
+// event loop still turning once its target has settled (child/bootstrap.ts);
+// the 'exit' event, which cannot wait, runs it synchronously
+// (process.exit(), an uncaught exception, the end of the main program). The
+// parent-death signal covers the rest: a crash, SIGKILL, a worker thread
+// terminated (native/process.cc sends it as the worker's environment goes).
+
+function terminateDaemons(ctx: Context): void {
+  for (const child of ctx.children) {
+    if (child.daemon && child.isAlive()) child.terminateForExit();
+  }
+}
+
+function nextToJoin(ctx: Context): ChildRecord | undefined {
+  for (const child of ctx.children) {
+    if (!child.daemon && child.isAlive()) return child;
+  }
+  return undefined;
+}
+
+/** Terminates daemon children, then waits for the others, letting the event loop run. */
+export async function exitChildren(): Promise<void> {
+  const ctx = context();
+  for (let child = nextToJoin(ctx); child; child = nextToJoin(ctx)) {
+    terminateDaemons(ctx);
+    await child.join();
+  }
+  terminateDaemons(ctx);
+}
+
+function exitChildrenSync(): void {
+  const ctx = context();
+  if (ctx.children.size === 0) return;
+  terminateDaemons(ctx);
+  // No child can start while this runs: one pass over them is all.
+  for (const child of [...ctx.children]) {
+    if (!child.daemon && child.isAlive()) child.joinSync();
+  }
+}
+
+/** Runs exitChildrenSync at this process's (or worker thread's) 'exit'. */
 export function installExitHook(): void {
   const ctx = context();
   if (ctx.exitHookInstalled) return;
   ctx.exitHookInstalled = true;
-  process.on('exit', () => {
-    for (const child of ctx.children) {
-      if (child.daemon && child.isAlive()) child.terminateForExit();
-    }
-  });
+  // Before every other 'exit' hook of the package: those release what the
+  // children may still be using (heap segments, queue rings, connections).
+  process.prependListener('exit', exitChildrenSync);
 }

@@ -54,7 +54,8 @@ export interface Binding {
   watchParent(ppid: number, signal: number): boolean;
   /** close(2) of an fd the addon handed out (no fs bookkeeping, so no warning in workers). */
   closeFd(fd: number): void;
-  ExitWatcher: new (pid: number, onExit: (exitCode: number) => void) => ExitWatcher;
+  /** deathSignal: sent to the child if this environment goes away first (a worker thread ending); it is then reaped by the process-wide reaper. */
+  ExitWatcher: new (pid: number, onExit: (exitCode: number) => void, deathSignal?: number) => ExitWatcher;
   pipe(): [number, number];
   socketpair(): [number, number];
   setNonblocking(fd: number, on?: boolean): void;
@@ -128,6 +129,15 @@ export interface Binding {
   fdShareOwnFds(): number[];
   /** Offers not yet claimed. */
   fdShareHeld(): number;
+  /** The resource tracker's pipe, shared by every thread of the process: [fd, ino, pid] (pid 0: a parent's tracker). */
+  trackerPipe(): [number, number, number] | null;
+  /**
+   * Records fd as that pipe unless one is recorded, and returns the recorded one (close fd if it is not it).
+   * With ino, fd was inherited and must be a FIFO with that inode (else null). The fd becomes close-on-exec and non-blocking.
+   */
+  trackerSetPipe(fd: number, pid: number, ino?: number): [number, number, number] | null;
+  /** PIPE_BUF: a write of at most this many bytes enters a pipe whole. */
+  readonly pipeBuf: number;
 }
 
 function load(): Binding {

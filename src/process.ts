@@ -2,7 +2,6 @@
 // target found by reference, reaped the moment it exits. The parent's side of
 // the protocol: the child reads one message on fd 3 (see child/bootstrap.ts),
 // then runs; everything else (exit watching, parent-death signals) is the OS's.
-import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
@@ -10,7 +9,7 @@ import { context, installExitHook, nextIdentity, type ChildRecord, type ProcessI
 import { closedError, stateError } from './errors';
 import { locate, resolveModuleTarget, type TargetRef } from './locate';
 import { type LongTimeout, setLongTimeout } from './long-timeout';
-import { binding, type ExitWatcher } from './native';
+import { binding, type ExitWatcher, type FdWatcher } from './native';
 import { shareWithChild } from './resource-tracker';
 import { encode } from './serialize';
 import { invalidType, outOfRange, validateBoolean, validateObject, validateString, validateTimeout } from './validate';
@@ -51,8 +50,6 @@ export interface ChildHeader {
 const kRevive = Symbol.for('posix-multiprocessing.revive');
 const SIGKILL = os.constants.signals.SIGKILL;
 const SIGTERM = os.constants.signals.SIGTERM;
-// Writes up to this size fit in an empty pipe on every platform we support.
-const SYNC_WRITE_LIMIT = 16 * 1024;
 
 export const bootstrapPath = path.join(distDir, 'child', 'bootstrap.js');
 
@@ -113,6 +110,7 @@ export class Process implements ChildRecord {
   #pid: number | undefined;
   #exitCode: number | null = null;
   #watcher: ExitWatcher | undefined;
+  #payload: PayloadSender | undefined;
   #joiners = 0;
   #sentinel: Promise<number> | undefined;
   #resolveSentinel: ((code: number) => void) | undefined;
@@ -253,14 +251,15 @@ export class Process implements ChildRecord {
     } finally {
       binding.closeFd(readEnd);
     }
-    sendPayload(writeEnd, payload);
+    const sender = new PayloadSender(writeEnd, payload, () => (this.#payload = undefined));
+    if (!sender.done) this.#payload = sender;
 
     this.#pid = pid;
     this.#state = 'started';
     this.#sentinel = new Promise((resolve) => (this.#resolveSentinel = resolve));
     ctx.children.add(this);
     installExitHook();
-    this.#watcher = new binding.ExitWatcher(pid, (code) => this.#onExit(code));
+    this.#watcher = new binding.ExitWatcher(pid, (code) => this.#onExit(code), header.deathSignal);
     // A daemon never keeps the parent alive; a non-daemon child does, like
     // Python joining non-daemon children at exit.
     if (this.#daemon) this.#watcher.unref();
@@ -323,6 +322,8 @@ export class Process implements ChildRecord {
     this.#checkJoinable();
     const seconds = validateTimeout(timeout);
     if (this.#exitCode !== null) return this.#exitCode;
+    // A child still reading its instructions would wait for us as we wait for it.
+    this.#payload?.flushSync();
     return this.#watcher!.waitSync(seconds === undefined ? -1 : seconds * 1000);
   }
 
@@ -395,26 +396,57 @@ export class Process implements ChildRecord {
   }
 }
 
-// The child blocks reading fd 3 until the payload is complete. Small payloads
-// fit in the pipe and are written at once; larger ones go through a libuv pipe
-// handle so the event loop is never blocked on a child that reads slowly.
-function sendPayload(fd: number, payload: Buffer): void {
-  if (payload.length <= SYNC_WRITE_LIMIT) {
+// The child blocks reading fd 3 until its payload is complete, then starts.
+// What the pipe takes at once (all of it, but for large arguments) is written
+// now; the rest as the child reads, on the event loop (an unref'd FdWatcher),
+// or at once by a parent about to block (joinSync, the 'exit' event), which
+// would otherwise wait for a child that waits for it.
+class PayloadSender {
+  #fd: number;
+  #payload: Buffer;
+  #offset = 0;
+  #watcher: FdWatcher | undefined;
+  #onDone: () => void;
+  done = false;
+
+  constructor(fd: number, payload: Buffer, onDone: () => void) {
+    this.#fd = fd;
+    this.#payload = payload;
+    this.#onDone = onDone;
     try {
-      fs.writeSync(fd, payload);
+      binding.setNonblocking(fd);
     } catch {
-      // EPIPE: the child died before reading; its exit is reported as usual.
-    } finally {
-      binding.closeFd(fd);
+      // still blocking: then the write below may wait for the child to read
     }
-    return;
+    if (this.#writeSome()) return;
+    this.#watcher = new binding.FdWatcher(fd, () => this.#writeSome());
+    this.#watcher.unref();
+    this.#watcher.start(2);
   }
-  // Loaded here, not at the top: every child loads this file, few send this much.
-  const net: typeof import('node:net') = require('node:net');
-  const socket = new net.Socket({ fd, readable: false, writable: true });
-  socket.on('error', () => socket.destroy());
-  socket.unref();
-  socket.end(payload);
+
+  // Writes what the pipe takes; true once all is written or the child is gone
+  // (EPIPE: it died before reading, and its exit is reported as usual).
+  #writeSome(): boolean {
+    while (this.#offset < this.#payload.length) {
+      let n: number;
+      try {
+        n = binding.write(this.#fd, this.#payload, this.#offset, this.#payload.length - this.#offset);
+      } catch {
+        break;
+      }
+      if (n < 0) return false;
+      this.#offset += n;
+    }
+    this.done = true;
+    this.#watcher?.close();
+    binding.closeFd(this.#fd);
+    this.#onDone();
+    return true;
+  }
+
+  flushSync(): void {
+    while (!this.done && !this.#writeSome()) binding.poll(this.#fd, 2, -1);
+  }
 }
 
 export function activeChildren(): Process[] {

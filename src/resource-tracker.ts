@@ -6,16 +6,24 @@
 // Protocol: one JSON line per message on a pipe, {"op":"REGISTER"|"UNREGISTER",
 // "kind","name"[,"pid"][,"family":true]} (pid: unlink as soon as that process
 // is gone; family: name is a prefix, and every name starting with it is the
-// tracker's to unlink, see trackFamily). Each line is far below PIPE_BUF, so writes from many
-// processes never interleave. The tracker reads until EOF, which the kernel
-// delivers only when the last process holding the write end has exited: that
-// is the definition of "the program tree is gone", crash or not.
+// tracker's to unlink, see trackFamily). The tracker reads until EOF, which the
+// kernel delivers only when the last process holding the write end has exited:
+// that is the definition of "the program tree is gone", crash or not.
+//
+// Every line goes out in one write() of at most PIPE_BUF bytes, which a pipe
+// takes whole or not at all, so lines from the threads and processes of a
+// tree never interleave. When the pipe is full, lines wait in a queue of this
+// thread, in order, and go out when it is writable again (an unref'd
+// FdWatcher: the event loop never blocks and the program is never kept
+// alive); at exit what is still queued is written with a bounded wait.
+//
+// The write end is process-wide (native/tracker.cc): the main thread and every
+// worker thread of a process share one tracker and one fd, which no thread's
+// teardown closes.
 import * as childProcess from 'node:child_process';
-import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 
-import { binding } from './native';
+import { binding, type FdWatcher } from './native';
 import { distDir } from './paths';
 
 /** Kinds the tracker knows how to unlink ('socket-dir': a private directory of Unix sockets, the manager's). */
@@ -26,49 +34,66 @@ export const TRACKER_ENV = 'PMP_RESOURCE_TRACKER';
 
 export const trackerMainPath = path.join(distDir, 'tracker-main.js');
 
+// How long an exiting thread waits for a full pipe to take its queued lines.
+const EXIT_FLUSH_MS = 2000;
+
+/** This thread's side of the process's tracker pipe. */
 interface TrackerState {
-  /** Our write end of the tracker's pipe, or -1 before the tracker is known. */
-  fd: number;
+  /** The process's write end of the tracker's pipe, or -1 before there is a tracker. */
+  readonly fd: number;
   /** Inode of the pipe, so an fd number inherited by accident is never mistaken for it. */
-  ino: number;
+  readonly ino: number;
   /** Pid of the tracker when this process started it (undefined when inherited). */
-  pid: number | undefined;
+  readonly pid: number | undefined;
   /** Set when the pipe broke (tracker gone): from then on tracking is a no-op. */
   broken: boolean;
-  /** The write end as a libuv stream (see send()). */
-  stream?: net.Socket;
+  /** Lines the full pipe did not take yet, oldest at head. */
+  queue: (Buffer | undefined)[];
+  head: number;
+  watcher: FdWatcher | undefined;
+  exitHook: boolean;
+  /** Set by the 'exit' event: lines are written at once from then on, waiting up to this time. */
+  exitDeadline: number | undefined;
 }
 
-// Shared by every copy of the package loaded in this process (CJS and ESM entry
-// points), and readable by the test suite's leak check without importing us.
+// The pipe is recorded once per process and never changes after: known once,
+// cached.
+let recorded: [number, number, number] | null = null;
+function pipe(): [number, number, number] | null {
+  return (recorded ??= binding.trackerPipe());
+}
+
+// Per thread (each worker has its own globalThis), shared by every copy of
+// the package loaded in it (CommonJS and ESM entry points), and readable by
+// the test suite's leak check without importing us.
 const kState = Symbol.for('posix-multiprocessing.resource-tracker');
 
 function state(): TrackerState {
   const g = globalThis as unknown as Record<symbol, TrackerState | undefined>;
-  return (g[kState] ??= adoptInherited());
+  return (g[kState] ??= createState());
+}
+
+function createState(): TrackerState {
+  adoptInherited();
+  const s: Omit<TrackerState, 'fd' | 'ino' | 'pid'> = { broken: false, queue: [], head: 0, watcher: undefined, exitHook: false, exitDeadline: undefined };
+  return Object.defineProperties(s, {
+    fd: { get: () => pipe()?.[0] ?? -1, enumerable: true },
+    ino: { get: () => pipe()?.[1] ?? 0, enumerable: true },
+    pid: { get: () => pipe()?.[2] || undefined, enumerable: true },
+  }) as TrackerState;
 }
 
 // A child started by Process finds the tracker's write end at the fd named in
 // its environment. The variable is removed at once so that programs this child
-// starts some other way (child_process) do not believe they have it.
-function adoptInherited(): TrackerState {
-  const out: TrackerState = { fd: -1, ino: 0, pid: undefined, broken: false };
+// starts some other way (child_process) do not believe they have it, and the
+// fd becomes close-on-exec so that they do not hold the pipe open either.
+function adoptInherited(): void {
   const value = process.env[TRACKER_ENV];
-  if (value === undefined) return out;
+  if (value === undefined) return;
   delete process.env[TRACKER_ENV];
   const m = /^(\d+):(\d+)$/.exec(value);
-  if (!m) return out;
-  const fd = Number(m[1]);
-  try {
-    const st = fs.fstatSync(fd);
-    if (st.isFIFO() && st.ino === Number(m[2])) {
-      out.fd = fd;
-      out.ino = st.ino;
-    }
-  } catch {
-    // not open here: start our own tracker when one is needed
-  }
-  return out;
+  // null when the fd is not that pipe here: a tracker is started when needed.
+  if (m) binding.trackerSetPipe(Number(m[1]), 0, Number(m[2]));
 }
 
 // Adopt at load (the package's index imports this module), so the variable is
@@ -79,13 +104,14 @@ state();
  * Starts the tracker if this process has none, and returns the write end.
  * The tracker is started with child_process (detached: a new session, so a ^C
  * or a kill of the program's process group does not take it down with the
- * program; not a Process, so it is not anyone's counted child) and reaped by
- * libuv if it ever exits first. It gets the pipe's read end as fd 3.
+ * program; not a Process, so it is not anyone's counted child). It gets the
+ * pipe's read end as fd 3.
  */
 export function ensureRunning(): number {
   const s = state();
   if (s.fd >= 0 || s.broken) return s.fd;
   const [readEnd, writeEnd] = binding.pipe();
+  let pid = 0;
   try {
     const env = { ...process.env };
     delete env.NODE_OPTIONS; // the tracker is our own plain JS: no loaders needed
@@ -95,20 +121,46 @@ export function ensureRunning(): number {
       detached: true,
       env,
     });
-    child.on('error', () => {
-      s.broken = true;
-    });
+    // A tracker that failed to start shows as EPIPE on the first write.
+    child.on('error', () => {});
     child.unref();
-    s.pid = child.pid;
+    pid = child.pid ?? 0;
   } catch (err) {
     binding.closeFd(writeEnd);
     throw err;
   } finally {
     binding.closeFd(readEnd);
   }
-  s.fd = writeEnd;
-  s.ino = fs.fstatSync(writeEnd).ino;
-  return writeEnd;
+  // Another thread of this process may have recorded its tracker meanwhile:
+  // then ours reads EOF at once and exits with nothing registered.
+  if (binding.trackerSetPipe(writeEnd, pid)?.[0] !== writeEnd) binding.closeFd(writeEnd);
+  return s.fd;
+}
+
+function encodeLine(msg: { op: string; kind: string; name: string; pid?: number; family?: true }): Buffer {
+  const line = Buffer.from(JSON.stringify(msg) + '\n');
+  // Names are bounded (shm names by NAME_MAX / PSHMNAMLEN), so this holds; a
+  // longer line could be mixed with another process's, so it is refused.
+  if (line.length > binding.pipeBuf) {
+    throw new RangeError(
+      `resource tracker: the ${msg.op} message for ${msg.kind} '${msg.name}' is ${line.length} bytes, ` +
+        `more than PIPE_BUF (${binding.pipeBuf}), the most a pipe takes whole`,
+    );
+  }
+  return line;
+}
+
+// One write() of the whole line: the pipe takes all of it or, when full,
+// none (false). EPIPE (the tracker is gone, killed by hand) ends tracking in
+// this thread: crash cleanup can no longer happen; normal cleanup by the
+// owners still does. The fd stays open: other threads share it.
+function put(s: TrackerState, line: Buffer): boolean {
+  try {
+    return binding.write(s.fd, line, 0, line.length) >= 0;
+  } catch {
+    s.broken = true;
+    return true;
+  }
 }
 
 function send(op: 'REGISTER' | 'UNREGISTER', name: string, kind: TrackedKind, pid?: number): void {
@@ -117,24 +169,55 @@ function send(op: 'REGISTER' | 'UNREGISTER', name: string, kind: TrackedKind, pi
   // Forgetting a name never needs a tracker started for it.
   const fd = op === 'REGISTER' ? ensureRunning() : s.fd;
   if (fd < 0) return;
-  // The write goes through a libuv stream: it is written at once when the
-  // pipe has room (the normal case, so a crash right after still leaves the
-  // message with the tracker), and queued in this process, never blocking the
-  // event loop, when the pipe is full (the tracker still booting, or napping
-  // under a burst). A blocking write stalled creators for up to the tracker's
-  // whole startup.
-  if (!s.stream) {
-    s.stream = new net.Socket({ fd, readable: false, writable: true });
-    s.stream.unref(); // never keeps the program alive
-    s.stream.on('error', () => {
-      // EPIPE: the tracker is gone (killed by hand). Nothing more can be done
-      // for crash cleanup; normal cleanup by the owners still happens. The
-      // stream closed the fd, so its number must not be handed to children.
-      s.broken = true;
-      s.fd = -1;
+  const line = encodeLine(pid === undefined ? { op, kind, name } : { op, kind, name, pid });
+  if (!s.exitHook) {
+    s.exitHook = true;
+    process.on('exit', () => {
+      s.exitDeadline = Date.now() + EXIT_FLUSH_MS;
+      flushSync(s);
     });
   }
-  s.stream.write(JSON.stringify(pid === undefined ? { op, kind, name } : { op, kind, name, pid }) + '\n');
+  // Written at once when the pipe has room (the normal case, so a crash right
+  // after still leaves the message with the tracker); behind queued lines
+  // otherwise, so the tracker sees each thread's lines in order.
+  if (s.head === s.queue.length && put(s, line)) return;
+  s.queue.push(line);
+  if (s.exitDeadline !== undefined) {
+    flushSync(s);
+    return;
+  }
+  if (!s.watcher) {
+    s.watcher = new binding.FdWatcher(fd, () => drain(s));
+    s.watcher.unref(); // never keeps the program alive
+  }
+  s.watcher.start(2);
+}
+
+/** Writes queued lines until the pipe is full again; true when none is left. */
+function drain(s: TrackerState): boolean {
+  while (s.head < s.queue.length && !s.broken) {
+    if (!put(s, s.queue[s.head]!)) return false;
+    s.queue[s.head++] = undefined;
+  }
+  s.queue = [];
+  s.head = 0;
+  if (s.broken) {
+    s.watcher?.close();
+    s.watcher = undefined;
+  } else {
+    s.watcher?.stop();
+  }
+  return true;
+}
+
+// At exit: the lines must reach the tracker before the process is gone, and
+// nothing of this thread can run later; waits for room, up to the deadline.
+function flushSync(s: TrackerState): void {
+  while (!drain(s)) {
+    const left = s.exitDeadline! - Date.now();
+    if (left <= 0) return;
+    binding.poll(s.fd, 2, left);
+  }
 }
 
 /**
@@ -147,29 +230,16 @@ function send(op: 'REGISTER' | 'UNREGISTER', name: string, kind: TrackedKind, pi
  * True only when the message is known to be in the pipe, where it survives a
  * SIGKILL of the whole tree: the caller may then create names of the family
  * without telling the tracker, since each of them comes into existence after
- * its registration. On false (pipe full, or output of ours still queued, so
- * that our line could not go out whole and at once) the caller registers
- * names one by one, as before, and may try again later.
+ * its registration. On false (pipe full) the caller registers names one by
+ * one, as before, and may try again later.
  */
 export function trackFamily(prefix: string, kind: TrackedKind): boolean {
   const s = state();
   if (s.broken) return false;
-  const fd = ensureRunning();
-  if (fd < 0) return false;
-  // Queued output means a line of ours may be half in the pipe: a direct
-  // write now would land inside it. (Order does not matter otherwise: a
-  // family shares no key with any single name.)
-  if (s.stream && s.stream.writableLength > 0) return false;
-  const line = Buffer.from(JSON.stringify({ op: 'REGISTER', kind, name: prefix, family: true }) + '\n');
-  try {
-    // Non-blocking, so a full pipe is an answer (-1), not a stall; a libuv
-    // stream on this fd sets the same flag. A line below PIPE_BUF is written
-    // whole or not at all.
-    if (!s.stream) binding.setNonblocking(fd);
-    return binding.write(fd, line, 0, line.length) === line.length;
-  } catch {
-    return false; // EPIPE: the tracker is gone; the stream will notice on its next write
-  }
+  if (ensureRunning() < 0) return false;
+  // It may overtake queued lines: a family shares no key with a single name.
+  const line = encodeLine({ op: 'REGISTER', kind, name: prefix, family: true });
+  return put(s, line) && !s.broken;
 }
 
 export interface TrackOptions {
@@ -209,11 +279,11 @@ export function shareWithChild(keepFds: number[], envp: string[]): void {
 
 /** The fds the tracker machinery keeps open for the life of this process (for leak checks). */
 export function trackerFds(): number[] {
-  const s = state();
-  return s.fd >= 0 ? [s.fd] : [];
+  const fd = state().fd;
+  return fd >= 0 ? [fd] : [];
 }
 
-/** The tracker's pid if this process started it. */
+/** The tracker's pid if this process (any of its threads) started it. */
 export function trackerPid(): number | undefined {
   return state().pid;
 }

@@ -1,6 +1,7 @@
 // Process lifecycle across many children and across process deaths: reaping at
 // scale, side by side with child_process, daemons (SCENARIO 7), parent-death
-// signals, the fork-bomb guard, fd hygiene, and loading the package from
+// signals, joining non-daemon children at exit, children of terminated worker
+// threads, the fork-bomb guard, fd hygiene, and loading the package from
 // CommonJS, ESM and TypeScript (tsx) programs.
 import { execFile, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -146,6 +147,68 @@ describe('daemons and parent death (SCENARIO 7)', () => {
   });
 });
 
+describe("a process's exit joins its non-daemon children (Python's _exit_function)", () => {
+  it('a child that returns waits for its non-daemon grandchild, and its join() resolves after it', async () => {
+    const file = out('joined-grandchild');
+    const p = new Process({ target: targets.startMarkerAndReturn, args: [file, false, 1] });
+    p.start();
+    expect(await p.join(30)).toBe(0);
+    // The grandchild did its work (its file holds its pid) and was gone before the child ended.
+    const grandchild = Number(fs.readFileSync(`${file}.pid`, 'utf8'));
+    expect(fs.readFileSync(file, 'utf8')).toBe(String(grandchild));
+    expect(isRunning(grandchild)).toBe(false);
+  }, 40_000);
+
+  it('a child that returns terminates its daemon grandchild at once', async () => {
+    const file = out('daemon-grandchild');
+    const p = new Process({ target: targets.startMarkerAndReturn, args: [file, true, 1] });
+    const t0 = performance.now();
+    p.start();
+    expect(await p.join(30)).toBe(0);
+    const grandchild = Number(fs.readFileSync(`${file}.pid`, 'utf8'));
+    await waitFor(() => (isRunning(grandchild) ? undefined : true), 5000, 'the daemon grandchild to end');
+    // Past the 1 s it would have slept since the child started it: it never marked its file.
+    await sleep(Math.max(0, 1500 - (performance.now() - t0)));
+    expect(fs.existsSync(file)).toBe(false);
+  }, 40_000);
+
+  for (const [when, delay, bytes] of [
+    ['200 ms after start()', 200, 0],
+    ['right after start(), with an argument larger than a pipe holds', 0, 4 << 20],
+  ] as const) {
+    it(`process.exit(0) ${when}: the non-daemon children complete their work first`, async () => {
+      const dir = fs.mkdtempSync(out('exit-early-'));
+      await run(process.execPath, [program('exit-early.mjs'), dir, String(delay), String(bytes)], { timeout: 30_000 });
+      // Both were joined before the program ended: their files are there now.
+      expect(fs.existsSync(path.join(dir, 'marker'))).toBe(true);
+      // The other found the Value on its queue after the 'exit' event: the
+      // join ran before the hooks that release what children still use.
+      expect(fs.readFileSync(path.join(dir, 'value'), 'utf8')).toBe('42');
+    }, 40_000);
+  }
+
+  it('joinSync() right after start() with an argument larger than a pipe holds', () => {
+    const p = new Process({ target: targets.sleepFor, args: [0, 'x'.repeat(4 << 20)] });
+    p.start();
+    // The child can only end once it has read its arguments, which the parent
+    // must then write while it blocks.
+    expect(p.joinSync(20)).toBe(0);
+  }, 40_000);
+});
+
+describe('children of worker threads', () => {
+  it('worker threads terminated with children running leave no zombie and no child behind', async () => {
+    // Each worker runs a 30 s Process and a 4-process Pool. They get their
+    // death signal as the worker's environment is torn down (on Linux the
+    // kernel sends it too, as the worker's thread ends), and the process-wide
+    // reaper reaps them: within the program's 10 s, all are gone.
+    const { stdout } = await run(process.execPath, [program('worker-children.cjs')], { timeout: 60_000 });
+    const { pids, left } = JSON.parse(stdout);
+    expect(pids.length).toBe(10);
+    expect(left).toEqual({});
+  }, 70_000);
+});
+
 describe('child startup', () => {
   it('the child sees no fds of the parent beyond stdio', async () => {
     const opened: number[] = [];
@@ -227,6 +290,16 @@ describe('child startup', () => {
     const { stdout, stderr } = await run(process.execPath, [program('run.mjs'), 'exitWith', '[42]'], { timeout: 20_000 });
     expect(JSON.parse(stdout).exitCode).toBe(42);
     expect(stderr).toBe('');
+  }, 30_000);
+
+  it('a target whose promise never settles exits 13 once its event loop empties, and says so', async () => {
+    const { stdout, stderr } = await run(process.execPath, [program('run.mjs'), 'neverSettle', '[]', 'Stuck-1'], { timeout: 20_000 });
+    const { pid, exitCode } = JSON.parse(stdout);
+    expect(exitCode).toBe(13);
+    expect(stderr).toBe(
+      `Process Stuck-1 (pid ${pid}): the target's promise never settled: the event loop emptied with nothing ` +
+        'left to settle it; exit code 13, as for an unsettled top-level await\n',
+    );
   }, 30_000);
 
   it('the addon loads in a worker thread, which can start and join children', async () => {

@@ -1,7 +1,8 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 
 import { Process, SharedMemory } from 'posix-multiprocessing';
@@ -9,6 +10,7 @@ import * as shmTargets from './fixtures/shm.mjs';
 import { isRunning } from './support/proc';
 
 const programs = path.join(__dirname, 'fixtures', 'programs');
+const run = promisify(execFile);
 const exists = (name: string) => fs.existsSync(`/dev/shm/${name}`);
 
 interface Run {
@@ -18,25 +20,31 @@ interface Run {
   exited: Promise<number | null>;
 }
 
-/** Starts a program in its own process group; `lines` resolves with its first n JSON lines. */
-function start(script: string, args: string[], n: number): Run {
+/**
+ * Starts a program in its own process group; `lines` resolves with its first n JSON lines.
+ * With stderrFile, its stderr (and its tracker's) goes there: a long report by
+ * the tracker, which exits right after writing it, must not meet a full pipe.
+ */
+function start(script: string, args: string[], n: number, stderrFile?: string): Run {
+  const errFd = stderrFile === undefined ? undefined : fs.openSync(stderrFile, 'w');
   const child = spawn(process.execPath, [path.join(programs, script), ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: ['ignore', 'pipe', errFd ?? 'pipe'],
     detached: true,
   });
+  if (errFd !== undefined) fs.closeSync(errFd);
   let out = '';
   let err = '';
-  child.stderr!.on('data', (d) => (err += d));
+  child.stderr?.on('data', (d) => (err += d));
   const lines = new Promise<any[]>((resolve, reject) => {
     child.stdout!.on('data', (d) => {
       out += d;
-      const got = out.split('\n').filter(Boolean);
+      const got = out.split('\n').slice(0, -1).filter(Boolean); // complete lines only
       if (got.length >= n) resolve(got.slice(0, n).map((l) => JSON.parse(l)));
     });
     child.on('close', () => reject(new Error(`program ended before printing ${n} lines: ${out}\n${err}`)));
   });
   const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
-  return { child, lines, stderr: () => err, exited };
+  return { child, lines, stderr: () => (stderrFile === undefined ? err : fs.readFileSync(stderrFile, 'utf8')), exited };
 }
 
 async function waitFor(check: () => boolean, ms: number): Promise<boolean> {
@@ -187,4 +195,76 @@ describe('resource tracker', () => {
       shm.unlink();
     }
   });
+  it('one tracker for a program whose 20 worker threads each create segments and start a Process', async () => {
+    const { stdout } = await run(process.execPath, [path.join(programs, 'tracker-workers.cjs')], { timeout: 90_000 });
+    const { base, after, trackers, inodes, children } = JSON.parse(stdout);
+    // The first worker started the one tracker; no later worker added a
+    // tracker or an fd, and every child wrote into the same pipe.
+    expect(trackers.length).toBe(1);
+    expect(after).toBe(base);
+    expect(children).toBe(20);
+    expect(inodes.length).toBe(1);
+    // The program has ended: its tracker reads EOF and exits.
+    expect(await waitFor(() => !isRunning(trackers[0]), 5000)).toBe(true);
+  }, 100_000);
+
+  it("lines still queued when a program exits are written by its 'exit' hook: the tracker gets every name", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pmp-flood-exit-'));
+    const flood = start('tracker-flood.mjs', [dir, '1', '300', 'exit'], 1, path.join(dir, 'stderr'));
+    flood.lines.catch(() => {}); // it prints nothing: the report is a file
+    const trackerFile = path.join(dir, 'tracker.pid');
+    let names: string[] = [];
+    try {
+      expect(await flood.exited).toBe(0);
+      const report = JSON.parse(fs.readFileSync(path.join(dir, 'names.json'), 'utf8'));
+      names = report.names;
+      expect(report.queued[0]).toBeGreaterThan(0);
+      expect(await waitFor(() => !isRunning(report.tracker), 5000)).toBe(true);
+      expect(names.filter(exists)).toEqual([]);
+    } finally {
+      if (fs.existsSync(trackerFile)) {
+        try {
+          process.kill(Number(fs.readFileSync(trackerFile, 'utf8')), 'SIGCONT');
+        } catch {
+          // gone
+        }
+      }
+      for (const name of names) if (exists(name)) unlinkByName(name);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 40_000);
+
+  it('a full pipe: lines of 4 processes wait in each and reach the tracker whole, so a SIGKILL of the tree leaves no name', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pmp-flood-'));
+    const flood = start('tracker-flood.mjs', [dir, '4', '300'], 1, path.join(dir, 'stderr'));
+    let tracker = 0;
+    try {
+      const [report] = await flood.lines;
+      tracker = report.tracker;
+      const { queued, names } = report;
+      // While the tracker was stopped, lines had to wait in every process.
+      expect(queued.every((n: number) => n > 0)).toBe(true);
+      expect(names.length).toBe(1200);
+      expect(names.every(exists)).toBe(true);
+      process.kill(-flood.child.pid!, 'SIGKILL');
+      await flood.exited;
+      expect(await waitFor(() => names.every((n: string) => !exists(n)), 10_000)).toBe(true);
+      // The tracker unlinked each of them, from a line it read whole: every
+      // name it reports is one of ours, and each once.
+      expect(await waitFor(() => !isRunning(tracker), 5000)).toBe(true);
+      const reported = flood.stderr().split('\n').filter((l) => l.startsWith('  shm /pmp-flood-')).map((l) => l.slice(6));
+      expect(reported.sort()).toEqual([...names].sort());
+    } finally {
+      // Never leave a stopped tracker or a flood behind, whatever failed.
+      if (tracker) {
+        try {
+          process.kill(tracker, 'SIGCONT');
+        } catch {
+          // gone
+        }
+      }
+      if (flood.child.exitCode === null && flood.child.signalCode === null) process.kill(-flood.child.pid!, 'SIGKILL');
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });

@@ -2,24 +2,21 @@
 // It reads its instructions from fd 3 (a pipe the parent filled and closed),
 // becomes "Process-N" for the package, imports its target by reference, runs
 // it, and exits as soon as the target settles (Python's rule: open handles do
-// not keep a child alive). Exit codes: 0 on return, 1 on a throw (printed on
-// stderr under the process name, like Python's traceback), n on process.exit(n).
+// not keep a child alive), once its daemon children are terminated and the
+// others joined (Python's _exit_function). Exit codes: 0 on return, 1 on a
+// throw (printed on stderr under the process name, like Python's traceback),
+// n on process.exit(n), 13 when the event loop empties with the target still
+// pending (Node's code for an unsettled top-level await).
 import * as fs from 'node:fs';
 import { inspect } from 'node:util';
 
-import { context, type ProcessInfo } from '../context';
+import { context, exitChildren, type ProcessInfo } from '../context';
 import { importTarget } from '../import-target';
 import { binding } from '../native';
 import { Process, reviveCurrent, type ChildHeader } from '../process';
 import { decode, isPlainJson } from '../serialize';
 
 let header: ChildHeader | undefined;
-
-function fail(err: unknown): never {
-  const name = header?.name ?? `pid ${process.pid}`;
-  process.stderr.write(`Process ${name}:\n${inspect(err)}\n`);
-  process.exit(1);
-}
 
 function readInstructions(): { header: ChildHeader; body: Buffer } {
   const payload = fs.readFileSync(3);
@@ -73,7 +70,38 @@ async function main(): Promise<void> {
   await result;
 }
 
+let settled = false;
+let emptied = false;
+
+async function finish(code: number): Promise<void> {
+  settled = true;
+  try {
+    await exitChildren();
+  } finally {
+    process.exit(code);
+  }
+}
+
+// 'beforeExit' comes only when the event loop empties, never for
+// process.exit(); an exit code set by process.exit(n) or by an uncaught
+// exception is left alone.
+process.on('beforeExit', () => (emptied = true));
+process.on('exit', () => {
+  if (settled || !emptied || process.exitCode !== undefined) return;
+  process.exitCode = 13;
+  const name = header?.name ?? '?';
+  fs.writeSync(
+    2,
+    `Process ${name} (pid ${process.pid}): the target's promise never settled: the event loop ` +
+      'emptied with nothing left to settle it; exit code 13, as for an unsettled top-level await\n',
+  );
+});
+
 main().then(
-  () => process.exit(0),
-  (err) => fail(err),
+  () => finish(0),
+  (err) => {
+    const name = header?.name ?? `pid ${process.pid}`;
+    process.stderr.write(`Process ${name}:\n${inspect(err)}\n`);
+    return finish(1);
+  },
 );
