@@ -18,8 +18,12 @@ import * as path from 'node:path';
 import { binding } from './native';
 import { distDir } from './paths';
 
-/** Kinds the tracker knows how to unlink. */
-export type TrackedKind = 'shm' | 'semaphore';
+/**
+ * Kinds the tracker knows how to unlink. 'heap': a shared-heap segment (an shm
+ * name whose header counts the references other processes hold, heap-layout.ts):
+ * once its owner is gone the tracker unlinks it when that count is 0.
+ */
+export type TrackedKind = 'shm' | 'semaphore' | 'heap';
 
 /** The environment variable that tells a child where its inherited write end is: "<fd>:<inode>". */
 export const TRACKER_ENV = 'PMP_RESOURCE_TRACKER';

@@ -21,8 +21,11 @@ import {
   attachWords,
   deadlineOf,
   isDead,
+  keepWords,
   msLeft,
   openNamed,
+  releaseWords,
+  shareWords,
   unlinkNamed,
   validateMode,
   waitAsync,
@@ -33,6 +36,7 @@ import {
   type WaitResult,
 } from './sync/words';
 import type { BlockRef } from './heap';
+import type { CodecContext } from './serialize';
 import {
   invalidType,
   validateBoolean,
@@ -214,6 +218,7 @@ abstract class SyncObject {
       this._w = attaching;
       attaching = null;
       this.#name = undefined;
+      keepWords(this, this._w);
       return;
     }
     if (o.name !== undefined) {
@@ -221,7 +226,7 @@ abstract class SyncObject {
       this.#name = o.name;
     } else {
       if (o.mode !== undefined) validateMode(o.mode);
-      this._w = allocateWords();
+      this._w = allocateWords(this);
       init(this._w);
     }
   }
@@ -236,9 +241,14 @@ abstract class SyncObject {
     return this._w;
   }
 
-  /** What travels to another process. */
+  /** Where the words are (mapping them takes no reference: see encodeRef). */
   ref(): BlockRef {
     return this.w.ref;
+  }
+
+  /** @internal what travels to another process, with the reference the message holds. */
+  encodeRef(ctx: CodecContext): BlockRef {
+    return shareWords(this.w, ctx);
   }
 
   /** Drops this handle. The object lives on in other processes (a named one until unlink). */
@@ -246,7 +256,7 @@ abstract class SyncObject {
     const w = this._w;
     if (w === null) return;
     this._w = null;
-    w.unmap?.();
+    releaseWords(w);
   }
 
   [Symbol.dispose](): void {
@@ -1394,29 +1404,35 @@ export class Barrier extends SyncObject {
 // ---- travelling to other processes --------------------------------------------------------
 
 function revive<T>(data: BlockRef, make: () => T): T {
-  return adopt(attachWords(data), make);
+  const words = attachWords(data);
+  try {
+    return adopt(words, make);
+  } catch (err) {
+    releaseWords(words); // the reference the message carried is not kept
+    throw err;
+  }
 }
 
-registerTransferable('pmp.Lock', Lock, { encode: (o) => o.ref(), decode: (d) => revive(d, () => new Lock()) });
-registerTransferable('pmp.RLock', RLock, { encode: (o) => o.ref(), decode: (d) => revive(d, () => new RLock()) });
+registerTransferable('pmp.Lock', Lock, { encode: (o, ctx) => o.encodeRef(ctx), decode: (d) => revive(d, () => new Lock()) });
+registerTransferable('pmp.RLock', RLock, { encode: (o, ctx) => o.encodeRef(ctx), decode: (d) => revive(d, () => new RLock()) });
 // The POSIX-backed ones before the word-based ones (they are instances of both).
 linkPosixSemaphore(Semaphore, BoundedSemaphore);
 // BoundedSemaphore first: the codec takes the first registration that matches.
 registerTransferable('pmp.BoundedSemaphore', BoundedSemaphore, {
-  encode: (o) => o.ref(),
+  encode: (o, ctx) => o.encodeRef(ctx),
   decode: (d) => revive(d, () => new BoundedSemaphore()),
 });
 registerTransferable('pmp.Semaphore', Semaphore, {
-  encode: (o) => o.ref(),
+  encode: (o, ctx) => o.encodeRef(ctx),
   decode: (d) => revive(d, () => new Semaphore()),
 });
-registerTransferable('pmp.Event', Event, { encode: (o) => o.ref(), decode: (d) => revive(d, () => new Event()) });
+registerTransferable('pmp.Event', Event, { encode: (o, ctx) => o.encodeRef(ctx), decode: (d) => revive(d, () => new Event()) });
 registerTransferable('pmp.Condition', Condition, {
-  encode: (o) => ({ ref: o.ref(), lock: o.lock }),
+  encode: (o, ctx) => ({ ref: o.encodeRef(ctx), lock: o.lock }),
   decode: (d) => revive(d.ref, () => new Condition(d.lock)),
 });
 registerTransferable('pmp.Barrier', Barrier, {
-  encode: (o) => ({ ref: o.ref(), parties: o.parties, action: o.actionRef() ?? null }),
+  encode: (o, ctx) => ({ ref: o.encodeRef(ctx), parties: o.parties, action: o.actionRef() ?? null }),
   decode: (d) => {
     const b = revive(d.ref, () => new Barrier(d.parties));
     b.setActionRef(d.action ?? undefined);

@@ -6,8 +6,9 @@ import * as fs from 'node:fs';
 import { threadId } from 'node:worker_threads';
 
 import { stateError } from '../errors';
-import { heap, type BlockRef } from '../heap';
+import { heap, type BlockRef, type Hold } from '../heap';
 import { binding } from '../native';
+import type { CodecContext } from '../serialize';
 import type { SpinPolicy } from '../spin';
 import { invalidType, outOfRange } from '../validate';
 
@@ -19,6 +20,8 @@ export interface Words {
   readonly ref: BlockRef;
   /** Set for named objects: their own mapping, unmapped by close(). */
   readonly unmap?: () => void;
+  /** Set for unnamed objects: this handle's reference to its heap block. */
+  readonly hold?: Hold;
 }
 
 export const KIND = {
@@ -36,12 +39,19 @@ export type KindName = keyof typeof KIND;
 // share a line and every layout fits.
 export const OBJECT_WORDS = 16;
 const OBJECT_BYTES = OBJECT_WORDS * 4;
+const NAMED_PREFIX = '/pmp-obj-';
 
-export function allocateWords(): Words {
-  const block = heap().allocate(OBJECT_BYTES, 64);
-  return wordsOf(block.buffer, { segment: block.segment, offset: block.offset, size: block.size });
+/** Words for a new unnamed object; `owner` gives them back when it is collected. */
+export function allocateWords(owner: object): Words {
+  const block = heap().allocate(OBJECT_BYTES, 64, owner);
+  return wordsOf(block.buffer, { segment: block.segment, offset: block.offset, size: block.size }, undefined, block.hold);
 }
 
+/**
+ * The words a received handle refers to. An unnamed object's message carried a
+ * reference to its block, which the new handle takes over: keepWords() ties it
+ * to the handle once that exists (releaseWords() if it never does).
+ */
 export function attachWords(ref: BlockRef): Words {
   if (
     ref === null ||
@@ -53,12 +63,33 @@ export function attachWords(ref: BlockRef): Words {
   ) {
     throw invalidType('handle', 'a synchronisation object handle', ref);
   }
-  const block = heap().attach(ref);
-  return wordsOf(block.buffer, ref);
+  if (ref.segment.startsWith(NAMED_PREFIX)) {
+    // A named object: its name keeps it alive, nothing is counted.
+    const block = heap().attach(ref);
+    return wordsOf(block.buffer, ref);
+  }
+  const block = heap().adopt(ref);
+  return wordsOf(block.buffer, ref, undefined, block.hold);
 }
 
-function wordsOf(buffer: ArrayBuffer, ref: BlockRef, unmap?: () => void): Words {
-  return { buffer, i32: new Int32Array(buffer), base: ref.offset / 4, ref, unmap };
+/** The words' reference is given back when `owner` is garbage collected (unnamed objects). */
+export function keepWords(owner: object, w: Words): void {
+  if (w.hold) heap().releaseWith(owner, w.hold);
+}
+
+/** A handle is done with its words: a named object's mapping is unmapped, an unnamed one's reference given back. */
+export function releaseWords(w: Words): void {
+  if (w.unmap) w.unmap();
+  else if (w.hold) heap().release(w.hold);
+}
+
+/** What travels for the words: for an unnamed object, with a reference the message holds. */
+export function shareWords(w: Words, ctx: CodecContext): BlockRef {
+  return w.hold ? heap().share(w.hold, ctx) : w.ref;
+}
+
+function wordsOf(buffer: ArrayBuffer, ref: BlockRef, unmap?: () => void, hold?: Hold): Words {
+  return { buffer, i32: new Int32Array(buffer), base: ref.offset / 4, ref, unmap, hold };
 }
 
 // ---- named objects ----------------------------------------------------------
