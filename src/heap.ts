@@ -48,10 +48,24 @@ const SEGMENT_SIZE = 64 * 1024;
 const MAX_MAPPING = bufferConstants.MAX_LENGTH - 4096;
 const MAX_ALIGN = 4096;
 const MAX_BLOCK = MAX_MAPPING - 2 * MAX_ALIGN;
-// Each block is preceded by [count, size] (two Int32 words); data is at least
-// 8-aligned so that the count is a naturally aligned word.
+// Each block is preceded by [count, capacity] (two Int32 words); data is at
+// least 8-aligned so that the count is a naturally aligned word.
 const BLOCK_HEADER = 8;
 const MIN_ALIGN = 8;
+
+const roundUp = (n: number, a: number): number => Math.ceil(n / a) * a;
+
+// A small block's capacity: its size rounded up to a size class (8-byte steps
+// up to 64, then four steps per power of two), so that a freed block serves
+// any request of its class and churn with many different sizes still reuses
+// memory; at most a quarter of such a block is slack. Larger blocks are
+// exact (those beyond a segment get one of their own, unlinked when freed).
+const SMALL_MAX = SEGMENT_SIZE / 4;
+function capacityFor(size: number): number {
+  if (size <= 64) return roundUp(size, 8);
+  if (size > SMALL_MAX) return size;
+  return roundUp(size, 2 ** (Math.floor(Math.log2(size)) - 2));
+}
 // Segments of other processes that no local handle uses any more stay mapped,
 // up to this many small ones, so that a loop receiving and closing handles
 // does not map and unmap a segment for each; large ones are unmapped at once.
@@ -109,11 +123,9 @@ function subtract(i32: Int32Array, i: number, n: number): number {
   }
 }
 
-const roundUp = (n: number, a: number): number => Math.ceil(n / a) * a;
-
 class SharedHeap {
   readonly #segments = new Map<string, Segment>();
-  // size -> free blocks of owned segments
+  // capacity -> free blocks of owned segments
   readonly #free = new Map<number, { seg: Segment; offset: number }[]>();
   #owned: Segment[] = [];
   #current: Segment | null = null;
@@ -136,13 +148,14 @@ class SharedHeap {
       throw outOfRange('align', `a power of two up to ${MAX_ALIGN}`, align);
     }
     const a = Math.max(align, MIN_ALIGN);
-    let spot = this.#takeFree(size, a) ?? this.#bump(size, a);
+    const capacity = capacityFor(size);
+    let spot = this.#takeFree(capacity, a) ?? this.#bump(capacity, a);
     // Before a new segment: blocks given to other processes may have come back.
-    if (!spot && this.#sweepGiven()) spot = this.#takeFree(size, a);
-    spot ??= this.#fresh(size, a);
+    if (!spot && this.#sweepGiven()) spot = this.#takeFree(capacity, a);
+    spot ??= this.#fresh(capacity, a);
     const { seg, offset } = spot;
     const h = countIndex(offset);
-    seg.i32[h + 1] = size;
+    seg.i32[h + 1] = capacity;
     Atomics.store(seg.i32, h, 1);
     const hold = new Hold(seg, offset, size);
     if (owner) this.#reaper.register(owner, hold, hold);
@@ -164,7 +177,7 @@ class SharedHeap {
         throw outOfRange('block', `inside its segment of ${seg.size} bytes`, `${r.offset}+${r.size}`);
       }
       const h = countIndex(r.offset);
-      if (seg.i32[h + 1] !== r.size || Atomics.load(seg.i32, h) <= 0) {
+      if (r.size > seg.i32[h + 1] || Atomics.load(seg.i32, h) <= 0) {
         throw invalidType('handle', 'a reference to a live shared-heap block', ref);
       }
     } catch (err) {
@@ -246,15 +259,15 @@ class SharedHeap {
 
   // ---- allocation -------------------------------------------------------------
 
-  #takeFree(size: number, align: number): { seg: Segment; offset: number } | null {
-    const list = this.#free.get(size);
+  #takeFree(capacity: number, align: number): { seg: Segment; offset: number } | null {
+    const list = this.#free.get(capacity);
     if (!list) return null;
     for (let i = list.length - 1; i >= 0; i--) {
       const spot = list[i];
       if (spot.offset % align !== 0) continue;
       list[i] = list[list.length - 1];
       list.pop();
-      new Uint8Array(spot.seg.mapping!.buffer, spot.offset, size).fill(0);
+      new Uint8Array(spot.seg.mapping!.buffer, spot.offset, capacity).fill(0);
       return spot;
     }
     return null;
@@ -307,9 +320,9 @@ class SharedHeap {
       this.#unmap(seg);
       return;
     }
-    const size = seg.i32[countIndex(offset) + 1];
-    let list = this.#free.get(size);
-    if (!list) this.#free.set(size, (list = []));
+    const capacity = seg.i32[countIndex(offset) + 1];
+    let list = this.#free.get(capacity);
+    if (!list) this.#free.set(capacity, (list = []));
     list.push({ seg, offset });
   }
 
