@@ -70,12 +70,16 @@ function capacityFor(size: number): number {
 // up to this many small ones, so that a loop receiving and closing handles
 // does not map and unmap a segment for each; large ones are unmapped at once.
 const IDLE_MAPPINGS = 16;
+// Handles whose registration for garbage collection may wait (see #watch).
+const WATCH_BATCH = 64;
 
 /** One segment as this process sees it. */
 export interface Segment {
   readonly name: string;
   mapping: Mapping | null;
   i32: Int32Array;
+  /** Owned: the whole segment, to clear reused blocks. */
+  u8: Uint8Array;
   readonly size: number;
   /** Created by this heap: only the creator allocates in it. */
   readonly owned: boolean;
@@ -132,8 +136,30 @@ class SharedHeap {
   readonly #idle = new Set<Segment>();
   #counter = 0;
   #exitHook = false;
-  // A handle whose object is collected gives its reference back.
+  // A handle whose object is collected gives its reference back. Registering
+  // costs far more than the rest of creating a Lock (V8 keeps registered
+  // objects alive through minor GCs, so they reach the old generation), so
+  // it is put off until the end of the current job or WATCH_BATCH more
+  // handles, whichever comes first: a handle closed by then (create, use,
+  // close) is never registered. No unregister token either (it doubles the
+  // cost): release() marks the hold, and the callback then does nothing.
   readonly #reaper = new FinalizationRegistry<Hold>((hold) => this.release(hold));
+  #unwatched: (object | Hold)[] = [];
+
+  #watch(target: object, hold: Hold): void {
+    const n = this.#unwatched.push(target, hold);
+    if (n === 2) queueMicrotask(() => this.#registerWatched());
+    else if (n >= 2 * WATCH_BATCH) this.#registerWatched();
+  }
+
+  #registerWatched(): void {
+    const list = this.#unwatched;
+    this.#unwatched = [];
+    for (let i = 0; i < list.length; i += 2) {
+      const hold = list[i + 1] as Hold;
+      if (!hold.released) this.#reaper.register(list[i], hold);
+    }
+  }
 
   /**
    * A new block of `size` zeroed bytes with a count of 1: the reference of the
@@ -158,7 +184,7 @@ class SharedHeap {
     seg.i32[h + 1] = capacity;
     Atomics.store(seg.i32, h, 1);
     const hold = new Hold(seg, offset, size);
-    if (owner) this.#reaper.register(owner, hold, hold);
+    if (owner) this.#watch(owner, hold);
     return { segment: seg.name, offset, size, buffer: seg.mapping!.buffer, hold };
   }
 
@@ -191,20 +217,19 @@ class SharedHeap {
       this.#addHandle(seg, r.offset);
     }
     const hold = new Hold(seg, r.offset, r.size);
-    if (owner) this.#reaper.register(owner, hold, hold);
+    if (owner) this.#watch(owner, hold);
     return { segment: seg.name, offset: r.offset, size: r.size, buffer: seg.mapping!.buffer, hold };
   }
 
   /** Gives hold's reference back when target is garbage collected (unless release() did first). */
   releaseWith(target: object, hold: Hold): void {
-    if (!hold.released) this.#reaper.register(target, hold, hold);
+    if (!hold.released) this.#watch(target, hold);
   }
 
   /** Gives a handle's reference back (idempotent). */
   release(hold: Hold): void {
     if (hold.released) return;
     hold.released = true;
-    this.#reaper.unregister(hold);
     const seg = hold.seg;
     if (seg.mapping === null) return;
     if (!seg.owned) subtract(seg.i32, W_FOREIGN, 1);
@@ -267,7 +292,7 @@ class SharedHeap {
       if (spot.offset % align !== 0) continue;
       list[i] = list[list.length - 1];
       list.pop();
-      new Uint8Array(spot.seg.mapping!.buffer, spot.offset, capacity).fill(0);
+      spot.seg.u8.fill(0, spot.offset, spot.offset + capacity);
       return spot;
     }
     return null;
@@ -330,6 +355,7 @@ class SharedHeap {
     const name = `/pmp-${process.pid}-${++this.#counter}-${randomBytes(4).toString('hex')}`;
     const mapping = createSegment(name, size);
     const i32 = new Int32Array(mapping.buffer);
+    const u8 = new Uint8Array(mapping.buffer);
     i32[W_MAGIC] = SEGMENT_MAGIC;
     i32[W_VERSION] = SEGMENT_VERSION;
     // Registered with the tracker, so a crash of this process does not leave
@@ -340,6 +366,7 @@ class SharedHeap {
       name,
       mapping,
       i32,
+      u8,
       size,
       owned: true,
       dedicated,
@@ -378,6 +405,7 @@ class SharedHeap {
       name,
       mapping,
       i32,
+      u8: new Uint8Array(0),
       size,
       owned: false,
       dedicated: false,
