@@ -21,7 +21,6 @@ import {
   attachWords,
   deadlineOf,
   isDead,
-  keepWords,
   msLeft,
   openNamed,
   releaseWords,
@@ -218,7 +217,6 @@ abstract class SyncObject {
       this._w = attaching;
       attaching = null;
       this.#name = undefined;
-      keepWords(this, this._w);
       return;
     }
     if (o.name !== undefined) {
@@ -226,7 +224,7 @@ abstract class SyncObject {
       this.#name = o.name;
     } else {
       if (o.mode !== undefined) validateMode(o.mode);
-      this._w = allocateWords(this);
+      this._w = allocateWords();
       init(this._w);
     }
   }
