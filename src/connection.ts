@@ -11,10 +11,10 @@
 // sends and returns does not lose its last message).
 
 import { binding, type FdWatcher } from './native';
-import { decodeFd, encodeFd, type FdRef, withdrawOffers } from './fd-share';
+import { decodeFd, encodeFd, type FdRef } from './fd-share';
 import { type LongTimeout, setLongTimeout } from './long-timeout';
 import { closedError, EOFError, stateError } from './errors';
-import { decode, encode, encodeJsonText, JSON_TAG_BYTE, registerTransferable, type CodecContext } from './serialize';
+import { abandon, decode, encode, encodeJsonText, JSON_TAG_BYTE, registerTransferable, type CodecContext } from './serialize';
 import { decodeFast, ENCODE_LIMIT, ENCODE_SLACK, encodeFast, NOT_FAST } from './fast-json';
 import { pendingAsyncWaits, SpinPolicy, spinConfig } from './spin';
 import { invalidType, outOfRange, validateTimeout } from './validate';
@@ -53,6 +53,8 @@ interface Poller {
 interface Chunk {
   buf: Uint8Array;
   fds: number[];
+  /** On a message's last chunk: what its encoding took, given back if it is never written whole. */
+  ctx?: CodecContext;
 }
 
 interface Frame {
@@ -76,6 +78,12 @@ function frameHeader(length: number): Buffer {
 
 function eofError(): EOFError {
   return new EOFError('the other end of the connection is closed');
+}
+
+/** A queued chunk that will never be written: its fds are closed, its message abandoned. */
+function dropChunk(chunk: Chunk): void {
+  closeFds(chunk.fds);
+  abandon(chunk.ctx);
 }
 
 function closeFds(fds: number[]): void {
@@ -207,7 +215,7 @@ export class Connection {
         throw new TypeError('this object can only be sent over a duplex Pipe (a socket): its fds cannot travel through a pipe');
       }
     } catch (err) {
-      withdrawOffers(ctx.offers);
+      abandon(ctx);
       throw err;
     }
     if (ctx.fds.length > 0) {
@@ -220,9 +228,9 @@ export class Connection {
     // Duplicates travel, so closing a sent Connection right after send() is
     // safe even when the message waits in our queue; they are closed once sent.
     try {
-      this.#sendFrame(body, ctx.fds.map((fd) => binding.dup(fd)), true);
+      this.#sendFrame(body, ctx.fds.map((fd) => binding.dup(fd)), true, ctx.offers || ctx.onAbandon ? ctx : undefined);
     } catch (err) {
-      withdrawOffers(ctx.offers);
+      abandon(ctx);
       throw err;
     }
   }
@@ -263,23 +271,23 @@ export class Connection {
     this.#afterDrain();
   }
 
-  #sendFrame(body: Uint8Array, fds: number[], bodyIsOurs: boolean): void {
+  #sendFrame(body: Uint8Array, fds: number[], bodyIsOurs: boolean, ctx?: CodecContext): void {
     const header = frameHeader(body.length);
     if (body.length < COALESCE) {
       const frame = Buffer.allocUnsafe(header.length + body.length);
       header.copy(frame, 0);
       frame.set(body, header.length);
-      this.#out.push({ buf: frame, fds });
+      this.#out.push({ buf: frame, fds, ctx });
     } else {
       this.#out.push({ buf: header, fds });
-      this.#out.push({ buf: body, fds: [] });
+      this.#out.push({ buf: body, fds: [], ctx });
     }
     this.#flush(true);
     // Bytes the caller may change later are copied if they have to wait.
     if (!bodyIsOurs && body.length >= COALESCE) {
       const i = this.#out.findIndex((c) => c.buf === body);
       if (i >= 0) {
-        this.#out[i] = { buf: Buffer.from(body.subarray(i === 0 ? this.#outOffset : 0)), fds: [] };
+        this.#out[i] = { buf: Buffer.from(body.subarray(i === 0 ? this.#outOffset : 0)), fds: [], ctx: this.#out[i].ctx };
         if (i === 0) this.#outOffset = 0;
       }
     }
@@ -305,7 +313,7 @@ export class Connection {
         }
       }
     } catch (err) {
-      for (const chunk of this.#out) closeFds(chunk.fds);
+      for (const chunk of this.#out) dropChunk(chunk);
       this.#out = [];
       this.#outOffset = 0;
       if (fromSend) {
@@ -763,7 +771,7 @@ export class Connection {
     pendingAtExit.delete(this);
     finalizer.unregister(this);
     closeFds(this.#inFds.splice(0));
-    for (const chunk of this.#out.splice(0)) closeFds(chunk.fds);
+    for (const chunk of this.#out.splice(0)) dropChunk(chunk);
     if (this.#fd >= 0) {
       try {
         binding.closeFd(this.#fd);

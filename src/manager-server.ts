@@ -24,7 +24,7 @@ import {
   serverHandshake,
   type ObjectKind,
 } from './manager-protocol';
-import { decode, encode, type CodecContext } from './serialize';
+import { abandon, decode, encode, type CodecContext } from './serialize';
 import { coerce, ctypeOf, type CType } from './sharedctypes';
 import { invalidType, outOfRange } from './validate';
 
@@ -524,16 +524,18 @@ export class ManagerCore {
   reply(client: Client, id: number, status: Status, value: unknown): boolean {
     if (!connected(client)) return false;
     let body: Buffer;
+    let ctx = codecContext();
     try {
-      body = encode(value, codecContext());
+      body = encode(value, ctx);
     } catch (err) {
       status = Status.Error;
-      body = encode(err, codecContext());
+      body = encode(err, (ctx = codecContext()));
     }
     const head = frameHead(id, status);
     try {
       client.conn!.sendBytes(Buffer.concat([head, body], head.length + body.length));
     } catch {
+      abandon(ctx);
       // The client went away (EPIPE, ECONNRESET): its receive loop ends with
       // the closed Connection and drops it (#gone).
       client.conn!.close();

@@ -32,7 +32,7 @@ import { distDir } from './paths';
 import { Process } from './process';
 import { track, untrack } from './resource-tracker';
 import type { QueueWaitOptions } from './queues';
-import { decode, encode, registerTransferable, type CodecContext } from './serialize';
+import { abandon, decode, encode, registerTransferable, type CodecContext } from './serialize';
 import { coerce, ctypeOf, type TypeCode, type TypeName } from './sharedctypes';
 import type { AcquireOptions } from './synchronize';
 import {
@@ -51,6 +51,8 @@ const SERVER_MODULE = path.join(distDir, 'manager-server.js');
 const SHUTDOWN_GRACE_S = 5;
 
 const codecContext = (): CodecContext => ({ fds: [], carriesFds: false });
+// A request that is never sent gives back what its encoding took (serialize.ts abandon).
+const contextOf = new WeakMap<Buffer, CodecContext>();
 
 // Errors whose class the caller tests with instanceof: rebuilt here, since
 // the codec revives only the built-in Error classes.
@@ -189,6 +191,7 @@ class Link {
     this.#failure = err;
     this.#socket.unref();
     this.#conn?.close();
+    for (const [, bytes] of this.#backlog.splice(0)) abandon(contextOf.get(bytes));
     // Proxies that arrive later connect afresh: the server may be back.
     const key = addressKey(this.address);
     if (links.get(key) === this) links.delete(key);
@@ -261,7 +264,9 @@ class Link {
   async request(op: Op, body: unknown[], signal?: AbortSignal, calls?: Set<CancelCall>): Promise<unknown> {
     if (this.#failure) throw this.#failure;
     if (signal?.aborted) throw abortError(signal);
-    const bytes = encode(body, codecContext());
+    const ctx = codecContext();
+    const bytes = encode(body, ctx);
+    if (ctx.offers || ctx.onAbandon) contextOf.set(bytes, ctx);
     // Ids wrap after 2^32 - 1 requests; one still pending (a get parked for
     // days) keeps its id, which the next request skips.
     let id = this.#nextId;
@@ -292,7 +297,10 @@ class Link {
   }
 
   #send(id: number, op: Op, bytes: Buffer): void {
-    if (this.#failure) return;
+    if (this.#failure) {
+      abandon(contextOf.get(bytes));
+      return;
+    }
     if (this.#open) this.#write(frameHead(id, op), bytes);
     else this.#backlog.push([frameHead(id, op), bytes]);
   }
@@ -301,6 +309,7 @@ class Link {
     try {
       this.#conn!.sendBytes(Buffer.concat([head, bytes], head.length + bytes.length));
     } catch (err) {
+      abandon(contextOf.get(bytes));
       this.#lost(err);
     }
   }

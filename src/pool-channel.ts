@@ -6,8 +6,8 @@
 // behind a length ('V', u32, bytes).
 import * as net from 'node:net';
 
-import { decodeFd, encodeFd, type FdRef, withdrawOffers } from './fd-share';
-import { type CodecContext, decode, encode, encodeJson, registerTransferable } from './serialize';
+import { decodeFd, encodeFd, type FdRef } from './fd-share';
+import { abandon, type CodecContext, decode, encode, encodeJson, registerTransferable } from './serialize';
 
 const JSON_FRAME = 0x4a; // 'J'
 const BINARY_FRAME = 0x56; // 'V'
@@ -80,7 +80,7 @@ export class Channel {
           throw e;
         }
       } catch (err) {
-        withdrawOffers(ctx.offers);
+        abandon(ctx);
         throw err;
       }
       const head = Buffer.allocUnsafe(5);

@@ -11,7 +11,7 @@ import { locate, resolveModuleTarget, type TargetRef } from './locate';
 import { type LongTimeout, setLongTimeout } from './long-timeout';
 import { binding, type ExitWatcher, type FdWatcher } from './native';
 import { shareWithChild } from './resource-tracker';
-import { encode } from './serialize';
+import { abandon, type CodecContext, encode } from './serialize';
 import { invalidType, outOfRange, validateBoolean, validateObject, validateString, validateTimeout } from './validate';
 import { distDir } from './paths';
 
@@ -228,7 +228,8 @@ export class Process implements ChildRecord {
     // No `props: undefined` key: plain JSON takes the codec's fast path, and the
     // child then skips loading the serializer and the package index.
     const message = header.target?.kind === 'class' ? { args: this.#args, props: { ...this } } : { args: this.#args };
-    const body = encode(message, { fds });
+    const codec: CodecContext = { fds };
+    const body = encode(message, codec);
     header.fds = fds.length;
     const head = Buffer.from(JSON.stringify(header));
     const payload = Buffer.allocUnsafe(4 + head.length + body.length);
@@ -236,7 +237,13 @@ export class Process implements ChildRecord {
     head.copy(payload, 4);
     body.copy(payload, 4 + head.length);
 
-    const [readEnd, writeEnd] = binding.pipe();
+    let readEnd: number, writeEnd: number;
+    try {
+      [readEnd, writeEnd] = binding.pipe();
+    } catch (err) {
+      abandon(codec);
+      throw err;
+    }
     const argv = [process.execPath, ...childExecArgv(), bootstrapPath];
     let pid: number;
     try {
@@ -247,6 +254,7 @@ export class Process implements ChildRecord {
       pid = binding.spawn(process.execPath, argv, envp, keepFds, header.deathSignal);
     } catch (err) {
       binding.closeFd(writeEnd);
+      abandon(codec); // the arguments will never be received
       throw err;
     } finally {
       binding.closeFd(readEnd);

@@ -9,8 +9,7 @@
 // attempt and the sleep makes the sleep return at once: no lost wake-ups.
 import { abortError, closedError, QueueEmptyError, QueueFullError, stateError } from './errors';
 import { Decoded, DONE, GET_SEQ, GET_WAITERS, PUT_SEQ, PUT_WAITERS, Ring, type RingRef } from './ring';
-import { withdrawOffers } from './fd-share';
-import { type CodecContext, decode, encode, encodeJsonText, registerTransferable } from './serialize';
+import { abandon, type CodecContext, decode, encode, encodeJsonText, registerTransferable } from './serialize';
 import { ENCODE_LIMIT, ENCODE_SLACK, encodeFast } from './fast-json';
 import { validateBoolean, validateInteger, validateObject, validateSignal, validateTimeout } from './validate';
 import { type WaitResult, type WaitWord, waitAsync, waitSync, wakeOne } from './wait-word';
@@ -75,9 +74,10 @@ type Got = Encoded | Decoded;
 
 // A Connection on a queue travels through the fd sharer (fd-share.ts): the ring
 // holds its address and key, and the process that put it must still be alive
-// when it is taken. The offers a message made are remembered so that a put that
-// fails (full, timed out, closed) closes them instead of leaving them open.
-const offersOf = new WeakMap<Uint8Array, number[]>();
+// when it is taken; a Value or a Lock holds a reference to its shared block.
+// What a message took is remembered so that a put that fails (full, timed
+// out, closed) gives it back (serialize.ts abandon) instead of leaking it.
+const contextOf = new WeakMap<Uint8Array, CodecContext>();
 
 function encodeMessage(obj: unknown): Encoded {
   const text = encodeJsonText(obj);
@@ -91,10 +91,10 @@ function encodeMessage(obj: unknown): Encoded {
       throw new TypeError('this object cannot be put on a queue: its fds can only travel in Process args or over a duplex Pipe');
     }
   } catch (err) {
-    withdrawOffers(ctx.offers);
+    abandon(ctx);
     throw err;
   }
-  if (ctx.offers) offersOf.set(bytes, ctx.offers);
+  if (ctx.offers || ctx.onAbandon) contextOf.set(bytes, ctx);
   return bytes;
 }
 
@@ -111,13 +111,13 @@ function tryPutFast(ring: Ring, obj: unknown): boolean {
   return n >= 0 && ring.tryPutAscii(scratch, n);
 }
 
-/** A put of m failed: the fds it offered will never be claimed. */
+/** A put of m failed: the message will never be taken. */
 function putFailed(m: Encoded): void {
-  if (typeof m !== 'string') withdrawOffers(offersOf.get(m));
+  if (typeof m !== 'string') abandon(contextOf.get(m));
 }
 
 function putOrWithdraw(m: Encoded, p: Promise<void>): Promise<void> {
-  if (typeof m === 'string' || !offersOf.has(m)) return p;
+  if (typeof m === 'string' || !contextOf.has(m)) return p;
   return p.catch((err) => {
     putFailed(m);
     throw err;

@@ -26,8 +26,13 @@ import * as path from 'node:path';
 import { binding, type FdWatcher } from './native';
 import { distDir } from './paths';
 
-/** Kinds the tracker knows how to unlink ('socket-dir': a private directory of Unix sockets, the manager's). */
-export type TrackedKind = 'shm' | 'semaphore' | 'socket-dir';
+/**
+ * Kinds the tracker knows how to unlink. 'heap': a shared-heap segment (an shm
+ * name whose header counts the references other processes hold, heap-layout.ts):
+ * once its owner is gone the tracker unlinks it when that count is 0.
+ * 'socket-dir': a private directory of Unix sockets (a manager's).
+ */
+export type TrackedKind = 'shm' | 'semaphore' | 'heap' | 'socket-dir';
 
 /** The environment variable that tells a child where its inherited write end is: "<fd>:<inode>". */
 export const TRACKER_ENV = 'PMP_RESOURCE_TRACKER';

@@ -30,6 +30,28 @@ export interface CodecContext {
   /** Keys of the fds offered to the sharer while encoding, so that a transport
    *  can withdraw them when the message is never delivered. */
   offers?: number[];
+  /** What encoding took on the message's behalf (a reference to a shared
+   *  block, ...), to give back if the message is never delivered: abandon()
+   *  runs each once. A transferable's encode may add its own. */
+  onAbandon?: Array<() => void>;
+}
+
+/**
+ * The encoded message will never be delivered (a full queue, a closed
+ * connection, a child that did not start): withdraws its fd offers and gives
+ * back what its transferables took. Idempotent. encode() does it itself when
+ * it throws.
+ */
+export function abandon(ctx: CodecContext | undefined): void {
+  if (!ctx) return;
+  const { offers, onAbandon } = ctx;
+  ctx.offers = undefined;
+  ctx.onAbandon = undefined;
+  if (offers && offers.length > 0) {
+    // Loaded here only: encoding plain data never needs the fd sharer.
+    (require('./fd-share') as typeof import('./fd-share')).withdrawOffers(offers);
+  }
+  if (onAbandon) for (const undo of onAbandon) undo();
 }
 
 export interface Transferable<T> {
@@ -432,7 +454,13 @@ export function encode(value: unknown, ctx: CodecContext = { fds: [] }): Buffer 
     return out;
   }
   if (value === undefined) return Buffer.from([V8_TAG]);
-  const body = v8().serialize(prepare(value, ctx, new Map()));
+  let body: Buffer;
+  try {
+    body = v8().serialize(prepare(value, ctx, new Map()));
+  } catch (err) {
+    abandon(ctx);
+    throw err;
+  }
   const out = Buffer.allocUnsafe(1 + body.length);
   out[0] = V8_TAG;
   body.copy(out, 1);

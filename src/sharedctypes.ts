@@ -4,9 +4,9 @@
 // is one, is injected (an RLock by default, or any lock the caller supplies).
 
 import { closedError, stateError } from './errors';
-import { heap, type BlockRef } from './heap';
+import { heap, type BlockRef, type Hold } from './heap';
 import { binding, type Mapping } from './native';
-import { registerTransferable } from './serialize';
+import { type CodecContext, registerTransferable } from './serialize';
 import { checkMappable } from './shared-memory';
 import { invalidType, outOfRange, validateInteger, validateObject } from './validate';
 
@@ -116,9 +116,10 @@ function defaultLock(): LockLike {
   return new mod.RLock();
 }
 
-// Blocks go back to the heap when the object (and every view of it) is gone.
-// Only the process that owns the segment reuses them (heap.free ignores others).
-const blockReaper = new FinalizationRegistry<BlockRef>((ref) => heap().free(ref));
+// Every handle holds one reference to its block (heap.ts), given back by
+// close() or, failing that, when the handle (and every view of it) is
+// collected; each message that carries the object holds one more until it is
+// received. The block is reused only when no process refers to it any more.
 
 const kRevive = Symbol('revive');
 
@@ -134,28 +135,41 @@ function isRevived(v: unknown): v is Revived {
   return v !== null && typeof v === 'object' && (v as Revived)[kRevive] === true;
 }
 
+let holdOfScalar: (v: object) => Hold | undefined;
+let holdOfVector: (v: object) => Hold | undefined;
+
+/** @internal (tests) where a Value's or an array's block is, or undefined for anything else. */
+export function blockOf(obj: object): BlockRef | undefined {
+  const hold = holdOfScalar(obj) ?? holdOfVector(obj);
+  return hold && { segment: hold.segment, offset: hold.offset, size: hold.size };
+}
+
 // ---- single values ---------------------------------------------------------
 
 abstract class SharedScalar<T extends number | bigint> {
   readonly #ctype: CType;
-  readonly #ref: BlockRef;
+  readonly #hold: Hold;
   #view: AnyTypedArray | undefined;
+
+  static {
+    holdOfScalar = (v) => (#hold in v ? v.#hold : undefined);
+  }
 
   protected constructor(type: unknown, initial: unknown, revived: Revived | undefined) {
     if (revived) {
       this.#ctype = ctypeOf(revived.type);
-      this.#ref = revived.ref;
-      const block = heap().attach(revived.ref);
+      if (revived.ref?.size !== this.#ctype.size) throw invalidType('handle', `a ${this.#ctype.name} block`, revived.ref);
+      const block = heap().adopt(revived.ref, this);
+      this.#hold = block.hold;
       this.#view = new this.#ctype.Array(block.buffer, block.offset, 1);
       return;
     }
     this.#ctype = ctypeOf(type);
     const v = coerce(this.#ctype, initial ?? 0, 'initial');
-    const block = heap().allocate(this.#ctype.size, this.#ctype.size);
-    this.#ref = { segment: block.segment, offset: block.offset, size: block.size };
+    const block = heap().allocate(this.#ctype.size, this.#ctype.size, this);
+    this.#hold = block.hold;
     this.#view = new this.#ctype.Array(block.buffer, block.offset, 1);
     this.#view[0] = v as never;
-    blockReaper.register(this, this.#ref);
   }
 
   /** The typecode ('i', 'd', ...). */
@@ -178,7 +192,9 @@ abstract class SharedScalar<T extends number | bigint> {
 
   /** Ends this handle: further use throws ERR_MP_CLOSED. Other processes' handles are unaffected. */
   close(): void {
+    if (!this.#view) return;
     this.#view = undefined;
+    heap().release(this.#hold);
   }
 
   get closed(): boolean {
@@ -189,10 +205,10 @@ abstract class SharedScalar<T extends number | bigint> {
     this.close();
   }
 
-  /** @internal what travels to another process. */
-  protected encodeBase(): { type: TypeCode; ref: BlockRef } {
+  /** @internal what travels to another process, with the reference the message holds. */
+  protected encodeBase(ctx: CodecContext): { type: TypeCode; ref: BlockRef } {
     if (!this.#view) throw closedError(`${this.constructor.name}('${this.#ctype.code}')`);
-    return { type: this.#ctype.code, ref: this.#ref };
+    return { type: this.#ctype.code, ref: heap().share(this.#hold, ctx) };
   }
 
   toString(): string {
@@ -225,8 +241,8 @@ export class Value<T extends number | bigint = number> extends SharedScalar<T> {
   }
 
   /** @internal */
-  static encode(v: Value<any>): unknown {
-    const base = v.encodeBase();
+  static encode(v: Value<any>, ctx: CodecContext): unknown {
+    const base = v.encodeBase(ctx);
     // The lock must exist before it travels: every process has to share one.
     return { ...base, lock: v.#lock === false ? null : v.getLock() };
   }
@@ -240,8 +256,8 @@ export class RawValue<T extends number | bigint = number> extends SharedScalar<T
   }
 
   /** @internal */
-  static encode(v: RawValue<any>): unknown {
-    return v.encodeBase();
+  static encode(v: RawValue<any>, ctx: CodecContext): unknown {
+    return v.encodeBase(ctx);
   }
 }
 
@@ -275,31 +291,47 @@ function initialValues(t: CType, sizeOrValues: unknown): { length: number; value
 
 abstract class SharedVector<A extends AnyTypedArray> {
   readonly #ctype: CType;
-  readonly #ref: BlockRef;
+  readonly #hold: Hold;
   readonly #length: number;
   #mapping: Mapping | undefined;
   #array: A | undefined;
 
+  static {
+    holdOfVector = (v) => (#hold in v ? v.#hold : undefined);
+  }
+
   protected constructor(type: unknown, sizeOrValues: unknown, revived: Revived | undefined) {
+    let ref: BlockRef;
     if (revived) {
       this.#ctype = ctypeOf(revived.type);
-      this.#ref = revived.ref;
-      this.#length = revived.length;
+      const length = revived.length;
+      if (!Number.isInteger(length) || length < 0 || revived.ref?.size !== Math.max(1, length) * this.#ctype.size) {
+        throw invalidType('handle', `an array of ${length} ${this.#ctype.name}`, revived.ref);
+      }
+      this.#length = length;
+      this.#hold = heap().adopt(revived.ref).hold;
+      ref = revived.ref;
     } else {
       this.#ctype = ctypeOf(type);
       const { length, values } = initialValues(this.#ctype, sizeOrValues);
       checkMappable(length * this.#ctype.size + 4096, 'sizeOrValues (in bytes)');
       // A zero-length array still takes one element's space: blocks are never empty.
       const block = heap().allocate(Math.max(1, length) * this.#ctype.size, this.#ctype.size);
-      this.#ref = { segment: block.segment, offset: block.offset, size: block.size };
+      this.#hold = block.hold;
+      ref = { segment: block.segment, offset: block.offset, size: block.size };
       this.#length = length;
       if (values) new this.#ctype.Array(block.buffer, block.offset, length).set(values as never);
     }
-    this.#mapping = mapPrivately(this.#ref);
-    this.#array = new this.#ctype.Array(this.#mapping.buffer, this.#ref.offset, this.#length) as A;
-    // The block is reused only when this object and its view are both gone:
-    // the view is registered, and this object holds it.
-    if (!revived) blockReaper.register(this.#array, this.#ref);
+    try {
+      this.#mapping = mapPrivately(ref);
+    } catch (err) {
+      heap().release(this.#hold);
+      throw err;
+    }
+    this.#array = new this.#ctype.Array(this.#mapping.buffer, ref.offset, this.#length) as A;
+    // The reference goes when this object and its view are both gone: the
+    // view is registered, and this object holds it.
+    heap().releaseWith(this.#array, this.#hold);
   }
 
   /** A typed view of the shared elements (Float64Array for 'd', BigInt64Array for 'q', ...). Detached by close(). */
@@ -322,6 +354,7 @@ abstract class SharedVector<A extends AnyTypedArray> {
     this.#mapping.unmap();
     this.#mapping = undefined;
     this.#array = undefined;
+    heap().release(this.#hold);
   }
 
   get closed(): boolean {
@@ -332,9 +365,9 @@ abstract class SharedVector<A extends AnyTypedArray> {
     this.close();
   }
 
-  protected encodeBase(): { type: TypeCode; ref: BlockRef; length: number } {
+  protected encodeBase(ctx: CodecContext): { type: TypeCode; ref: BlockRef; length: number } {
     if (!this.#mapping) throw closedError(`${this.constructor.name}('${this.#ctype.code}')`);
-    return { type: this.#ctype.code, ref: this.#ref, length: this.#length };
+    return { type: this.#ctype.code, ref: heap().share(this.#hold, ctx), length: this.#length };
   }
 
   toString(): string {
@@ -366,8 +399,8 @@ export class SharedArray<A extends AnyTypedArray = AnyTypedArray> extends Shared
   }
 
   /** @internal */
-  static encode(a: SharedArray<any>): unknown {
-    const base = a.encodeBase();
+  static encode(a: SharedArray<any>, ctx: CodecContext): unknown {
+    const base = a.encodeBase(ctx);
     return { ...base, lock: a.#lock === false ? null : a.getLock() };
   }
 }
@@ -380,8 +413,8 @@ export class RawArray<A extends AnyTypedArray = AnyTypedArray> extends SharedVec
   }
 
   /** @internal */
-  static encode(a: RawArray<any>): unknown {
-    return a.encodeBase();
+  static encode(a: RawArray<any>, ctx: CodecContext): unknown {
+    return a.encodeBase(ctx);
   }
 }
 
@@ -392,18 +425,18 @@ function revivedArgs(data: any): Revived {
 }
 
 registerTransferable('Value', Value, {
-  encode: (v) => Value.encode(v),
+  encode: (v, ctx) => Value.encode(v, ctx),
   decode: (data) => new Value(revivedArgs(data) as never),
 });
 registerTransferable('RawValue', RawValue, {
-  encode: (v) => RawValue.encode(v),
+  encode: (v, ctx) => RawValue.encode(v, ctx),
   decode: (data) => new RawValue(revivedArgs(data) as never),
 });
 registerTransferable('SharedArray', SharedArray, {
-  encode: (a) => SharedArray.encode(a),
+  encode: (a, ctx) => SharedArray.encode(a, ctx),
   decode: (data) => new SharedArray(revivedArgs(data) as never, 0),
 });
 registerTransferable('RawArray', RawArray, {
-  encode: (a) => RawArray.encode(a),
+  encode: (a, ctx) => RawArray.encode(a, ctx),
   decode: (data) => new RawArray(revivedArgs(data) as never, 0),
 });

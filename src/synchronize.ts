@@ -23,6 +23,8 @@ import {
   isDead,
   msLeft,
   openNamed,
+  releaseWords,
+  shareWords,
   unlinkNamed,
   validateMode,
   waitAsync,
@@ -34,6 +36,7 @@ import {
   type WaitResult,
 } from './sync/words';
 import type { BlockRef } from './heap';
+import type { CodecContext } from './serialize';
 import {
   invalidType,
   validateBoolean,
@@ -243,9 +246,14 @@ abstract class SyncObject {
     return this._w;
   }
 
-  /** What travels to another process. */
+  /** Where the words are (mapping them takes no reference: see encodeRef). */
   ref(): BlockRef {
     return this.w.ref;
+  }
+
+  /** @internal what travels to another process, with the reference the message holds. */
+  encodeRef(ctx: CodecContext): BlockRef {
+    return shareWords(this.w, ctx);
   }
 
   /**
@@ -298,10 +306,10 @@ abstract class SyncObject {
       pending.clear();
     }
     this._beforeUnmap();
-    w.unmap?.();
+    releaseWords(w);
   }
 
-  /** Closes what this handle owns inside its mapping (a named Condition's lock). */
+  /** Closes what this handle owns inside its words (a named Condition's lock), before they are released. */
   protected _beforeUnmap(): void {}
 
   [Symbol.dispose](): void {
@@ -1548,29 +1556,35 @@ export class Barrier extends SyncObject {
 // ---- travelling to other processes --------------------------------------------------------
 
 function revive<T>(data: BlockRef, make: () => T): T {
-  return adopt(attachWords(data), make);
+  const words = attachWords(data);
+  try {
+    return adopt(words, make);
+  } catch (err) {
+    releaseWords(words); // the reference the message carried is not kept
+    throw err;
+  }
 }
 
-registerTransferable('pmp.Lock', Lock, { encode: (o) => o.ref(), decode: (d) => revive(d, () => new Lock()) });
-registerTransferable('pmp.RLock', RLock, { encode: (o) => o.ref(), decode: (d) => revive(d, () => new RLock()) });
+registerTransferable('pmp.Lock', Lock, { encode: (o, ctx) => o.encodeRef(ctx), decode: (d) => revive(d, () => new Lock()) });
+registerTransferable('pmp.RLock', RLock, { encode: (o, ctx) => o.encodeRef(ctx), decode: (d) => revive(d, () => new RLock()) });
 // The POSIX-backed ones before the word-based ones (they are instances of both).
 linkPosixSemaphore(Semaphore, BoundedSemaphore);
 // BoundedSemaphore first: the codec takes the first registration that matches.
 registerTransferable('pmp.BoundedSemaphore', BoundedSemaphore, {
-  encode: (o) => o.ref(),
+  encode: (o, ctx) => o.encodeRef(ctx),
   decode: (d) => revive(d, () => new BoundedSemaphore()),
 });
 registerTransferable('pmp.Semaphore', Semaphore, {
-  encode: (o) => o.ref(),
+  encode: (o, ctx) => o.encodeRef(ctx),
   decode: (d) => revive(d, () => new Semaphore()),
 });
-registerTransferable('pmp.Event', Event, { encode: (o) => o.ref(), decode: (d) => revive(d, () => new Event()) });
+registerTransferable('pmp.Event', Event, { encode: (o, ctx) => o.encodeRef(ctx), decode: (d) => revive(d, () => new Event()) });
 registerTransferable('pmp.Condition', Condition, {
-  encode: (o) => ({ ref: o.ref(), lock: o.lock }),
+  encode: (o, ctx) => ({ ref: o.encodeRef(ctx), lock: o.lock }),
   decode: (d) => revive(d.ref, () => new Condition(d.lock)),
 });
 registerTransferable('pmp.Barrier', Barrier, {
-  encode: (o) => ({ ref: o.ref(), parties: o.parties, action: o.actionRef() ?? null }),
+  encode: (o, ctx) => ({ ref: o.encodeRef(ctx), parties: o.parties, action: o.actionRef() ?? null }),
   decode: (d) => {
     const b = revive(d.ref, () => new Barrier(d.parties));
     b.setActionRef(d.action ?? undefined);

@@ -2,13 +2,15 @@
 // tree): reads REGISTER/UNREGISTER lines from fd 3 until EOF, which comes when
 // every process of the tree has exited, then unlinks what is still registered
 // and warns about it, as CPython's resource_tracker does. Names registered
-// with an owner pid (process-lifetime objects: heap segments) are unlinked as
-// soon as that process is gone, which is what its normal exit would have done.
+// with an owner pid (process-lifetime objects) are unlinked as soon as that
+// process is gone; a heap segment (kind 'heap') only once, in addition, no
+// other process and no message in flight refers to it (its header's count).
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 
-import { binding } from './native';
+import { SEGMENT_HEADER_BYTES, SEGMENT_MAGIC, SEGMENT_VERSION, W_DONE, W_FOREIGN, W_MAGIC, W_VERSION } from './heap-layout';
+import { binding, type Mapping } from './native';
 
 type Unlinker = (name: string) => void;
 
@@ -17,6 +19,7 @@ type Unlinker = (name: string) => void;
 // unlinker is reported rather than silently dropped.
 const unlinkers: Record<string, Unlinker | undefined> = {
   shm: (name) => binding.shmUnlink(name),
+  heap: (name) => binding.shmUnlink(name),
   // Its sockets, then the directory itself: anything else in it makes rmdir
   // fail, which is reported rather than deleted.
   'socket-dir': (dir) => {
@@ -65,6 +68,84 @@ function handle(line: string): void {
     registered.set(key, entry);
   } else if (msg.op === 'UNREGISTER') {
     registered.delete(key);
+    dropOrphan(key);
+  }
+}
+
+// ---- heap segments whose creator is gone ----------------------------------------
+
+interface Header {
+  mapping: Mapping;
+  i32: Int32Array;
+}
+
+/** Maps a heap segment's header: null when it is gone, 'unreadable' when it has no valid header. */
+function mapHeader(name: string): Header | null | 'unreadable' {
+  let fd: number;
+  try {
+    fd = binding.shmOpen(name, false, false, 0o600);
+  } catch (err) {
+    return (err as { code?: string }).code === 'ENOENT' ? null : 'unreadable';
+  }
+  try {
+    if (binding.fstatSize(fd) < SEGMENT_HEADER_BYTES) return 'unreadable';
+    const mapping = new binding.Mapping(fd, SEGMENT_HEADER_BYTES);
+    const i32 = new Int32Array(mapping.buffer, 0, SEGMENT_HEADER_BYTES / 4);
+    if (i32[W_MAGIC] !== SEGMENT_MAGIC || i32[W_VERSION] !== SEGMENT_VERSION) {
+      mapping.unmap();
+      return 'unreadable';
+    }
+    return { mapping, i32 };
+  } catch {
+    return 'unreadable';
+  } finally {
+    binding.closeFd(fd);
+  }
+}
+
+// Segments of processes that are gone, still referenced by other processes'
+// handles or by messages not yet received; checked with the owners. A
+// reference held by a process that was killed is never given back: such a
+// segment stays until the tree ends.
+const orphans = new Map<string, { entry: Entry; header: Header; crashed: boolean; pid: number }>();
+
+function dropOrphan(key: string): void {
+  const o = orphans.get(key);
+  if (!o) return;
+  orphans.delete(key);
+  o.header.mapping.unmap();
+}
+
+/** The owner of a heap segment is gone: unlinks it now if nothing refers to it, else watches it. Returns what to report. */
+function ownerGone(key: string, entry: Entry, pid: number): string | null {
+  const header = mapHeader(entry.name);
+  if (header === null) {
+    registered.delete(key); // its owner unlinked it and exited before saying so
+    return null;
+  }
+  if (header !== 'unreadable') {
+    const crashed = Atomics.load(header.i32, W_DONE) !== 1;
+    if (Atomics.load(header.i32, W_FOREIGN) > 0) {
+      entry.pid = undefined; // watched below from now on
+      orphans.set(key, { entry, header, crashed, pid });
+      return null;
+    }
+    header.mapping.unmap();
+    registered.delete(key);
+    const d = unlink(entry);
+    return crashed ? d : null;
+  }
+  registered.delete(key);
+  return unlink(entry);
+}
+
+function checkOrphans(): void {
+  for (const [key, o] of orphans) {
+    if (Atomics.load(o.header.i32, W_FOREIGN) > 0) continue;
+    dropOrphan(key);
+    registered.delete(key);
+    const d = unlink(o.entry);
+    if (d && o.crashed) warn(`process ${o.pid} ended without cleaning up; unlinked`, [d]);
   }
 }
 
@@ -112,12 +193,19 @@ function checkOwners(): void {
     if (isAlive(pid)) continue;
     const done: string[] = [];
     for (const entry of entries) {
-      registered.delete(`${entry.kind}\0${entry.name}`);
-      const d = unlink(entry);
+      const key = `${entry.kind}\0${entry.name}`;
+      let d: string | null;
+      if (entry.kind === 'heap') {
+        d = ownerGone(key, entry, pid);
+      } else {
+        registered.delete(key);
+        d = unlink(entry);
+      }
       if (d) done.push(d);
     }
     warn(`process ${pid} ended without cleaning up; unlinked`, done);
   }
+  checkOrphans();
 }
 
 // The members of a family that still exist. Only shm families are registered,
@@ -134,12 +222,28 @@ function members(family: Entry): Entry[] {
   return entries.filter((e) => e.startsWith(body)).map((e) => ({ kind: 'shm', name: `/${e}` }));
 }
 
+// A heap segment whose owner ended normally, still referenced at the end (a
+// message nobody received, a handle of a killed process), is not a leak of the
+// program's: it goes without a warning.
+function handedOver(key: string, entry: Entry): boolean {
+  if (entry.kind !== 'heap') return false;
+  const o = orphans.get(key);
+  if (o) return !o.crashed;
+  const header = mapHeader(entry.name);
+  if (header === null || header === 'unreadable') return false;
+  const done = Atomics.load(header.i32, W_DONE) === 1;
+  header.mapping.unmap();
+  return done;
+}
+
 function cleanUp(): void {
   const done: string[] = [];
-  for (const entry of registered.values()) {
+  for (const [key, entry] of registered) {
+    const quiet = handedOver(key, entry);
+    dropOrphan(key);
     for (const one of entry.family ? members(entry) : [entry]) {
       const d = unlink(one);
-      if (d) done.push(d);
+      if (d && !quiet) done.push(d);
     }
   }
   registered.clear();
