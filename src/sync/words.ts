@@ -307,8 +307,9 @@ function recorded(policy: SpinPolicy, start: number, r: WaitResult): WaitResult 
   return r;
 }
 
+// Rejects (with a system error) only if no thread could serve the wait.
 function sleepAsync(w: Words, word: number, expected: number, ms: number, signal?: AbortSignal): Promise<WaitResult> {
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
     let done = false;
     const onAbort = (): void => {
       if (done) return;
@@ -316,11 +317,12 @@ function sleepAsync(w: Words, word: number, expected: number, ms: number, signal
       handle.cancel();
       resolve('aborted');
     };
-    const handle = binding.futexWaitAsync(w.buffer, (w.base + word) * 4, expected, ms, (r: string) => {
+    const handle = binding.futexWaitAsync(w.buffer, (w.base + word) * 4, expected, ms, (r, error) => {
       if (done) return;
       done = true;
       signal?.removeEventListener('abort', onAbort);
-      resolve(r as WaitResult);
+      if (r === 'error') reject(error);
+      else resolve(r);
     });
     signal?.addEventListener('abort', onAbort, { once: true });
   });
