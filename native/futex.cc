@@ -2,7 +2,8 @@
 // src/synchronize.ts, entered only when a primitive is contended.
 //
 //   futexWait(buffer, byteOffset, expected, timeoutMs) -> 'ok' | 'timed-out' | 'not-equal'
-//       blocks the calling thread while the word equals `expected` (timeoutMs < 0: no limit)
+//       blocks the calling thread while the word equals `expected` (timeoutMs < 0: no
+//       limit); in a worker thread it ends as soon as the worker is being terminated
 //   futexWake(buffer, byteOffset, count) -> number of waiters woken
 //   futexWaitAsync(buffer, byteOffset, expected, timeoutMs, callback) -> { cancel() }
 //       the same wait, served by futex_service.cc's bounded set of threads (never
@@ -35,14 +36,18 @@ namespace pmp {
 namespace {
 
 // Waits until woken, the word differs, or the deadline passes; signals do not
-// shorten or lengthen the wait (the loop recomputes what is left).
-WaitResult Wait(int32_t* addr, int32_t expected, int64_t timeout_ms) {
+// shorten or lengthen the wait (the loop recomputes what is left). In a worker
+// thread it sleeps in slices and returns as soon as the worker is being
+// terminated (StopProbe; what it returns then is never seen).
+WaitResult Wait(int32_t* addr, int32_t expected, int64_t timeout_ms, const StopProbe& probe) {
   const int64_t deadline = timeout_ms < 0 ? -1 : NowMs() + timeout_ms;
   for (;;) {
     int64_t left = deadline < 0 ? -1 : deadline - NowMs();
     if (deadline >= 0 && left <= 0) return WaitResult::kTimedOut;
-    WaitResult r = FutexWaitOnce(addr, expected, left);
-    if (r != WaitResult::kTimedOut) return r;
+    int64_t step = probe.Slice(left);
+    WaitResult r = FutexWaitOnce(addr, expected, step);
+    if (r != WaitResult::kTimedOut || step == left) return r;
+    if (probe.Stopping()) return WaitResult::kOk;  // a slice ended, the worker is being terminated
   }
 }
 
@@ -77,7 +82,7 @@ Napi::Value FutexWait(const Napi::CallbackInfo& info) {
   int32_t* addr = WordArg(info);
   int32_t expected = ExpectedArg(info, 2);
   int64_t timeout = TimeoutArg(info, 3);
-  WaitResult r = Wait(addr, expected, timeout);
+  WaitResult r = Wait(addr, expected, timeout, StopProbe(info.Env()));
   if (r == WaitResult::kFault) ThrowSystemError(info.Env(), errno == 0 ? EFAULT : errno, "futex_wait");
   return Napi::String::New(info.Env(), ResultName(r));
 }

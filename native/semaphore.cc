@@ -6,6 +6,7 @@
 //   semClose(handle)             idempotent; later calls with the handle throw ERR_MP_CLOSED
 //   semTryWait(handle) -> bool   (sem_trywait; false when the value is 0)
 //   semTimedWait(handle, ms) -> bool   blocks this thread; ms < 0: no limit; false on timeout
+//                                      (in a worker thread, also as soon as the worker is being terminated)
 //   semPost(handle, n)           n x sem_post
 //   semGetValue(handle) -> n     (macOS has no sem_getvalue: throws ERR_MP_UNSUPPORTED)
 //   semUnlink(name)
@@ -130,6 +131,19 @@ WaitResult WaitFor(sem_t* sem, int64_t ms, int* err) {
   *err = errno;
   return WaitResult::kFault;
 #endif
+}
+
+// WaitFor for a JS thread: in a worker thread, in slices, ending (as a
+// timeout) as soon as the worker is being terminated (StopProbe).
+WaitResult WaitForOnThread(sem_t* sem, int64_t ms, int* err, const StopProbe& probe) {
+  const int64_t deadline = ms < 0 ? -1 : NowMs() + ms;
+  for (;;) {
+    int64_t left = deadline < 0 ? -1 : deadline - NowMs();
+    if (deadline >= 0 && left < 0) left = 0;
+    int64_t step = probe.Slice(left);
+    WaitResult r = WaitFor(sem, step, err);
+    if (r != WaitResult::kTimedOut || step == left || probe.Stopping()) return r;
+  }
 }
 
 Napi::Error ClosedError(Napi::Env env) {
@@ -257,7 +271,7 @@ Napi::Value SemTimedWait(const Napi::CallbackInfo& info) {
   Sem* s = SemArg(info, 0);
   int64_t ms = TimeoutArg(info, 1);
   int err = 0;
-  WaitResult r = WaitFor(s->sem, ms, &err);
+  WaitResult r = WaitForOnThread(s->sem, ms, &err, StopProbe(info.Env()));
   if (r == WaitResult::kFault) ThrowSystemError(info.Env(), err, ms < 0 ? "sem_wait" : "sem_timedwait");
   return Napi::Boolean::New(info.Env(), r == WaitResult::kOk);
 }

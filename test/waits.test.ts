@@ -1,12 +1,13 @@
-// What a wait costs: pending async waits share a bounded set of addon threads
-// (native/futex_service.cc, native/semaphore.cc), a failure to start one
-// rejects only that wait, and a cancel disturbs no other waiter.
+// What a wait costs and what ends it: pending async waits share a bounded set
+// of addon threads (native/futex_service.cc, native/semaphore.cc), a failure to
+// start one rejects only that wait, a cancel disturbs no other waiter, and a
+// worker thread blocked in a Sync wait can be terminated (native/util.h).
 import { execFile, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { SharedMemory } from 'posix-multiprocessing';
+import { Event, Semaphore, SharedMemory } from 'posix-multiprocessing';
 import nativeModule from '../dist/cjs/native.js';
 
 const { binding } = nativeModule as { binding: any };
@@ -146,3 +147,61 @@ function pidsCgroup(): string | null {
   }
   return null;
 }
+
+describe('a worker thread blocked in a Sync wait can be terminated', () => {
+  const kinds = ['lock', 'event', 'posix-semaphore', 'queue', 'recv', 'recv-pipe', 'join', 'fetch'];
+
+  it('worker.terminate() ends each blocking call at once', async () => {
+    const r = await run([program('blocked-worker.mjs'), 'terminate', ...kinds], 60_000);
+    expect(r.code, r.stderr).toBe(0);
+    const out = lastJson(r.stdout);
+    for (const kind of kinds) expect(out[kind], kind).toBeLessThan(1000);
+  }, 70_000);
+
+  it('process.exit() in the main thread exits at once while a worker is blocked', async () => {
+    const runs = await Promise.all(kinds.map((kind) => run([program('blocked-worker.mjs'), 'exit', kind], 20_000)));
+    runs.forEach((r, i) => {
+      expect(r.code, `${kinds[i]}: ${r.stderr}`).toBe(0);
+      expect(r.endedAt - lastJson(r.stdout).exiting, kinds[i]).toBeLessThan(1500);
+    });
+  }, 40_000);
+
+  it("an unref()'d worker blocked in Event.waitSync() lets the program end by itself", async () => {
+    const r = await run([program('blocked-worker.mjs'), 'unref', 'event'], 20_000);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.endedAt - lastJson(r.stdout).ending).toBeLessThan(1500);
+  }, 30_000);
+
+  it("a worker's Sync waits, made in slices, still last their whole timeout", async () => {
+    const { Worker } = await import('node:worker_threads');
+    const name = `t-${process.pid}-slices`;
+    const code = `
+      const { Event, Semaphore } = require(${JSON.stringify(path.resolve('dist/cjs/index.js'))});
+      const ev = new Event({ name: ${JSON.stringify(name)} });
+      const sem = new Semaphore(0, { name: ${JSON.stringify(name)}, posix: true });
+      let t = performance.now();
+      const event = { got: ev.waitSync({ timeout: 0.3 }), ms: performance.now() - t };
+      t = performance.now();
+      const semaphore = { got: sem.acquireSync({ timeout: 0.3 }), ms: performance.now() - t };
+      require('node:worker_threads').parentPort.postMessage({ event, semaphore });
+      ev.close();
+      sem.close();
+    `;
+    const ev = new Event({ name });
+    const sem = new Semaphore(0, { name, posix: true });
+    try {
+      const w = new Worker(code, { eval: true });
+      const msg = await new Promise<any>((r) => w.once('message', r));
+      await w.terminate();
+      for (const key of ['event', 'semaphore']) {
+        expect(msg[key].got, key).toBe(false);
+        expect(msg[key].ms, key).toBeGreaterThanOrEqual(295);
+      }
+    } finally {
+      ev.close();
+      sem.close();
+      Event.unlink(name);
+      Semaphore.unlink(name, { posix: true });
+    }
+  }, 20_000);
+});
