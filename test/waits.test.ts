@@ -80,6 +80,7 @@ describe('pending async waits cost a bounded number of threads', () => {
       const child = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
       let stdout = '';
       child.stdout.on('data', (d) => (stdout += d));
+      const closed = new Promise<void>((r) => child.once('close', () => r()));
       while (!stdout.includes('waiting')) await new Promise((r) => setTimeout(r, 10));
       await new Promise((r) => setTimeout(r, 200));
       // Waits on the same word here, each cancelled: the child sleeps on.
@@ -89,7 +90,7 @@ describe('pending async waits cost a bounded number of threads', () => {
         await new Promise((r) => setTimeout(r, 5));
         h.cancel();
       }
-      await new Promise<void>((r) => child.once('close', () => r()));
+      await closed;
       const out = lastJson(stdout);
       expect(out.r).toBe('timed-out');
       expect(out.ms).toBeGreaterThanOrEqual(1400);
