@@ -35,9 +35,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
-#include <string>
 #include <mutex>
 #include <set>
+#include <string>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
