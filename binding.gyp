@@ -31,6 +31,7 @@
         "native/pipe.cc",
         "native/shm.cc",
         "native/futex.cc",
+        "native/futex_service.cc",
         "native/semaphore.cc",
         "native/fdshare.cc",
         "native/reaper.cc",

@@ -7,7 +7,8 @@
 //
 //   fdShareOffer(fd) -> [address, key]   dup fd and keep it until claimed
 //   fdShareWithdraw(key) -> bool          close an offer nobody will claim
-//   fdShareFetch(address, key, timeoutMs) -> fd   (blocking, bounded by timeoutMs per step)
+//   fdShareFetch(address, key, timeoutMs) -> fd   (blocking, bounded by timeoutMs per step; in a
+//                                          worker thread, -1 as soon as the worker is being terminated)
 //   fdShareOwnFds() -> [fd, ...]          the sharer's own fds (leak checks)
 //   fdShareHeld() -> n                    offers not yet claimed
 //
@@ -50,6 +51,7 @@
 
 #include "addon.h"
 #include "errors.h"
+#include "util.h"
 
 namespace pmp {
 
@@ -434,15 +436,28 @@ Napi::Value Fetch(const Napi::CallbackInfo& info) {
 #endif
   if (sock < 0) ThrowSystemError(env, errno, "socket");
   // Every step is bounded: a connect to a full backlog waits at most the send
-  // timeout, the reply at most the receive timeout.
-  SetTimeouts(sock, timeout_ms);
+  // timeout, the reply at most the receive timeout. A worker thread waits in
+  // slices (StopProbe): a connect slice that runs out fails with EAGAIN and is
+  // tried again, the reply is polled for; if the worker is being terminated
+  // the fetch ends at once (-1: its JS does not run on).
+  const StopProbe probe(env);
+  SetTimeouts(sock, static_cast<int>(probe.Slice(timeout_ms)));
   int err = 0;
   const char* syscall = "";
   int received = -1;
   int32_t status = 0;
+  bool stopping = false;
   do {
-    if (RetryEintr([&] { return connect(sock, reinterpret_cast<struct sockaddr*>(&addr), len); }) != 0 &&
-        errno != EISCONN) {
+    const int64_t connect_deadline = NowMs() + timeout_ms;
+    int r;
+    for (;;) {
+      r = RetryEintr([&] { return connect(sock, reinterpret_cast<struct sockaddr*>(&addr), len); });
+      if (r == 0 || errno == EISCONN || !probe.sliced() || (errno != EAGAIN && errno != EWOULDBLOCK)) break;
+      if (NowMs() >= connect_deadline) break;
+      if ((stopping = probe.Stopping())) break;
+    }
+    if (stopping) break;
+    if (r != 0 && errno != EISCONN) {
       err = errno;
       syscall = "connect";
       break;
@@ -476,6 +491,12 @@ Napi::Value Fetch(const Napi::CallbackInfo& info) {
 #else
     int flags = MSG_WAITALL;
 #endif
+    if (probe.sliced()) {
+      struct pollfd p = {sock, POLLIN, 0};
+      if (PollOne(&p, timeout_ms, probe) == 0 && (stopping = probe.Stopping())) break;
+      // Ready, or the time ran out: recvmsg says which (EAGAIN: timed out).
+      flags |= MSG_DONTWAIT;
+    }
     ssize_t n = RetryEintr([&] { return recvmsg(sock, &msg, flags); });
     for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); n > 0 && c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
       if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len >= CMSG_LEN(sizeof(int))) {
@@ -498,6 +519,7 @@ Napi::Value Fetch(const Napi::CallbackInfo& info) {
     }
   } while (false);
   close(sock);
+  if (stopping) return Napi::Number::New(env, -1);
   if (err != 0) {
     CloseQuietly(received);
     ThrowFetchError(env, err, syscall, address);

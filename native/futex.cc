@@ -2,12 +2,14 @@
 // src/synchronize.ts, entered only when a primitive is contended.
 //
 //   futexWait(buffer, byteOffset, expected, timeoutMs) -> 'ok' | 'timed-out' | 'not-equal'
-//       blocks the calling thread while the word equals `expected` (timeoutMs < 0: no limit)
+//       blocks the calling thread while the word equals `expected` (timeoutMs < 0: no
+//       limit); in a worker thread it ends as soon as the worker is being terminated
 //   futexWake(buffer, byteOffset, count) -> number of waiters woken
 //   futexWaitAsync(buffer, byteOffset, expected, timeoutMs, callback) -> { cancel() }
-//       the same wait on an addon-owned thread (never the libuv threadpool, which
-//       four parked waits would starve); callback(result) runs on the JS thread
-//       through a thread-safe function; result may also be 'cancelled'.
+//       the same wait, served by futex_service.cc's bounded set of threads (never
+//       the libuv threadpool); callback(result, error?) runs on the JS thread through
+//       a thread-safe function; result may also be 'cancelled', 'fault' (the word's
+//       memory went away) or 'error' (no thread could serve it: error says why).
 //
 // Linux: futex(2) without FUTEX_PRIVATE_FLAG, because the word is shared between
 // processes. macOS: __ulock_wait/__ulock_wake with the UL_COMPARE_AND_WAIT_SHARED
@@ -15,9 +17,7 @@
 #include <dlfcn.h>
 #include <napi.h>
 
-#include <atomic>
 #include <cerrno>
-#include <chrono>
 #include <climits>
 #include <cstdint>
 #include <memory>
@@ -25,112 +25,30 @@
 #include <utility>
 #include <vector>
 
-#if defined(__linux__)
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <time.h>
-#include <unistd.h>
-#elif defined(__APPLE__)
-extern "C" int __ulock_wait(uint32_t operation, void* addr, uint64_t value, uint32_t timeout_us);
-extern "C" int __ulock_wake(uint32_t operation, void* addr, uint64_t wake_value);
-#define PMP_UL_COMPARE_AND_WAIT_SHARED 3
-#define PMP_ULF_WAKE_ALL 0x00000100
-#define PMP_ULF_NO_ERRNO 0x01000000
-#endif
-
 #include "addon.h"
 #include "async_wait.h"
 #include "errors.h"
+#include "futex_service.h"
+#include "util.h"
 
 namespace pmp {
 
 namespace {
 
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-// One kernel wait of at most timeout_ms (negative: unbounded). A signal or a
-// spurious wake-up is reported as kOk: every caller re-checks its word.
-WaitResult WaitOnce(int32_t* addr, int32_t expected, int64_t timeout_ms) {
-#if defined(__linux__)
-  struct timespec ts;
-  struct timespec* tsp = nullptr;
-  if (timeout_ms >= 0) {
-    ts.tv_sec = static_cast<time_t>(timeout_ms / 1000);
-    ts.tv_nsec = static_cast<long>((timeout_ms % 1000) * 1000000);
-    tsp = &ts;
-  }
-  long r = syscall(SYS_futex, addr, FUTEX_WAIT, expected, tsp, nullptr, 0);
-  if (r == 0) return WaitResult::kOk;
-  switch (errno) {
-    case EAGAIN:
-      return WaitResult::kNotEqual;
-    case ETIMEDOUT:
-      return WaitResult::kTimedOut;
-    case EINTR:
-      return WaitResult::kOk;
-    default:
-      return WaitResult::kFault;
-  }
-#elif defined(__APPLE__)
-  if (__atomic_load_n(addr, __ATOMIC_SEQ_CST) != expected) return WaitResult::kNotEqual;
-  // __ulock_wait takes microseconds in 32 bits and 0 means "no limit": clamp, so
-  // a finite timeout never becomes an infinite wait.
-  uint32_t us = 0;
-  bool clamped = false;
-  if (timeout_ms >= 0) {
-    int64_t v = timeout_ms * 1000;
-    clamped = v > static_cast<int64_t>(UINT32_MAX);
-    us = v <= 0 ? 1 : (clamped ? UINT32_MAX : static_cast<uint32_t>(v));
-  }
-  int r = __ulock_wait(PMP_UL_COMPARE_AND_WAIT_SHARED | PMP_ULF_NO_ERRNO, addr, static_cast<uint32_t>(expected), us);
-  if (r >= 0) return WaitResult::kOk;
-  // A clamped slice ran out, not the caller's timeout: the caller's loop goes on.
-  if (r == -ETIMEDOUT) return clamped ? WaitResult::kOk : WaitResult::kTimedOut;
-  if (r == -EINTR) return WaitResult::kOk;
-  // EFAULT, EINVAL, ENOMEM...: report, do not spin. ULF_NO_ERRNO left errno
-  // untouched, and FutexWait reports errno: set it.
-  errno = -r;
-  return WaitResult::kFault;
-#else
-#error "futex.cc: no wait-on-address primitive for this platform"
-#endif
-}
-
 // Waits until woken, the word differs, or the deadline passes; signals do not
-// shorten or lengthen the wait (the EINTR loop recomputes what is left).
-WaitResult Wait(int32_t* addr, int32_t expected, int64_t timeout_ms, const std::atomic<bool>* cancelled = nullptr,
-                int64_t slice_ms = -1) {
+// shorten or lengthen the wait (the loop recomputes what is left). In a worker
+// thread it sleeps in slices and returns as soon as the worker is being
+// terminated (StopProbe; what it returns then is never seen).
+WaitResult Wait(int32_t* addr, int32_t expected, int64_t timeout_ms, const StopProbe& probe) {
   const int64_t deadline = timeout_ms < 0 ? -1 : NowMs() + timeout_ms;
   for (;;) {
-    if (cancelled != nullptr && cancelled->load()) return WaitResult::kCancelled;
     int64_t left = deadline < 0 ? -1 : deadline - NowMs();
     if (deadline >= 0 && left <= 0) return WaitResult::kTimedOut;
-    int64_t step = left;
-    if (slice_ms >= 0 && (step < 0 || step > slice_ms)) step = slice_ms;
-    WaitResult r = WaitOnce(addr, expected, step);
-    if (r == WaitResult::kTimedOut) {
-      if (step == left) return r;
-      continue;  // a slice ended: look at the cancel flag again
-    }
-    if (r == WaitResult::kOk && cancelled != nullptr && cancelled->load()) return WaitResult::kCancelled;
-    return r;
+    int64_t step = probe.Slice(left);
+    WaitResult r = FutexWaitOnce(addr, expected, step);
+    if (r != WaitResult::kTimedOut || step == left) return r;
+    if (probe.Stopping()) return WaitResult::kOk;  // a slice ended, the worker is being terminated
   }
-}
-
-int Wake(int32_t* addr, int count) {
-#if defined(__linux__)
-  long r = syscall(SYS_futex, addr, FUTEX_WAKE, count, nullptr, nullptr, 0);
-  return r < 0 ? -errno : static_cast<int>(r);
-#elif defined(__APPLE__)
-  uint32_t op = PMP_UL_COMPARE_AND_WAIT_SHARED | PMP_ULF_NO_ERRNO;
-  if (count > 1) op |= PMP_ULF_WAKE_ALL;
-  int r = __ulock_wake(op, addr, 0);
-  // ENOENT: nobody was waiting. The number woken is not reported on macOS.
-  return r == -ENOENT ? 0 : (r < 0 ? r : 1);
-#endif
 }
 
 // Validates (buffer, byteOffset) and returns the word's address.
@@ -164,7 +82,7 @@ Napi::Value FutexWait(const Napi::CallbackInfo& info) {
   int32_t* addr = WordArg(info);
   int32_t expected = ExpectedArg(info, 2);
   int64_t timeout = TimeoutArg(info, 3);
-  WaitResult r = Wait(addr, expected, timeout);
+  WaitResult r = Wait(addr, expected, timeout, StopProbe(info.Env()));
   if (r == WaitResult::kFault) ThrowSystemError(info.Env(), errno == 0 ? EFAULT : errno, "futex_wait");
   return Napi::String::New(info.Env(), ResultName(r));
 }
@@ -175,38 +93,36 @@ Napi::Value FutexWake(const Napi::CallbackInfo& info) {
   double c = info[2].As<Napi::Number>().DoubleValue();
   int count = !(c >= 1) ? 0 : (c >= INT_MAX ? INT_MAX : static_cast<int>(c));
   if (count == 0) return Napi::Number::New(info.Env(), 0);
-  int r = Wake(addr, count);
+  int local = FutexServiceWakeLocal(addr, count);
+  if (local == count) return Napi::Number::New(info.Env(), local);
+  int r = FutexWakeWord(addr, count - local);
   if (r < 0) ThrowSystemError(info.Env(), -r, "futex_wake");
-  return Napi::Number::New(info.Env(), r);
+  return Napi::Number::New(info.Env(), local + r);
 }
 
-// ---- async waits on addon-owned threads ------------------------------------
-// The plumbing (thread-safe function, pending jobs, handle, teardown) is
-// async_wait.h's; here are the wait and the cancel.
+// ---- async waits ------------------------------------------------------------
+// The wait is futex_service.cc's; the plumbing (thread-safe function, pending
+// jobs, handle, teardown) is async_wait.h's. Here is the JS side.
 
-struct FutexJob : AsyncJob {
-  int32_t* addr = nullptr;
-  int32_t expected = 0;
-  int64_t timeout_ms = -1;
-  std::atomic<bool> cancelled{false};
-  WaitResult result = WaitResult::kOk;
-  // Keeps the mapping alive while a thread waits on an address inside it.
+struct FutexJob : FutexWaiter {
+  // Keeps the mapping alive while the service waits on an address inside it
+  // (unless close() unmaps it: the kernel then answers EFAULT, 'fault').
   Napi::Reference<Napi::ArrayBuffer> buffer;
 
-  void Run() override {
-    // The 250 ms slice bounds how long a cancel can go unnoticed if it lands
-    // between the flag check and the kernel wait.
-    result = Wait(addr, expected, timeout_ms, &cancelled, 250);
-  }
+  void Begin() override { FutexServiceAdd(this); }
   void Cancel() override {
-    if (!cancelled.exchange(true)) {
-      // Wakes every waiter on the word, in every process; the others re-check
-      // their condition and wait again, which is correct, only slower.
-      Wake(addr, INT_MAX);
+    // The service interrupts its own thread if it must: nothing else waiting
+    // on the word, in this process or another, is disturbed.
+    if (FutexServiceRemove(this)) {
+      result = WaitResult::kCancelled;
+      waits->Report(this);
     }
   }
   std::vector<napi_value> Settle(Napi::Env env) override {
     buffer.Reset();
+    if (result == WaitResult::kError) {
+      return {Napi::String::New(env, ResultName(result)), SystemError(env, err, "pthread_create").Value()};
+    }
     return {Napi::String::New(env, ResultName(result))};
   }
 };
@@ -222,14 +138,15 @@ Napi::Value FutexWaitAsync(const Napi::CallbackInfo& info) {
   auto job = std::make_unique<FutexJob>();
   job->addr = addr;
   job->expected = expected;
-  job->timeout_ms = timeout;
+  // Beyond a few decades a deadline cannot come: none (and no overflow).
+  job->deadline_ns = timeout < 0 || timeout > kNoDeadlineMs ? -1 : NowNs() + timeout * 1000000;
   job->buffer = Napi::Persistent(info[0].As<Napi::ArrayBuffer>());
   return data->futex->Start(env, data->futex_wait_handle_ctor, std::move(job), info[4].As<Napi::Function>());
 }
 
 }  // namespace
 
-// Waiter threads outlive the environment that started them, and Node unloads
+// Service threads outlive the environment that started them, and Node unloads
 // an addon when the last worker that loaded it exits: keep this library mapped
 // for the life of the process, or those threads would return into unmapped code.
 static void PinLibrary() {

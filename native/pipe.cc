@@ -17,11 +17,13 @@
 //   read(fd, buf, off, len, spinUs = 0) -> n | 0 (EOF) | -1 (would block)
 //   recvmsg(fd, buf, off, len, fdsOut[], spinUs = 0) -> same; fds received (SCM_RIGHTS) are pushed on fdsOut
 //        with spinUs > 0, a read that would block is tried again for up to spinUs (SpinRead below);
-//        recvmsg with spinUs < 0 waits for data if the fd is in blocking mode (else: -1 at once)
+//        recvmsg with spinUs < 0 waits for data if the fd is in blocking mode (else: -1 at once);
+//        in a worker thread, until the worker is being terminated at most (then -1)
 //   write(fd, buf, off, len) -> n | -1 (would block)
 //   sendmsg(fd, buf, off, len, fds[]) -> n | -1; the fds ride with the first byte; never waits
 //   poll(fd, events, timeoutMs, spinUs = 0) -> revents   (1 readable, 2 writable, 4 hang-up/error)
-//        with spinUs, first polls without sleeping for up to spinUs (never past the timeout)
+//        with spinUs, first polls without sleeping for up to spinUs (never past the timeout);
+//        in a worker thread, 0 as soon as the worker is being terminated
 //   new FdWatcher(fd, onEvents(events))  .start(events) .stop() .ref() .unref() .close()
 //        uv_poll on the fd: readiness comes from the event loop, not the threadpool.
 //        .spin(us): for up to us, the loop polls without sleeping (see Spin below)
@@ -40,6 +42,7 @@
 
 #include "addon.h"
 #include "errors.h"
+#include "util.h"
 
 namespace pmp {
 
@@ -129,12 +132,6 @@ Napi::Value Dup(const Napi::CallbackInfo& info) {
   int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (copy < 0) ThrowSystemError(info.Env(), errno, "fcntl");
   return Napi::Number::New(info.Env(), copy);
-}
-
-int64_t NowNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
 double SpinArg(const Napi::CallbackInfo& info, size_t i) {
@@ -241,7 +238,26 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   double spin = info.Length() > 5 && info[5].IsNumber() && info[5].As<Napi::Number>().DoubleValue() < 0 ? -1 : SpinArg(info, 5);
   ssize_t n;
   if (spin < 0) {
-    n = RetryEintr([&] { return recvmsg(fd, &msg, flags); });  // waits only on a blocking fd
+    const StopProbe probe(env);
+    if (!probe.sliced()) {
+      n = RetryEintr([&] { return recvmsg(fd, &msg, flags); });  // waits only on a blocking fd
+    } else {
+      // A worker thread: the same wait, in slices, so that it ends when the
+      // worker is being terminated (then -1, "would block": its JS does not run on).
+      for (;;) {
+        msg.msg_controllen = sizeof(control);
+        n = RetryEintr([&] { return recvmsg(fd, &msg, flags | MSG_DONTWAIT); });
+        if (n >= 0 || !WouldBlock(errno)) break;
+        int fl = fcntl(fd, F_GETFL);
+        if (fl >= 0 && (fl & O_NONBLOCK)) break;  // a non-blocking fd does not wait
+        struct pollfd p = {fd, POLLIN, 0};
+        int r = PollOne(&p, -1, probe);
+        if (r <= 0) {
+          if (r == 0) errno = EAGAIN;
+          break;
+        }
+      }
+    }
   } else {
     flags |= MSG_DONTWAIT;
     n = SpinRead(spin, [&] {
@@ -345,8 +361,10 @@ Napi::Value Poll(const Napi::CallbackInfo& info) {
   struct pollfd p = {fd, static_cast<short>(((want & 1) ? POLLIN : 0) | ((want & 2) ? POLLOUT : 0)), 0};
   bool spinning = spin_end > start;
   SpinYield yield(start);
+  const StopProbe probe(env);
   for (;;) {
     int t = 0;
+    bool last = true;  // whether a timeout of this poll is the caller's
     if (spinning) {
       spinning = NowNs() < spin_end;
     }
@@ -355,7 +373,10 @@ Napi::Value Poll(const Napi::CallbackInfo& info) {
       if (deadline >= 0 && left_ns < 0) left_ns = 0;
       // Round up: a timeout must not end a fraction of a millisecond early.
       int64_t left = left_ns < 0 ? -1 : (left_ns + 999999) / 1000000;
-      t = left < 0 ? -1 : (left > 2000000000 ? 2000000000 : static_cast<int>(left));
+      int64_t step = probe.Slice(left);  // a worker thread sleeps in slices
+      last = step == left;
+      t = step < 0 ? -1 : (step > 2000000000 ? 2000000000 : static_cast<int>(step));
+      if (t == 2000000000) last = false;
     }
     int r = poll(&p, 1, t);
     if (r < 0 && errno == EINTR) continue;
@@ -364,6 +385,9 @@ Napi::Value Poll(const Napi::CallbackInfo& info) {
       if (!yield.Tick(NowNs())) spinning = false;
       continue;
     }
+    // A slice ran out: go on, unless the worker is being terminated (then 0,
+    // as a timeout; its JS does not run on).
+    if (r == 0 && !last && !probe.Stopping()) continue;
     int out = 0;
     if (p.revents & POLLIN) out |= 1;
     if (p.revents & POLLOUT) out |= 2;

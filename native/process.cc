@@ -35,6 +35,7 @@
 
 #include "addon.h"
 #include "errors.h"
+#include "util.h"
 
 #if defined(__linux__)
 #include <sys/prctl.h>
@@ -61,12 +62,6 @@ int ExitCodeFromStatus(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return -WTERMSIG(status);
   return -1;
-}
-
-int64_t NowMs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
 // ---- spawn -----------------------------------------------------------------
@@ -428,11 +423,14 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
   // Blocks the calling thread until the child exits or timeoutMs passes
   // (negative: no limit). Returns the exit code, or null on timeout. On exit
   // the onExit callback runs first, synchronously, so state has one source.
+  // In a worker thread it also returns (null) as soon as the worker is being
+  // terminated: it sleeps in StopProbe slices.
   Napi::Value WaitSync(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (done_) return Napi::Number::New(env, exit_code_);
     double timeout = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
     const int64_t deadline = timeout < 0 ? -1 : NowMs() + static_cast<int64_t>(timeout);
+    const StopProbe probe(env);
     int status = 0;
     for (;;) {
       pid_t r = RetryEintr([&] { return waitpid(pid_, &status, WNOHANG); });
@@ -443,27 +441,20 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
       }
       int64_t left = deadline < 0 ? -1 : deadline - NowMs();
       if (deadline >= 0 && left <= 0) return env.Null();
-      SleepUntilExit(left);
+      if (probe.Stopping()) return env.Null();  // its JS does not run on
+      SleepUntilExit(probe.Slice(left));
     }
   }
 
-  // Waits for the exit notification (or a slice of time when there is no fd).
+  // Waits for the exit notification, up to left_ms (negative: no limit); in
+  // slices of 10 ms when there is no fd to wait on.
   void SleepUntilExit(int64_t left_ms) {
-#if defined(__linux__)
     if (fd_ >= 0) {
       struct pollfd p = {fd_, POLLIN, 0};
       int t = left_ms < 0 || left_ms > 1000000 ? 1000000 : static_cast<int>(left_ms);
       poll(&p, 1, t);
       return;
     }
-#elif defined(__APPLE__)
-    if (fd_ >= 0) {
-      struct pollfd p = {fd_, POLLIN, 0};
-      int t = left_ms < 0 || left_ms > 1000000 ? 1000000 : static_cast<int>(left_ms);
-      poll(&p, 1, t);
-      return;
-    }
-#endif
     int64_t slice = left_ms < 0 || left_ms > 10 ? 10 : left_ms;
     struct timespec ts = {0, static_cast<long>(slice) * 1000000L};
     nanosleep(&ts, nullptr);

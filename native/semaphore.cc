@@ -6,13 +6,14 @@
 //   semClose(handle)             idempotent; later calls with the handle throw ERR_MP_CLOSED
 //   semTryWait(handle) -> bool   (sem_trywait; false when the value is 0)
 //   semTimedWait(handle, ms) -> bool   blocks this thread; ms < 0: no limit; false on timeout
+//                                      (in a worker thread, also as soon as the worker is being terminated)
 //   semPost(handle, n)           n x sem_post
 //   semGetValue(handle) -> n     (macOS has no sem_getvalue: throws ERR_MP_UNSUPPORTED)
 //   semUnlink(name)
 //   semWaitAsync(handle, ms, callback) -> { cancel() }
-//       the wait on an addon-owned thread (never the libuv threadpool, which a
-//       few parked waits would starve); callback(result, error?) runs on the JS
-//       thread, result 'ok' | 'timed-out' | 'cancelled' | 'fault'.
+//       the wait, served by a bounded set of threads (SemService below; never
+//       the libuv threadpool); callback(result, error?) runs on the JS thread,
+//       result 'ok' | 'timed-out' | 'cancelled' | 'fault' | 'error' (with error).
 //   semValueMax                  SEM_VALUE_MAX
 //   semWaitsPoll                 whether finite waits poll (macOS; PMP_SEM_POLL_WAIT=1)
 //
@@ -30,12 +31,14 @@
 
 #include <atomic>
 #include <cerrno>
-#include <chrono>
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 #include <vector>
@@ -43,6 +46,8 @@
 #include "addon.h"
 #include "async_wait.h"
 #include "errors.h"
+#include "util.h"
+#include "waiter_pool.h"
 
 #ifndef SEM_VALUE_MAX
 #define SEM_VALUE_MAX INT_MAX
@@ -66,11 +71,6 @@ struct Sem {
     }
   }
 };
-
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 
 // A finite wait without sem_timedwait, which macOS lacks: sem_trywait with
 // naps growing to 10 ms, never past the deadline, so a timeout is honoured
@@ -131,6 +131,19 @@ WaitResult WaitFor(sem_t* sem, int64_t ms, int* err) {
   *err = errno;
   return WaitResult::kFault;
 #endif
+}
+
+// WaitFor for a JS thread: in a worker thread, in slices, ending (as a
+// timeout) as soon as the worker is being terminated (StopProbe).
+WaitResult WaitForOnThread(sem_t* sem, int64_t ms, int* err, const StopProbe& probe) {
+  const int64_t deadline = ms < 0 ? -1 : NowMs() + ms;
+  for (;;) {
+    int64_t left = deadline < 0 ? -1 : deadline - NowMs();
+    if (deadline >= 0 && left < 0) left = 0;
+    int64_t step = probe.Slice(left);
+    WaitResult r = WaitFor(sem, step, err);
+    if (r != WaitResult::kTimedOut || step == left || probe.Stopping()) return r;
+  }
 }
 
 Napi::Error ClosedError(Napi::Env env) {
@@ -258,7 +271,7 @@ Napi::Value SemTimedWait(const Napi::CallbackInfo& info) {
   Sem* s = SemArg(info, 0);
   int64_t ms = TimeoutArg(info, 1);
   int err = 0;
-  WaitResult r = WaitFor(s->sem, ms, &err);
+  WaitResult r = WaitForOnThread(s->sem, ms, &err, StopProbe(info.Env()));
   if (r == WaitResult::kFault) ThrowSystemError(info.Env(), err, ms < 0 ? "sem_wait" : "sem_timedwait");
   return Napi::Boolean::New(info.Env(), r == WaitResult::kOk);
 }
@@ -298,52 +311,45 @@ Napi::Value SemUnlink(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// ---- async waits on addon-owned threads --------------------------------------
+// ---- async waits ----------------------------------------------------------------
 // The plumbing (thread-safe function, pending jobs, handle, teardown) is
-// async_wait.h's; here are the wait, the cancel and the unit's ownership.
+// async_wait.h's; here are the service that serves the waits, the cancel and
+// the unit's ownership.
 
-// Who owns a unit the waiter thread took. Every transition is a CAS, so the
-// unit of a cancelled wait is posted back exactly once, by whichever thread
-// sees the cancel second, without waiting for the JS thread: that thread may
-// itself be blocked in acquireSync() on the same semaphore.
+// Who owns a unit taken for a wait. A wait leaves its queue under the
+// service's lock, either with a unit (kTaken) or without one (cancelled, timed
+// out); after that every transition is a CAS, so the unit of a wait cancelled
+// after the take is posted back exactly once, by whichever thread sees the
+// cancel, without waiting for the JS thread: that thread may itself be blocked
+// in acquireSync() on the same semaphore.
 enum JobState : int {
-  kWaiting,    // no unit taken, not cancelled
-  kCancelled,  // cancelled before a unit was taken: the thread gives back what it takes
-  kTaken,      // the thread took a unit; it goes to the callback unless cancelled first
-  kReturned,   // a taken unit was posted back: the callback reports 'cancelled'
+  kWaiting,    // no unit yet
+  kTaken,      // a unit was taken for it; it goes to the callback unless cancelled first
+  kReturned,   // the taken unit was posted back: the callback reports 'cancelled'
   kDelivered,  // the callback received the unit
 };
 
-// A cancel is noticed within one slice (a thread blocked in sem_timedwait
-// cannot be woken without a signal); a unit taken meanwhile is posted back.
-constexpr int64_t kSliceMs = 100;
+struct SemQueue;
 
 struct SemJob : AsyncJob {
   Sem* sem = nullptr;  // one reference held for the job's whole life
-  int64_t timeout_ms = -1;
+  int64_t deadline_ns = -1;  // NowNs() clock; negative: none
   std::atomic<int> phase{kWaiting};
   WaitResult result = WaitResult::kOk;
-  int err = 0;
+  int err = 0;  // with kFault (sem_timedwait's) and kError (pthread_create's)
+
+  // SemService's, under its lock: the queue it waits in (null once it left
+  // it) and the links of that queue's list.
+  SemQueue* queue = nullptr;
+  SemJob* prev = nullptr;
+  SemJob* next = nullptr;
 
   ~SemJob() override {
     if (sem != nullptr) sem->Unref();
   }
 
-  void Run() override {
-    result = WaitSliced();
-    if (result == WaitResult::kOk) {
-      int waiting = kWaiting;
-      if (!phase.compare_exchange_strong(waiting, kTaken)) {
-        sem_post(sem->sem);  // cancelled while we waited: not ours to keep
-        result = WaitResult::kCancelled;
-      }
-    }
-  }
-
-  void Cancel() override {
-    int waiting = kWaiting;
-    if (!phase.compare_exchange_strong(waiting, kCancelled)) GiveBack();
-  }
+  void Begin() override;
+  void Cancel() override;
 
   std::vector<napi_value> Settle(Napi::Env env) override {
     // From here the unit is the callback's: a cancel() after this is a no-op.
@@ -351,8 +357,9 @@ struct SemJob : AsyncJob {
     if (result == WaitResult::kOk && !phase.compare_exchange_strong(taken, kDelivered)) {
       result = WaitResult::kCancelled;  // kReturned: cancelled after the take, unit posted back
     }
-    if (result == WaitResult::kFault) {
-      return {Napi::String::New(env, ResultName(result)), SystemError(env, err, "sem_timedwait").Value()};
+    if (result == WaitResult::kFault || result == WaitResult::kError) {
+      const char* call = result == WaitResult::kError ? "pthread_create" : "sem_timedwait";
+      return {Napi::String::New(env, ResultName(result)), SystemError(env, err, call).Value()};
     }
     return {Napi::String::New(env, ResultName(result))};
   }
@@ -361,27 +368,324 @@ struct SemJob : AsyncJob {
   // semaphore is still open: the job holds a reference).
   void Abandon() override { GiveBack(); }
 
- private:
   // Posts back the unit of a wait whose result nobody will receive (at most once).
   void GiveBack() {
     int taken = kTaken;
     if (phase.compare_exchange_strong(taken, kReturned)) sem_post(sem->sem);
   }
+};
 
-  WaitResult WaitSliced() {
-    const int64_t deadline = timeout_ms < 0 ? -1 : NowMs() + timeout_ms;
-    for (;;) {
-      if (phase.load() == kCancelled) return WaitResult::kCancelled;
-      int64_t left = deadline < 0 ? kSliceMs : deadline - NowMs();
-      if (left <= 0) {
-        // One last try: a unit posted right at the deadline is not missed.
-        return sem_trywait(sem->sem) == 0 ? WaitResult::kOk : WaitResult::kTimedOut;
+// The pending waits on one open semaphore, in FIFO order: a unit taken goes
+// to the first of them.
+struct SemQueue {
+  Sem* sem = nullptr;  // a reference of its own
+  SemJob* head = nullptr;
+  SemJob* tail = nullptr;
+  size_t count = 0;
+};
+
+// A server thread: sleeps in sem_timedwait on one queue's semaphore.
+struct SemServer {
+  ControlWord ctrl;  // wakes it when idle and given a queue
+  SemQueue* queue = nullptr;
+  bool running = false;
+};
+
+// How long a server sleeps in sem_timedwait before it looks at its queue
+// again: a queue whose waits have all gone is let go within this (a unit taken
+// meanwhile is posted back). sem_timedwait cannot be interrupted without a
+// signal; deadlines are the poller's (it can be), so they are exact.
+constexpr int64_t kSemSliceMs = 50;
+// How often the poller tries the semaphores that got no server.
+constexpr int64_t kSemPollNs = 2'000'000;
+constexpr int64_t kSemAwake = INT64_MIN;
+
+// Every async semaphore wait of the process on a bounded number of threads:
+// one server per semaphore with pending waits, while the budget lasts
+// (waiter_pool.h, shared with the futex service); the rest, and every
+// deadline, are served by one poller thread that tries those semaphores
+// (sem_trywait) every kSemPollNs and ends each timed wait at its deadline
+// (with one last sem_trywait, so a unit posted right then is not missed).
+class SemService {
+ public:
+  static SemService& Get() {
+    // Never destroyed: its detached threads use it until the process ends.
+    static SemService* service = new SemService();
+    return *service;
+  }
+
+  void Add(SemJob* j) {
+    ControlWord* interrupt[2] = {nullptr, nullptr};
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      int err = 0;
+      if (j->deadline_ns >= 0 && !EnsurePoller(&err)) return Fail(j, err);
+      auto it = queues_.find(j->sem);
+      SemQueue* q;
+      if (it != queues_.end()) {
+        q = it->second;
+      } else {
+        q = new SemQueue();
+        q->sem = j->sem;
+        if (!Place(q, &interrupt[0], &err)) {
+          delete q;
+          return Fail(j, err);
+        }
+        j->sem->Ref();
+        queues_.emplace(j->sem, q);
       }
-      WaitResult r = WaitFor(sem->sem, left < kSliceMs ? left : kSliceMs, &err);
-      if (r != WaitResult::kTimedOut) return r;
+      j->queue = q;
+      j->prev = q->tail;
+      j->next = nullptr;
+      if (q->tail != nullptr) q->tail->next = j;
+      else q->head = j;
+      q->tail = j;
+      q->count++;
+      if (j->deadline_ns >= 0) {
+        timed_.emplace(j->deadline_ns, j);
+        if (Earlier(j->deadline_ns)) interrupt[1] = &poller_ctrl_;
+      }
+    }
+    for (ControlWord* c : interrupt) {
+      if (c != nullptr) c->Interrupt();
     }
   }
+
+  // True if the wait was still queued (it has left now, without a unit).
+  bool Remove(SemJob* j) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (j->queue == nullptr) return false;
+    Unlink(j);  // an emptied queue is let go by its owner
+    return true;
+  }
+
+ private:
+  // Under mu_: gives the new queue a server (an idle one, or a new one) or the
+  // poller; false (with *err) if no thread can be had.
+  bool Place(SemQueue* q, ControlWord** interrupt, int* err) {
+    for (SemServer& s : servers_) {
+      if (s.running && s.queue == nullptr) {
+        s.queue = q;
+        *interrupt = &s.ctrl;
+        return true;
+      }
+    }
+    if (ThreadBudget::TryTake()) {
+      for (SemServer& s : servers_) {
+        if (s.running) continue;
+        s.running = true;
+        s.queue = q;
+        *err = StartThread(ServerMain, &s);
+        if (*err == 0) return true;
+        s.running = false;
+        s.queue = nullptr;
+        break;
+      }
+      ThreadBudget::Give();
+    }
+    if (!EnsurePoller(err)) return false;
+    polled_.push_back(q);
+    if (Earlier(NowNs() + kSemPollNs)) *interrupt = &poller_ctrl_;
+    return true;
+  }
+
+  // Under mu_: the poller runs (started now if need be); false with *err if it cannot.
+  bool EnsurePoller(int* err) {
+    if (poller_running_) return true;
+    poller_running_ = true;
+    poller_sleep_until_ = kSemAwake;
+    *err = StartThread(PollerMain, this);
+    if (*err != 0) poller_running_ = false;
+    return *err == 0;
+  }
+
+  // Under mu_: whether the poller sleeps past t.
+  bool Earlier(int64_t t) const {
+    return poller_sleep_until_ != kSemAwake && (poller_sleep_until_ < 0 || t < poller_sleep_until_);
+  }
+
+  // Under mu_: the wait ends at once with kError (no thread for it).
+  void Fail(SemJob* j, int err) {
+    j->result = WaitResult::kError;
+    j->err = err;
+    j->waits->Report(j);
+  }
+
+  // Under mu_: takes j out of its queue (and the deadlines).
+  void Unlink(SemJob* j) {
+    SemQueue* q = j->queue;
+    if (j->prev != nullptr) j->prev->next = j->next;
+    else q->head = j->next;
+    if (j->next != nullptr) j->next->prev = j->prev;
+    else q->tail = j->prev;
+    j->prev = j->next = nullptr;
+    j->queue = nullptr;
+    q->count--;
+    if (j->deadline_ns >= 0) timed_.erase({j->deadline_ns, j});
+  }
+
+  // Under mu_, by the queue's owner: forgets a queue with no waits left.
+  void Drop(SemQueue* q) {
+    queues_.erase(q->sem);
+    q->sem->Unref();
+    delete q;
+  }
+
+  // Under mu_: a unit was taken for q: its first wait gets it, or, if none is
+  // left, it is posted back at once.
+  void GiveUnit(SemQueue* q, std::vector<SemJob*>* done) {
+    SemJob* j = q->head;
+    if (j == nullptr) {
+      sem_post(q->sem->sem);
+      return;
+    }
+    Unlink(j);
+    j->phase.store(kTaken);
+    j->result = WaitResult::kOk;
+    done->push_back(j);
+  }
+
+  // Under mu_: the semaphore failed (not a timeout): every wait on it ends.
+  void FailQueue(SemQueue* q, int err, std::vector<SemJob*>* done) {
+    while (q->head != nullptr) {
+      SemJob* j = q->head;
+      Unlink(j);
+      j->result = WaitResult::kFault;
+      j->err = err;
+      done->push_back(j);
+    }
+  }
+
+  static void Deliver(std::vector<SemJob*>* done) {
+    for (SemJob* j : *done) j->waits->Report(j);
+    done->clear();
+  }
+
+  static void* ServerMain(void* arg) {
+    Get().Serve(static_cast<SemServer*>(arg));
+    return nullptr;
+  }
+
+  static void* PollerMain(void* arg) {
+    static_cast<SemService*>(arg)->Poll();
+    return nullptr;
+  }
+
+  // A server: waits for units of its queue's semaphore, a slice at a time;
+  // idle (no queue), waits for one for kIdleNs, then exits.
+  void Serve(SemServer* s) {
+    std::vector<SemJob*> done;
+    std::unique_lock<std::mutex> lock(mu_);
+    int64_t idle_since = NowNs();
+    for (;;) {
+      SemQueue* q = s->queue;
+      if (q != nullptr && q->count == 0) {
+        Drop(q);
+        s->queue = q = nullptr;
+        idle_since = NowNs();
+      }
+      if (q == nullptr) {
+        if (NowNs() - idle_since >= kIdleNs) break;
+        const uint32_t seen = s->ctrl.Load();
+        lock.unlock();
+        Deliver(&done);
+        s->ctrl.Sleep(seen, idle_since + kIdleNs);
+        lock.lock();
+        continue;
+      }
+      sem_t* sem = q->sem->sem;  // mapped while q lives, and only this thread drops q
+      lock.unlock();
+      Deliver(&done);
+      int err = 0;
+      WaitResult r = WaitFor(sem, kSemSliceMs, &err);
+      lock.lock();
+      if (r == WaitResult::kOk) GiveUnit(q, &done);
+      else if (r == WaitResult::kFault) FailQueue(q, err, &done);
+    }
+    s->running = false;
+    ThreadBudget::Give();
+    lock.unlock();
+    Deliver(&done);
+  }
+
+  // The poller: ends timed waits at their deadline and tries the semaphores
+  // of the queues it owns every kSemPollNs; exits after kIdleNs with neither.
+  void Poll() {
+    std::vector<SemJob*> done;
+    std::unique_lock<std::mutex> lock(mu_);
+    int64_t idle_since = NowNs();
+    for (;;) {
+      const int64_t now = NowNs();
+      while (!timed_.empty() && timed_.begin()->first <= now) {
+        SemJob* j = timed_.begin()->second;
+        sem_t* sem = j->queue->sem->sem;
+        Unlink(j);
+        if (RetryEintr([&] { return sem_trywait(sem); }) == 0) {
+          j->phase.store(kTaken);
+          j->result = WaitResult::kOk;
+        } else {
+          j->result = WaitResult::kTimedOut;
+        }
+        done.push_back(j);
+      }
+      for (size_t i = polled_.size(); i-- > 0;) {
+        SemQueue* q = polled_[i];
+        while (q->count > 0) {
+          if (RetryEintr([&] { return sem_trywait(q->sem->sem); }) == 0) {
+            GiveUnit(q, &done);
+          } else {
+            if (errno != EAGAIN) FailQueue(q, errno, &done);
+            break;
+          }
+        }
+        if (q->count == 0) {
+          polled_[i] = polled_.back();
+          polled_.pop_back();
+          Drop(q);
+        }
+      }
+      int64_t until;
+      if (timed_.empty() && polled_.empty()) {
+        if (now - idle_since >= kIdleNs) break;
+        until = idle_since + kIdleNs;
+      } else {
+        idle_since = now;
+        until = polled_.empty() ? -1 : now + kSemPollNs;
+        if (!timed_.empty() && (until < 0 || timed_.begin()->first < until)) until = timed_.begin()->first;
+      }
+      const uint32_t seen = poller_ctrl_.Load();
+      poller_sleep_until_ = until;
+      lock.unlock();
+      Deliver(&done);
+      poller_ctrl_.Sleep(seen, until);
+      lock.lock();
+      poller_sleep_until_ = kSemAwake;
+    }
+    poller_running_ = false;
+    lock.unlock();
+    Deliver(&done);
+  }
+
+  std::mutex mu_;
+  std::unordered_map<Sem*, SemQueue*> queues_;
+  std::set<std::pair<int64_t, SemJob*>> timed_;  // queued waits with a deadline
+  SemServer servers_[kServerThreads];
+  std::vector<SemQueue*> polled_;  // queues without a server
+  ControlWord poller_ctrl_;
+  int64_t poller_sleep_until_ = kSemAwake;
+  bool poller_running_ = false;
 };
+
+void SemJob::Begin() { SemService::Get().Add(this); }
+
+void SemJob::Cancel() {
+  if (SemService::Get().Remove(this)) {
+    result = WaitResult::kCancelled;
+    waits->Report(this);
+    return;
+  }
+  GiveBack();  // it left with a unit: the unit goes back unless the callback has it
+}
 
 Napi::Value SemWaitAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -392,7 +696,7 @@ Napi::Value SemWaitAsync(const Napi::CallbackInfo& info) {
   auto job = std::make_unique<SemJob>();
   sem->Ref();
   job->sem = sem;
-  job->timeout_ms = timeout;
+  job->deadline_ns = timeout < 0 || timeout > kNoDeadlineMs ? -1 : NowNs() + timeout * 1000000;
   return data->sem->waits.Start(env, data->sem_wait_handle_ctor, std::move(job), info[2].As<Napi::Function>());
 }
 

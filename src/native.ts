@@ -35,7 +35,7 @@ export interface FdWatcher {
 }
 
 export interface FutexWaitHandle {
-  /** Ends the wait early: the callback receives 'cancelled' (waiters on the word are woken). */
+  /** Ends the wait early: the callback receives 'cancelled' (no other waiter on the word is disturbed). */
   cancel(): void;
 }
 
@@ -87,33 +87,40 @@ export interface Binding {
   mmap(fd: number, size: number, ownFd: boolean): ArrayBuffer;
   /** Detaches a buffer from mmap() (every view becomes length 0) and unmaps it. Idempotent. */
   unmap(buffer: ArrayBuffer): void;
-  /** Blocks while the word at byteOffset equals expected (timeoutMs < 0: no limit). */
+  /**
+   * Blocks while the word at byteOffset equals expected (timeoutMs < 0: no limit).
+   * In a worker thread it also returns as soon as the worker is being terminated.
+   */
   futexWait(buffer: ArrayBuffer, byteOffset: number, expected: number, timeoutMs: number): 'ok' | 'timed-out' | 'not-equal';
   futexWake(buffer: ArrayBuffer, byteOffset: number, count: number): number;
-  /** The same wait on an addon-owned thread; callback runs on this thread. */
+  /**
+   * The same wait, served by the addon's bounded set of threads; callback runs on
+   * this thread. 'fault': the word's memory went away; 'error': no thread could
+   * serve this wait (error is a system error, syscall 'pthread_create').
+   */
   futexWaitAsync(
     buffer: ArrayBuffer,
     byteOffset: number,
     expected: number,
     timeoutMs: number,
-    callback: (result: 'ok' | 'timed-out' | 'not-equal' | 'cancelled' | 'fault') => void,
+    callback: (result: 'ok' | 'timed-out' | 'not-equal' | 'cancelled' | 'fault' | 'error', error?: Error) => void,
   ): FutexWaitHandle;
   /** sem_open; create+exclusive is O_CREAT|O_EXCL. Handles are closed by semClose (then every call with them throws ERR_MP_CLOSED). */
   semOpen(name: string, create: boolean, exclusive: boolean, mode: number, value: number): SemHandle;
   semClose(handle: SemHandle): void;
   /** false when the value is 0. */
   semTryWait(handle: SemHandle): boolean;
-  /** Blocks this thread up to timeoutMs (negative: no limit); false on timeout. */
+  /** Blocks this thread up to timeoutMs (negative: no limit); false on timeout (and when a worker is being terminated). */
   semTimedWait(handle: SemHandle, timeoutMs: number): boolean;
   semPost(handle: SemHandle, n: number): void;
   /** macOS: throws ERR_MP_UNSUPPORTED. */
   semGetValue(handle: SemHandle): number;
   semUnlink(name: string): void;
-  /** The wait on an addon-owned thread; callback runs on this thread ('fault' comes with a system error). */
+  /** The wait, served by the addon's bounded set of threads; callback runs on this thread ('fault' and 'error' come with a system error). */
   semWaitAsync(
     handle: SemHandle,
     timeoutMs: number,
-    callback: (result: 'ok' | 'timed-out' | 'cancelled' | 'fault', error?: Error) => void,
+    callback: (result: 'ok' | 'timed-out' | 'cancelled' | 'fault' | 'error', error?: Error) => void,
   ): SemWaitHandle;
   /** SEM_VALUE_MAX. */
   readonly semValueMax: number;

@@ -259,7 +259,8 @@ abstract class SyncObject {
   /**
    * Runs an async wait that this handle's close() ends: the returned promise
    * rejects with ERR_MP_CLOSED at once, whatever `run` is waiting for (see
-   * PendingWait in sync/words.ts for the protocol `run` follows).
+   * PendingWait in sync/words.ts for the protocol `run` follows). A `run`
+   * that throws has its cleanup run too.
    */
   protected _pendingWait<T>(run: (p: PendingWait) => Promise<T>): Promise<T> {
     const set = (this.#pending ??= new Set());
@@ -273,7 +274,16 @@ abstract class SyncObject {
         },
         (err) => {
           set.delete(p);
-          if (!p.closed) reject(err);
+          if (p.closed) return;
+          // A wait that failed (no thread could serve it, say) leaves as an
+          // abort does: what it registered is given back.
+          const cleanup = p.cleanup;
+          p.cleanup = undefined;
+          try {
+            cleanup?.();
+          } finally {
+            reject(err);
+          }
         },
       );
     });

@@ -13,23 +13,30 @@ export interface WaitWord {
 
 const byteOffsetOf = (word: WaitWord) => word.i32.byteOffset + word.index * 4;
 
-/** Blocks the thread while the word equals expected, up to timeoutMs (negative: no limit). */
+/**
+ * Blocks the thread while the word equals expected, up to timeoutMs (negative: no
+ * limit); in a worker thread, also until the worker is being terminated.
+ */
 export function waitSync(word: WaitWord, expected: number, timeoutMs: number): WaitResult {
   return binding.futexWait(word.i32.buffer as ArrayBuffer, byteOffsetOf(word), expected, timeoutMs);
 }
 
-/** The async twin: resolves when the word changes, on timeout, or when cancelled. */
+/**
+ * The async twin: resolves when the word changes, on timeout, or when cancelled;
+ * rejects (with a system error) only if no thread could serve the wait.
+ */
 export function waitAsync(
   word: WaitWord,
   expected: number,
   timeoutMs: number,
 ): { promise: Promise<WaitResult>; cancel(): void } {
   let handle: { cancel(): void } | undefined;
-  const promise = new Promise<WaitResult>((resolve) => {
-    handle = binding.futexWaitAsync(word.i32.buffer as ArrayBuffer, byteOffsetOf(word), expected, timeoutMs, (r) =>
+  const promise = new Promise<WaitResult>((resolve, reject) => {
+    handle = binding.futexWaitAsync(word.i32.buffer as ArrayBuffer, byteOffsetOf(word), expected, timeoutMs, (r, error) => {
+      if (r === 'error') reject(error);
       // 'fault' (the mapping went away under the wait) ends it like a cancel.
-      resolve(r === 'fault' ? 'cancelled' : r),
-    );
+      else resolve(r === 'fault' ? 'cancelled' : r);
+    });
   });
   return { promise, cancel: () => handle!.cancel() };
 }

@@ -378,6 +378,7 @@ function recorded(policy: SpinPolicy, start: number, r: WaitResult): WaitResult 
   return r;
 }
 
+// Rejects (with a system error) only if no thread could serve the wait.
 function sleepAsync(
   w: Words,
   word: number,
@@ -388,7 +389,7 @@ function sleepAsync(
 ): Promise<WaitResult> {
   // Closed between the watch and this sleep: nothing to start.
   if (pending?.closed) return Promise.resolve('closed');
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
     let done = false;
     const end = (r: 'aborted' | 'closed'): void => {
       if (done) return;
@@ -399,12 +400,13 @@ function sleepAsync(
       resolve(r);
     };
     const onAbort = (): void => end('aborted');
-    const handle = binding.futexWaitAsync(w.buffer, (w.base + word) * 4, expected, ms, (r: string) => {
+    const handle = binding.futexWaitAsync(w.buffer, (w.base + word) * 4, expected, ms, (r, error) => {
       if (done) return;
       done = true;
       signal?.removeEventListener('abort', onAbort);
       if (pending) pending.stop = undefined;
-      resolve(r as WaitResult);
+      if (r === 'error') reject(error);
+      else resolve(r);
     });
     signal?.addEventListener('abort', onAbort, { once: true });
     if (pending) pending.stop = () => end('closed');
