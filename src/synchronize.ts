@@ -1183,10 +1183,12 @@ export class Condition extends SyncObject {
     try {
       for (;;) {
         if (this.#takeToken(w)) {
+          p.cleanup = undefined;
           notified = true;
           break;
         }
         if (performance.now() >= deadline) {
+          p.cleanup = undefined;
           notified = this.#leave(w);
           break;
         }
@@ -1194,6 +1196,7 @@ export class Condition extends SyncObject {
         if (p.closed) return false;
         if (r === 'aborted') {
           // A notification that raced with the abort is passed on, not lost.
+          p.cleanup = undefined;
           if (this.#leave(w)) this.#giveBack(w);
           aborted = true;
           break;
@@ -1203,7 +1206,10 @@ export class Condition extends SyncObject {
       }
     } finally {
       if (!p.closed) {
+        // Still registered: the wait failed (thrown); leave as an abort does.
+        const cleanup = p.cleanup;
         p.cleanup = undefined;
+        cleanup?.();
         await this.#lock[kRestore](saved);
         // Closed while taking the lock back: nobody will release it.
         if (p.closed) this.#lock[kSave]();
