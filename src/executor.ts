@@ -3,7 +3,7 @@
 // replaced, instead of breaking the whole executor as CPython's does.
 import { stateError } from './errors';
 import { Pool } from './pool';
-import { invalidType, validateInteger, validateObject } from './validate';
+import { invalidType, type OptionsSpec, validateBoolean, validateInteger, validateOptions } from './validate';
 
 export interface ExecutorOptions {
   maxWorkers?: number;
@@ -12,13 +12,21 @@ export interface ExecutorOptions {
   initargs?: unknown[];
 }
 
+const EXECUTOR: OptionsSpec = {
+  call: 'new ProcessPoolExecutor()',
+  keys: ['maxWorkers', 'maxTasksPerChild', 'initializer', 'initargs'],
+  number: 'maxWorkers',
+};
+// Python's shutdown(wait=True, *, cancel_futures=False): shutdown(false) is the wait flag.
+const SHUTDOWN: OptionsSpec = { call: 'executor.shutdown()', keys: ['wait', 'cancelFutures'], boolean: 'wait' };
+
 export class ProcessPoolExecutor {
   readonly #pool: Pool;
   readonly #pending = new Set<AbortController>();
   #shutdown = false;
 
   constructor(options?: ExecutorOptions) {
-    const opts = validateObject(options, 'options') as ExecutorOptions;
+    const opts = validateOptions(options, EXECUTOR) as ExecutorOptions;
     if (opts.maxWorkers !== undefined) validateInteger(opts.maxWorkers, 'options.maxWorkers', 1, 4096);
     this.#pool = new Pool({
       processes: opts.maxWorkers,
@@ -54,7 +62,11 @@ export class ProcessPoolExecutor {
   /** fn applied to items drawn from the iterables in parallel, results in order. */
   map<R>(fn: (...args: any[]) => R | Promise<R>, ...iterables: Array<Iterable<unknown>>): AsyncIterable<Awaited<R>> {
     this.#checkOpen();
-    if (iterables.length === 0) throw invalidType('iterables', 'at least one iterable', undefined);
+    if (iterables.length === 0) {
+      const e = new TypeError('executor.map(fn, ...iterables) needs at least one iterable after fn') as TypeError & { code: string };
+      e.code = 'ERR_MISSING_ARGS';
+      throw e;
+    }
     for (const [i, it] of iterables.entries()) {
       if (it == null || typeof (it as any)[Symbol.iterator] !== 'function') throw invalidType(`iterables[${i}]`, 'an iterable', it);
     }
@@ -75,10 +87,9 @@ export class ProcessPoolExecutor {
 
   /** Stops accepting work; with cancelFutures, futures not yet started reject. */
   async shutdown(options?: { wait?: boolean; cancelFutures?: boolean }): Promise<void> {
-    const { wait = true, cancelFutures = false } = validateObject(options, 'options') as {
-      wait?: boolean;
-      cancelFutures?: boolean;
-    };
+    const o = validateOptions(options, SHUTDOWN);
+    const wait = o.wait === undefined ? true : validateBoolean(o.wait, 'options.wait');
+    const cancelFutures = o.cancelFutures === undefined ? false : validateBoolean(o.cancelFutures, 'options.cancelFutures');
     this.#shutdown = true;
     if (cancelFutures) {
       const reason = stateError('the future was cancelled by shutdown({ cancelFutures: true })', 'ERR_MP_CANCELLED');

@@ -37,10 +37,12 @@ import { coerce, ctypeOf, type TypeCode, type TypeName } from './sharedctypes';
 import type { AcquireOptions } from './synchronize';
 import {
   invalidType,
+  type OptionsSpec,
   outOfRange,
   validateBoolean,
   validateInteger,
   validateObject,
+  validateOptions,
   validateSignal,
   validateString,
   validateTimeout,
@@ -514,8 +516,12 @@ export class ValueProxy<T extends number | bigint = number> extends BaseProxy {
   }
 }
 
+// As the local Queue's and Lock's: unknown keys and positional calls refused.
+const QUEUE_WAIT: OptionsSpec = { call: 'the queue proxy call', keys: ['block', 'timeout', 'signal'], number: 'timeout', boolean: 'block' };
+const LOCK_ACQUIRE: OptionsSpec = { call: 'lock.acquire()', keys: ['blocking', 'timeout', 'signal'], number: 'timeout', boolean: 'blocking' };
+
 function queueWait(options: unknown): { block: boolean; timeout: number | undefined; signal: AbortSignal | undefined } {
-  const o = validateObject(options, 'options');
+  const o = validateOptions(options, QUEUE_WAIT);
   const block = o.block === undefined ? true : validateBoolean(o.block, 'options.block');
   return { block, timeout: validateTimeout(o.timeout, 'options.timeout'), signal: validateSignal(o.signal) };
 }
@@ -563,17 +569,11 @@ export class LockProxy extends BaseProxy {
   }
 
   /** Resolves true when acquired, false when the timeout passed (or blocking: false and it is held). */
-  async acquire(options?: AcquireOptions | number): Promise<boolean> {
-    let blocking = true;
-    let timeout: number | undefined;
-    let signal: AbortSignal | undefined;
-    if (typeof options === 'number') timeout = validateTimeout(options, 'timeout');
-    else {
-      const o = validateObject(options, 'options');
-      if (o.blocking !== undefined) blocking = validateBoolean(o.blocking, 'options.blocking');
-      timeout = validateTimeout(o.timeout, 'options.timeout');
-      signal = validateSignal(o.signal);
-    }
+  async acquire(options?: AcquireOptions): Promise<boolean> {
+    const o = validateOptions(options, LOCK_ACQUIRE);
+    const blocking = o.blocking === undefined ? true : validateBoolean(o.blocking, 'options.blocking');
+    const timeout = validateTimeout(o.timeout, 'options.timeout');
+    const signal = validateSignal(o.signal);
     const got = (await this._call('acquire', [blocking, timeout], signal)) as number;
     if (got === 2) this.#ownerDied = true;
     return got !== 0;
@@ -767,7 +767,7 @@ export class Manager {
    * (Manager.connect() with the same authkey) create and use objects there.
    */
   static async serve(options: ManagerServeOptions): Promise<ManagerServer> {
-    const o = validateObject(options, 'options');
+    const o = validateOptions(options, { call: 'Manager.serve()', keys: ['host', 'port', 'authkey'] });
     if (options === undefined) throw invalidType('options', 'an object with an authkey', options);
     const host = validateHost(o.host);
     const port = o.port === undefined ? 0 : validateInteger(o.port, 'options.port', 0, 65535);
@@ -782,7 +782,7 @@ export class Manager {
    * authenticating take longer than options.timeout seconds (default 10).
    */
   static async connect(options: ManagerConnectOptions): Promise<Manager> {
-    const o = validateObject(options, 'options');
+    const o = validateOptions(options, { call: 'Manager.connect()', keys: ['host', 'port', 'authkey', 'timeout'] });
     if (options === undefined) throw invalidType('options', 'an object with a port and an authkey', options);
     const host = validateHost(o.host);
     if (o.port === undefined) throw invalidType('options.port', 'an integer between 1 and 65535', o.port);

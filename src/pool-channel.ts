@@ -56,8 +56,10 @@ export class Channel {
 
   /** Queues a message; it is written with the others queued in this turn.
    *  envelope: how many levels of arrays from the top are the protocol's own
-   *  tuples and lists (never user arrays with extra properties to keep). */
-  send(msg: unknown, envelope = 1): void {
+   *  tuples and lists (never user arrays with extra properties to keep).
+   *  root: how a clone error names the path of the part it could not send
+   *  (serialize.ts CodecContext.root). */
+  send(msg: unknown, envelope = 1, root?: CodecContext['root']): void {
     if (this.#closed) return;
     const json = encodeJson(msg, envelope);
     if (json !== null) {
@@ -67,7 +69,7 @@ export class Channel {
       // Connection in a task or result travels through the fd sharer. An
       // offer whose message the peer never reads (it died) stays open in this
       // process until it exits, as in CPython.
-      const ctx: CodecContext = { fds: [], carriesFds: false };
+      const ctx: CodecContext = { fds: [], carriesFds: false, root };
       let body: Buffer;
       try {
         body = encode(msg, ctx);

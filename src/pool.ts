@@ -19,7 +19,7 @@ import { binding } from './native';
 import { Channel, InheritedFd } from './pool-channel';
 import type { FromWorker, FunctionRef, ToWorker, WorkerInit } from './pool-worker';
 import { Process, cpuCount } from './process';
-import { invalidType, validateInteger, validateObject, validateSignal, validateTimeout } from './validate';
+import { invalidType, type OptionsSpec, validateInteger, validateOptions, validateSignal, validateTimeout } from './validate';
 import { distDir } from './paths';
 
 type Fn = (...args: any[]) => unknown;
@@ -129,6 +129,20 @@ export interface ChunkOptions {
   chunksize?: number;
 }
 
+// Options specs (validate.ts): unknown keys, and Python's positional forms
+// (pool.map(fn, xs, 10), result.get(5)), are refused with what to write.
+const POOL: OptionsSpec = { call: 'new Pool()', keys: ['processes', 'initializer', 'initargs', 'maxTasksPerChild', 'startMethod'], number: 'processes' };
+const APPLY: OptionsSpec = { call: 'pool.apply()', keys: ['signal'] };
+const APPLY_ASYNC: OptionsSpec = { call: 'pool.applyAsync()', keys: ['callback', 'errorCallback', 'signal'] };
+const RESULT_GET: OptionsSpec = { call: 'result.get()', keys: ['timeout'], number: 'timeout' };
+const RESULT_WAIT: OptionsSpec = { call: 'result.wait()', keys: ['timeout'], number: 'timeout' };
+const chunks = (call: string): OptionsSpec => ({ call, keys: ['chunksize'], number: 'chunksize' });
+
+// A clone error names the part of the task that cannot travel as the caller
+// wrote it ("args[0]", "an item"), not by the positions in the channel's tuples.
+const ARGS_PATH = (path: string): string => path.replace(/^\[3\]\[\d+\]/, 'args');
+const ITEM_PATH = (path: string): string => path.replace(/^\[3\]\[\d+\]/, 'an item');
+
 function closedPoolError(): Error {
   return stateError('the pool is not running (closed or terminated)', 'ERR_MP_CLOSED');
 }
@@ -172,7 +186,7 @@ export class AsyncResult<R> {
   get(options?: { timeout?: number }): Promise<R> {
     let timeout: number | undefined;
     try {
-      timeout = validateTimeout(validateObject(options, 'options').timeout, 'options.timeout');
+      timeout = validateTimeout(validateOptions(options, RESULT_GET).timeout, 'options.timeout');
     } catch (err) {
       return Promise.reject(err);
     }
@@ -186,8 +200,10 @@ export class AsyncResult<R> {
 
   /** Waits until the result is ready or `timeout` seconds pass; resolves ready(). */
   async wait(options?: { timeout?: number }): Promise<boolean> {
+    // Checked here: a bad option must throw, not read as "not ready".
+    const timeout = validateTimeout(validateOptions(options, RESULT_WAIT).timeout, 'options.timeout');
     try {
-      await this.get(options);
+      await this.get({ timeout });
     } catch {
       // a failed task is ready too; a timeout leaves it pending
     }
@@ -220,7 +236,7 @@ export class Pool {
   #idle: Array<() => void> = [];
 
   constructor(options?: PoolOptions) {
-    const opts = validateObject(options, 'options') as PoolOptions;
+    const opts = validateOptions(options, POOL) as PoolOptions;
     const size = opts.processes ?? cpuCount();
     validateInteger(size, 'options.processes', 1, 4096);
     if (opts.initializer !== undefined && typeof opts.initializer !== 'function') {
@@ -446,8 +462,8 @@ export class Pool {
       try {
         // Envelopes: the tuple and the item list; a task's argument lists too
         // (the worker spreads them, so extra properties on them mean nothing).
-        if (job.single) w.channel.send(['m', job.id, job.fnId, job.items] satisfies ToWorker, 2);
-        else w.channel.send(['t', job.id, job.fnId, job.items as unknown[][]] satisfies ToWorker, 3);
+        if (job.single) w.channel.send(['m', job.id, job.fnId, job.items] satisfies ToWorker, 2, ITEM_PATH);
+        else w.channel.send(['t', job.id, job.fnId, job.items as unknown[][]] satisfies ToWorker, 3, ARGS_PATH);
       } catch (err) {
         // The arguments cannot be cloned: fail this job alone.
         w.inflight.delete(job.id);
@@ -483,7 +499,7 @@ export class Pool {
     try {
       this.#checkOpen();
       if (!Array.isArray(args)) throw invalidType('args', 'an array', args);
-      const signal = validateSignal(validateObject(options, 'options').signal);
+      const signal = validateSignal(validateOptions(options, APPLY).signal);
       return this.#submit(fn, [args], signal).then((r) => r[0] as Awaited<R>);
     } catch (err) {
       return Promise.reject(err);
@@ -498,7 +514,7 @@ export class Pool {
   ): AsyncResult<Awaited<R>> {
     this.#checkOpen();
     if (!Array.isArray(args)) throw invalidType('args', 'an array', args);
-    const opts = validateObject(options, 'options') as ApplyAsyncOptions<Awaited<R>>;
+    const opts = validateOptions(options, APPLY_ASYNC) as ApplyAsyncOptions<Awaited<R>>;
     if (opts.callback !== undefined && typeof opts.callback !== 'function') {
       throw invalidType('options.callback', 'a function', opts.callback);
     }
@@ -527,7 +543,7 @@ export class Pool {
   map<T, R>(fn: (item: T) => R | Promise<R>, iterable: Iterable<T>, options?: ChunkOptions): Promise<Awaited<R>[]> {
     try {
       this.#checkOpen();
-      const { chunksize } = validateObject(options, 'options') as ChunkOptions;
+      const { chunksize } = validateOptions(options, chunks('pool.map()')) as ChunkOptions;
       const items = Array.isArray(iterable) ? iterable : Array.from(iterableArg(iterable));
       return this.#mapItems(fn, items, chunksize, true) as Promise<Awaited<R>[]>;
     } catch (err) {
@@ -539,7 +555,7 @@ export class Pool {
   starmap<R>(fn: (...args: any[]) => R | Promise<R>, iterable: Iterable<unknown[]>, options?: ChunkOptions): Promise<Awaited<R>[]> {
     try {
       this.#checkOpen();
-      const { chunksize } = validateObject(options, 'options') as ChunkOptions;
+      const { chunksize } = validateOptions(options, chunks('pool.starmap()')) as ChunkOptions;
       const items = Array.from(iterableArg(iterable), (args, i) => {
         if (!Array.isArray(args)) throw invalidType(`iterable[${i}]`, 'an array of arguments', args);
         return args;
@@ -568,7 +584,7 @@ export class Pool {
   #imap(fn: Fn, iterable: Iterable<unknown> | AsyncIterable<unknown>, options: ChunkOptions | undefined, ordered: boolean, star: boolean): AsyncIterable<unknown> {
     this.#checkOpen();
     if (typeof fn !== 'function') throw invalidType('fn', 'a function', fn);
-    const { chunksize = 1 } = validateObject(options, 'options') as ChunkOptions;
+    const { chunksize = 1 } = validateOptions(options, chunks('pool.imap()')) as ChunkOptions;
     validateInteger(chunksize, 'options.chunksize', 1);
     const source = iterable as any;
     if (source == null || (typeof source[Symbol.iterator] !== 'function' && typeof source[Symbol.asyncIterator] !== 'function')) {

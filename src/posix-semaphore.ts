@@ -13,6 +13,7 @@ import { binding, type SemHandle } from './native';
 import { registerTransferable } from './serialize';
 import { asyncWaitSpinConfig, SpinPolicy } from './spin';
 import { withAcquired, withAcquiredSync } from './sync/with-lock';
+import { ACQUIRE, ACQUIRE_SYNC, SEMAPHORE } from './sync/options';
 import { validateMode, watchFromLoop } from './sync/words';
 import type { AcquireOptions, AcquireSyncOptions, NamedOptions, Semaphore } from './synchronize';
 import {
@@ -20,7 +21,7 @@ import {
   outOfRange,
   validateBoolean,
   validateInteger,
-  validateObject,
+  validateOptions,
   validateSignal,
   validateTimeout,
 } from './validate';
@@ -115,7 +116,7 @@ class PosixSemaphore {
   acquireSync(options?: AcquireSyncOptions): boolean {
     const h = this.#handle;
     if (options === undefined) return binding.semTryWait(h) || binding.semTimedWait(h, -1);
-    const o = validateObject(options, 'options');
+    const o = validateOptions(options, ACQUIRE_SYNC);
     const blocking = o.blocking === undefined ? true : validateBoolean(o.blocking, 'options.blocking');
     const timeout = validateTimeout(o.timeout, 'options.timeout');
     if (binding.semTryWait(h)) return true;
@@ -125,7 +126,7 @@ class PosixSemaphore {
 
   async acquire(options?: AcquireOptions): Promise<boolean> {
     const h = this.#handle;
-    const o = validateObject(options, 'options');
+    const o = validateOptions(options, ACQUIRE);
     let timeout = validateTimeout(o.timeout, 'options.timeout');
     const signal = validateSignal(o.signal);
     if (o.blocking !== undefined && !validateBoolean(o.blocking, 'options.blocking')) timeout = 0;
@@ -336,6 +337,7 @@ export function openPosixSemaphore(newTarget: unknown, value: unknown, options: 
     // A user's subclass: its overrides would be shadowed by these methods, silently.
     throw invalidType('options.posix', 'false in a subclass of Semaphore (only Semaphore and BoundedSemaphore open POSIX semaphores)', true);
   }
+  validateOptions(options, SEMAPHORE);
   const v = validateInteger(value, 'value', 0, binding.semValueMax);
   if (options.name === undefined) throw invalidType('options.name', 'a string when options.posix is true', undefined);
   const path = posixSemaphoreName(options.name, 'options.name');

@@ -12,7 +12,17 @@ import { type LongTimeout, setLongTimeout } from './long-timeout';
 import { binding, type ExitWatcher, type FdWatcher } from './native';
 import { shareWithChild } from './resource-tracker';
 import { abandon, type CodecContext, encode } from './serialize';
-import { invalidType, outOfRange, validateBoolean, validateObject, validateString, validateTimeout } from './validate';
+import {
+  invalidType,
+  invalidValue,
+  type OptionsSpec,
+  outOfRange,
+  validateBoolean,
+  validateObject,
+  validateOptions,
+  validateString,
+  validateTimeout,
+} from './validate';
 import { distDir } from './paths';
 
 export type StartMethod = 'spawn';
@@ -98,6 +108,20 @@ function startMethodOf(value: unknown, argName: string): StartMethod {
   throw outOfRange(argName, "'spawn'", value);
 }
 
+const PROCESS: OptionsSpec = { call: 'new Process()', keys: ['target', 'args', 'name', 'daemon', 'startMethod', 'env'] };
+
+// An environment the kernel can take: names without '=' or NUL, values without NUL.
+function validateEnv(env: unknown): void {
+  const o = validateObject(env, 'options.env');
+  for (const [k, v] of Object.entries(o)) {
+    if (typeof v !== 'string') throw invalidType(`options.env.${k}`, 'a string', v);
+    if (k === '' || k.includes('=') || k.includes('\0')) {
+      throw invalidValue('options.env', "names must be non-empty, without '=' or NUL characters", k);
+    }
+    if (v.includes('\0')) throw invalidValue(`options.env.${k}`, 'must not contain NUL characters', v);
+  }
+}
+
 export class Process implements ChildRecord {
   #target: ProcessOptions['target'];
   #args: unknown[];
@@ -116,7 +140,11 @@ export class Process implements ChildRecord {
   #resolveSentinel: ((code: number) => void) | undefined;
 
   constructor(options?: ProcessOptions) {
-    const opts = validateObject(options, 'options') as ProcessOptions & { [kRevive]?: ChildHeader };
+    if (typeof options === 'function') {
+      // Python's Process(target) habit: say what to write.
+      throw invalidType('options', `an options object: write new Process({ target: ${(options as Function).name || 'fn'}, args: [...] })`, options);
+    }
+    const opts = validateOptions(options, PROCESS) as ProcessOptions & { [kRevive]?: ChildHeader };
     const revive = opts[kRevive];
     if (revive) {
       // Inside the child: this object stands for the running process itself.
@@ -139,12 +167,7 @@ export class Process implements ChildRecord {
     if (name !== undefined) validateString(name, 'options.name');
     if (daemon !== undefined) validateBoolean(daemon, 'options.daemon');
     startMethodOf(startMethod, 'options.startMethod');
-    if (env !== undefined) {
-      validateObject(env, 'options.env');
-      for (const [k, v] of Object.entries(env)) {
-        if (typeof v !== 'string') throw invalidType(`options.env.${k}`, 'a string', v);
-      }
-    }
+    if (env !== undefined) validateEnv(env);
     this.#target = target;
     this.#args = [...args];
     this.#identity = nextIdentity();
@@ -482,8 +505,9 @@ export function isMainProcess(): boolean {
 }
 
 export function setStartMethod(method: StartMethod, options?: { force?: boolean }): void {
+  const o = validateOptions(options, { call: 'setStartMethod()', keys: ['force'], boolean: 'force' });
+  if (o.force !== undefined) validateBoolean(o.force, 'options.force');
   context().startMethod = startMethodOf(method, 'method');
-  void options;
 }
 
 export function getStartMethod(): StartMethod {

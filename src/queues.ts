@@ -11,7 +11,7 @@ import { abortError, closedError, QueueEmptyError, QueueFullError, stateError } 
 import { Decoded, DONE, GET_SEQ, GET_WAITERS, PUT_SEQ, PUT_WAITERS, Ring, type RingRef } from './ring';
 import { abandon, type CodecContext, decode, encode, encodeJsonText, registerTransferable } from './serialize';
 import { ENCODE_LIMIT, ENCODE_SLACK, encodeFast } from './fast-json';
-import { validateBoolean, validateInteger, validateObject, validateSignal, validateTimeout } from './validate';
+import { type OptionsSpec, validateBoolean, validateInteger, validateOptions, validateSignal, validateTimeout } from './validate';
 import { type WaitResult, type WaitWord, waitAsync, waitSync, wakeOne } from './wait-word';
 
 // Sleepers wake at least this often and look again. A put wakes one consumer
@@ -57,13 +57,25 @@ const SPINS = 2000;
 
 const BLOCK_FOREVER: Wait = Object.freeze({ block: true, deadline: Infinity });
 
-function waitOptions(options: unknown, async: boolean): Wait {
+// A Python-style positional call (q.get(5) is Python's get(block=5), q.put(x,
+// False)) is refused with the options form to write; so is an unknown key.
+const spec = (call: string, async: boolean): OptionsSpec => ({
+  call,
+  keys: async ? ['block', 'timeout', 'signal'] : ['block', 'timeout'],
+  number: 'timeout',
+  boolean: 'block',
+});
+const GET = spec('q.get()', true);
+const GET_SYNC = spec('q.getSync()', false);
+const PUT = spec('q.put()', true);
+const PUT_SYNC = spec('q.putSync()', false);
+
+function waitOptions(options: unknown, spec: OptionsSpec): Wait {
   if (options === undefined) return BLOCK_FOREVER;
-  const o = validateObject(options, 'options');
+  const o = validateOptions(options, spec);
   const block = o.block === undefined ? true : validateBoolean(o.block, 'options.block');
   const timeout = validateTimeout(o.timeout, 'options.timeout');
-  const signal = async ? validateSignal(o.signal) : undefined;
-  if (!async && o.signal !== undefined) throw new TypeError('options.signal is only accepted by the async forms');
+  const signal = validateSignal(o.signal);
   return { block, deadline: timeout === undefined ? Infinity : performance.now() + timeout * 1000, signal };
 }
 
@@ -380,7 +392,7 @@ export class Queue<T = unknown> extends QueueBase<T> {
   put(obj: T, options?: QueueWaitOptions): Promise<void> {
     let m: Encoded | undefined;
     try {
-      const wait = waitOptions(options, true);
+      const wait = waitOptions(options, PUT);
       if (this.putFast(obj)) return Promise.resolve();
       m = encodeMessage(obj);
       return putOrWithdraw(m, this.putBytes(m, wait));
@@ -391,7 +403,7 @@ export class Queue<T = unknown> extends QueueBase<T> {
   }
 
   putSync(obj: T, options?: Omit<QueueWaitOptions, 'signal'>): void {
-    const wait = waitOptions(options, false);
+    const wait = waitOptions(options, PUT_SYNC);
     if (this.putFastSync(obj)) return;
     const m = encodeMessage(obj);
     try {
@@ -418,14 +430,14 @@ export class Queue<T = unknown> extends QueueBase<T> {
    *  rejects with QueueEmptyError when there is none. */
   get(options?: QueueWaitOptions): Promise<T> {
     try {
-      return this.getDecoded(waitOptions(options, true));
+      return this.getDecoded(waitOptions(options, GET));
     } catch (err) {
       return Promise.reject(err);
     }
   }
 
   getSync(options?: Omit<QueueWaitOptions, 'signal'>): T {
-    const wait = waitOptions(options, false);
+    const wait = waitOptions(options, GET_SYNC);
     return decodeMessage(this.getBytesSync(wait)) as T;
   }
 
@@ -468,7 +480,7 @@ export class JoinableQueue<T = unknown> extends Queue<T> {
 
   /** Resolves when every item put has been marked with taskDone(). */
   async join(options: { signal?: AbortSignal } = {}): Promise<void> {
-    const signal = validateSignal(validateObject(options, 'options').signal);
+    const signal = validateSignal(validateOptions(options, { call: 'q.join()', keys: ['signal'] }).signal);
     for (;;) {
       const ring = this.ring;
       // DONE read before the count: a taskDone() after it changes the word

@@ -13,6 +13,7 @@
 // tagged plain objects) otherwise. The first byte says which.
 import type * as V8 from 'node:v8';
 
+import * as errors from './errors';
 import { withdrawOffers } from './fd-share';
 
 // node:v8 costs a few ms to load (it pulls in streams); a child whose
@@ -34,6 +35,11 @@ export interface CodecContext {
    *  block, ...), to give back if the message is never delivered: abandon()
    *  runs each once. A transferable's encode may add its own. */
   onAbandon?: Array<() => void>;
+  /** How an error names where a part that cannot be cloned sits: a prefix
+   *  for the path from the root (default ''; Process encodes { args }, so its
+   *  errors say "args[0]"), or a function that rewrites the path (the pool's
+   *  tuples). */
+  root?: string | ((path: string) => string);
 }
 
 /**
@@ -211,22 +217,22 @@ function prepare(value: unknown, ctx: CodecContext, seen: Map<object, unknown>):
     } else {
       seen.set(value, out);
     }
-    for (let i = 0; i < value.length; i++) if (i in value) out[i] = prepare(value[i], ctx, seen);
+    for (let i = 0; i < value.length; i++) if (i in value) out[i] = prepareAt(value, i, value[i], ctx, seen);
     if (!envelope) return out;
     const props = envelope.p as Record<string, unknown>;
-    for (const key of extra!) defineOwn(props, key, prepare((value as unknown as Record<string, unknown>)[key], ctx, seen));
+    for (const key of extra!) defineOwn(props, key, prepareAt(value, key, (value as unknown as Record<string, unknown>)[key], ctx, seen));
     return envelope;
   }
   if (value instanceof Map) {
     const out = new Map();
     seen.set(value, out);
-    for (const [k, v] of value) out.set(prepare(k, ctx, seen), prepare(v, ctx, seen));
+    for (const [k, v] of value) out.set(prepareAt(value, MAP_KEY, k, ctx, seen), prepareAt(value, MAP_VALUE, v, ctx, seen));
     return out;
   }
   if (value instanceof Set) {
     const out = new Set();
     seen.set(value, out);
-    for (const v of value) out.add(prepare(v, ctx, seen));
+    for (const v of value) out.add(prepareAt(value, SET_ITEM, v, ctx, seen));
     return out;
   }
   // A plain object, or an instance of some other class: structured clone keeps
@@ -236,9 +242,67 @@ function prepare(value: unknown, ctx: CodecContext, seen: Map<object, unknown>):
   if (Object.prototype.hasOwnProperty.call(value, MARK)) out = { [MARK]: 'Object', d: body };
   seen.set(value, out);
   for (const key of Object.keys(value)) {
-    defineOwn(body, key, prepare((value as Record<string, unknown>)[key], ctx, seen));
+    defineOwn(body, key, prepareAt(value, key, (value as Record<string, unknown>)[key], ctx, seen));
   }
   return out;
+}
+
+// Where a part that cannot be cloned sits, so the error can say which
+// argument it is and what: the path is collected as the error unwinds, with
+// the outermost class instance on it (a Socket in args[0] fails on one of its
+// callbacks, deep inside; "args[0] (a Socket)" is what the user needs).
+const MAP_KEY = Symbol('map key');
+const MAP_VALUE = Symbol('map value');
+const SET_ITEM = Symbol('set item');
+
+interface Located {
+  code?: unknown;
+  pmpPath?: string;
+  pmpHolder?: { name: string; tail: number };
+}
+
+function prepareAt(holder: object, key: string | number | symbol, value: unknown, ctx: CodecContext, seen: Map<object, unknown>): unknown {
+  try {
+    return prepare(value, ctx, seen);
+  } catch (err) {
+    const e = err as Located | null;
+    if (e !== null && typeof e === 'object' && e.code === 'ERR_MP_DATA_CLONE') {
+      const step =
+        typeof key === 'number'
+          ? `[${key}]`
+          : key === MAP_KEY
+            ? '.<a Map key>'
+            : key === MAP_VALUE
+              ? '.<a Map value>'
+              : key === SET_ITEM
+                ? '.<a Set item>'
+                : /^[A-Za-z_$][\w$]*$/.test(key as string)
+                  ? `.${key as string}`
+                  : `[${JSON.stringify(key)}]`;
+      e.pmpPath = step + (e.pmpPath ?? '');
+      const proto = Object.getPrototypeOf(holder);
+      if (proto !== null && proto !== Object.prototype && !Array.isArray(holder) && !(holder instanceof Map) && !(holder instanceof Set)) {
+        e.pmpHolder = { name: (holder as { constructor?: { name?: string } }).constructor?.name || 'object', tail: e.pmpPath.length };
+      }
+    }
+    throw err;
+  }
+}
+
+/** Rewrites a clone error with the path prepareAt collected, from `root`. */
+function locate(err: unknown, root: CodecContext['root']): void {
+  const e = err as (Located & Error) | null;
+  if (e === null || typeof e !== 'object' || e.pmpPath === undefined) return;
+  const name = (path: string): string => (typeof root === 'function' ? root(path) : (root ?? '') + path).replace(/^\./, '');
+  const at = name(e.pmpPath);
+  if (e.pmpHolder) {
+    const where = name(e.pmpPath.slice(0, e.pmpPath.length - e.pmpHolder.tail)) || 'the value';
+    e.message = `${where} (an instance of ${e.pmpHolder.name}) cannot be sent to another process: ${e.message} (at ${at})`;
+  } else {
+    e.message = `${at || 'the value'}: ${e.message}`;
+  }
+  delete e.pmpPath;
+  delete e.pmpHolder;
 }
 
 // Assignment of an own '__proto__' key would set the copy's prototype instead
@@ -267,7 +331,9 @@ function isIndexKey(key: string): boolean {
 // An Error travels as its parts and is rebuilt as a real Error of its nearest
 // built-in class (util.types.isNativeError is true, so structuredClone and
 // v8.serialize keep it an Error on the other side); a subclass keeps its name,
-// not its class. An Error is most often a failure being reported, so a part
+// not its class — except this package's own error classes (errors.ts), which
+// every process has, so a QueueEmptyError or a WorkerCrashedError that
+// travels is still one (instanceof holds) on the other side. An Error is most often a failure being reported, so a part
 // that cannot travel (a callback, a socket, a getter that throws) is left out
 // instead of failing the whole report, and the copy's `droppedProperties`
 // says which and why.
@@ -281,6 +347,16 @@ const errorConstructors = new Map<string, ErrorConstructor>([
   ['EvalError', EvalError],
   ['URIError', URIError],
   ['AggregateError', AggregateError as unknown as ErrorConstructor],
+  ...[
+    errors.BrokenBarrierError,
+    errors.QueueEmptyError,
+    errors.QueueFullError,
+    errors.EOFError,
+    errors.WorkerCrashedError,
+    errors.OwnerDiedError,
+    errors.TimeoutError,
+    errors.AuthenticationError,
+  ].map((C) => [C.name, C as unknown as ErrorConstructor] as const),
 ]);
 
 function builtinErrorClass(err: object): string {
@@ -459,6 +535,7 @@ export function encode(value: unknown, ctx: CodecContext = { fds: [] }): Buffer 
     body = v8().serialize(prepare(value, ctx, new Map()));
   } catch (err) {
     abandon(ctx);
+    locate(err, ctx.root);
     throw err;
   }
   const out = Buffer.allocUnsafe(1 + body.length);

@@ -10,7 +10,7 @@ import { binding } from './native';
 import { track, trackFamily, untrack } from './resource-tracker';
 import { reserve } from './segment';
 import { registerTransferable } from './serialize';
-import { invalidType, outOfRange, validateBoolean, validateInteger, validateObject } from './validate';
+import { invalidType, type OptionsSpec, outOfRange, validateBoolean, validateInteger, validateOptions } from './validate';
 
 export interface SharedMemoryOptions {
   /** With or without the leading '/'. Default when creating: a random name. */
@@ -109,6 +109,9 @@ function mapShared(fd: number, size: number): ArrayBuffer {
   return binding.mmap(fd, size, true);
 }
 
+const SHM: OptionsSpec = { call: 'new SharedMemory()', keys: ['name', 'create', 'size', 'mode', 'track'] };
+const SHM_CREATE: OptionsSpec = { call: 'SharedMemory.create()', keys: ['name', 'mode', 'track'] };
+
 export class SharedMemory {
   #name: string; // with the leading '/'
   #size: number;
@@ -121,7 +124,11 @@ export class SharedMemory {
   #tracked: boolean;
 
   constructor(options?: SharedMemoryOptions) {
-    const opts = validateObject(options, 'options') as SharedMemoryOptions;
+    if (typeof options === 'string') {
+      // Python's SharedMemory(name) habit: say what to write.
+      throw invalidType('options', `an options object: write SharedMemory.open(${JSON.stringify(options)}) or new SharedMemory({ name: ${JSON.stringify(options)} })`, options);
+    }
+    const opts = validateOptions(options, SHM) as SharedMemoryOptions;
     const create = opts.create === undefined ? false : validateBoolean(opts.create, 'options.create');
     const size = opts.size === undefined ? 0 : validateInteger(opts.size, 'options.size', 0);
     const mode = opts.mode === undefined ? 0o600 : validateInteger(opts.mode, 'options.mode', 0, 0o777);
@@ -183,8 +190,8 @@ export class SharedMemory {
 
   /** Creates a new segment of `size` bytes (random name unless `name` is given). */
   static create(size: number, options?: Omit<SharedMemoryOptions, 'create' | 'size'>): SharedMemory {
-    validateInteger(size, 'size', 1);
-    return new SharedMemory({ ...validateObject(options, 'options'), create: true, size });
+    validateInteger(size, 'size', 1, bufferConstants.MAX_LENGTH);
+    return new SharedMemory({ ...validateOptions(options, SHM_CREATE), create: true, size });
   }
 
   /** Attaches to an existing segment by name. */

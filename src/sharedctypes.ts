@@ -8,7 +8,7 @@ import { heap, type BlockRef, type Hold } from './heap';
 import { binding, type Mapping } from './native';
 import { type CodecContext, registerTransferable } from './serialize';
 import { checkMappable } from './shared-memory';
-import { invalidType, outOfRange, validateInteger, validateObject } from './validate';
+import { invalidType, type OptionsSpec, outOfRange, validateInteger, validateOptions } from './validate';
 
 /** Python's array/ctypes typecodes and their names. */
 export type TypeCode = 'b' | 'B' | 'h' | 'H' | 'i' | 'I' | 'l' | 'L' | 'q' | 'Q' | 'f' | 'd';
@@ -89,8 +89,14 @@ function isLockLike(v: unknown): v is LockLike {
   return typeof o.acquire === 'function' && typeof o.acquireSync === 'function' && typeof o.release === 'function' && typeof o.withLock === 'function';
 }
 
-function lockOption(options: unknown): LockLike | boolean {
-  const opts = validateObject(options, 'options');
+// Python's Value('i', 0, lock=False): the keyword is an option here, and
+// Value('i', 0, false) says so.
+const lockSpec = (call: string): OptionsSpec => ({ call, keys: ['lock'], boolean: 'lock' });
+const VALUE_OPTIONS = lockSpec('new Value()');
+const ARRAY_OPTIONS = lockSpec('new SharedArray()');
+
+function lockOption(options: unknown, spec: OptionsSpec): LockLike | boolean {
+  const opts = validateOptions(options, spec);
   const lock = opts.lock;
   if (lock === undefined || lock === true) return true;
   if (lock === false) return false;
@@ -227,7 +233,7 @@ export class Value<T extends number | bigint = number> extends SharedScalar<T> {
   constructor(type: TypeCode | TypeName, initial: NoInfer<T> | number | bigint = 0, options?: { lock?: boolean | LockLike }) {
     const revived = isRevived(type) ? type : undefined;
     super(revived ? undefined : type, initial, revived);
-    this.#lock = revived ? revived.lock ?? false : lockOption(options);
+    this.#lock = revived ? revived.lock ?? false : lockOption(options, VALUE_OPTIONS);
   }
 
   /** The lock guarding this value: an RLock unless another lock was given. */
@@ -386,7 +392,7 @@ export class SharedArray<A extends AnyTypedArray = AnyTypedArray> extends Shared
   constructor(type: TypeCode | TypeName, sizeOrValues: number | Iterable<number | bigint>, options?: { lock?: boolean | LockLike }) {
     const revived = isRevived(type) ? type : undefined;
     super(revived ? undefined : type, sizeOrValues, revived);
-    this.#lock = revived ? revived.lock ?? false : lockOption(options);
+    this.#lock = revived ? revived.lock ?? false : lockOption(options, ARRAY_OPTIONS);
   }
 
   getLock(): LockLike {

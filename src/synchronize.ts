@@ -11,6 +11,7 @@ import { abortError, BrokenBarrierError, closedError, stateError } from './error
 import { importTarget, pickExport, requireModule } from './import-target';
 import { locate, type TargetRef } from './locate';
 import { linkPosixSemaphore, openPosixSemaphore, posixRequested, unlinkPosixSemaphore, type SemaphoreOptions } from './posix-semaphore';
+import { ACQUIRE, ACQUIRE_SYNC, namedOptions, SEMAPHORE, WAIT, WAIT_SYNC } from './sync/options';
 import { withAcquired, withAcquiredSync } from './sync/with-lock';
 import { registerTransferable } from './serialize';
 import { asyncWaitSpinConfig, pendingAsyncWaits, SpinPolicy } from './spin';
@@ -39,9 +40,10 @@ import type { BlockRef } from './heap';
 import type { CodecContext } from './serialize';
 import {
   invalidType,
+  type OptionsSpec,
   validateBoolean,
   validateInteger,
-  validateObject,
+  validateOptions,
   validateSignal,
   validateTimeout,
 } from './validate';
@@ -185,7 +187,7 @@ function checkResult(r: WaitResult, what: string): void {
 const NO_WAIT = -Infinity;
 
 function parseAcquireSync(options: unknown): number {
-  const o = validateObject(options, 'options');
+  const o = validateOptions(options, ACQUIRE_SYNC);
   const blocking = o.blocking === undefined ? true : validateBoolean(o.blocking, 'options.blocking');
   const timeout = validateTimeout(o.timeout, 'options.timeout');
   return blocking ? deadlineOf(timeout) : NO_WAIT;
@@ -194,16 +196,16 @@ function parseAcquireSync(options: unknown): number {
 // acquire() also takes Python's `blocking: false` (a try-acquire), so that the
 // idiom does not silently become an unbounded wait.
 function parseAcquire(options: unknown): { timeout: number | undefined; signal: AbortSignal | undefined } {
-  const parsed = parseWait(options);
-  const blocking = typeof options === 'object' && options !== null ? (options as { blocking?: unknown }).blocking : undefined;
-  if (blocking !== undefined && !validateBoolean(blocking, 'options.blocking')) parsed.timeout = 0;
+  const o = validateOptions(options, ACQUIRE);
+  const parsed = { timeout: validateTimeout(o.timeout, 'options.timeout'), signal: validateSignal(o.signal) };
+  if (o.blocking !== undefined && !validateBoolean(o.blocking, 'options.blocking')) parsed.timeout = 0;
   return parsed;
 }
 
-function parseWait(options: unknown): { timeout: number | undefined; signal: AbortSignal | undefined } {
+function parseWait(options: unknown, spec: OptionsSpec = WAIT): { timeout: number | undefined; signal: AbortSignal | undefined } {
   // wait(2) reads as Python's wait(2): a timeout in seconds.
   if (typeof options === 'number') return { timeout: validateTimeout(options, 'timeout'), signal: undefined };
-  const o = validateObject(options, 'options');
+  const o = validateOptions(options, spec);
   return { timeout: validateTimeout(o.timeout, 'options.timeout'), signal: validateSignal(o.signal) };
 }
 
@@ -218,8 +220,14 @@ abstract class SyncObject {
   // This handle's pending async waits (made on first use: most handles never wait).
   #pending: Set<Pending> | null = null;
 
-  protected constructor(kind: KindName, options: NamedOptions | undefined, init: (w: Words) => void, check?: (w: Words) => void) {
-    const o = validateObject(options, 'options') as NamedOptions;
+  protected constructor(
+    kind: KindName,
+    options: NamedOptions | undefined,
+    init: (w: Words) => void,
+    check?: (w: Words) => void,
+    spec?: OptionsSpec,
+  ) {
+    const o = validateOptions(options, spec ?? namedOptions(kind)) as NamedOptions;
     if (attaching) {
       this._w = attaching;
       attaching = null;
@@ -783,10 +791,16 @@ export class Semaphore extends SyncObject {
     if (posixRequested(options)) return openPosixSemaphore(new.target, value, options!);
     const v = validateSemValue(value);
     const bounded = new.target === BoundedSemaphore || new.target.prototype instanceof BoundedSemaphore;
-    super(bounded ? 'BoundedSemaphore' : 'Semaphore', options, (w) => {
-      w.i32[w.base] = v;
-      w.i32[w.base + S_MAX] = bounded ? v : -1;
-    });
+    super(
+      bounded ? 'BoundedSemaphore' : 'Semaphore',
+      options,
+      (w) => {
+        w.i32[w.base] = v;
+        w.i32[w.base + S_MAX] = bounded ? v : -1;
+      },
+      undefined,
+      SEMAPHORE,
+    );
   }
 
   readonly #budget = newSpin();
@@ -920,7 +934,7 @@ export class Semaphore extends SyncObject {
 
   /** Removes a named semaphore's name; `{ posix: true }` for a POSIX one (sem_unlink). */
   static override unlink(name: string, options?: { posix?: boolean }): void {
-    if (posixRequested(validateObject(options, 'options'))) unlinkPosixSemaphore(name);
+    if (posixRequested(validateOptions(options, { call: 'Semaphore.unlink()', keys: ['posix'] }))) unlinkPosixSemaphore(name);
     else super.unlink(name);
   }
 
@@ -968,7 +982,7 @@ export class Event extends SyncObject {
   /** Blocks until set or timeout; returns the flag. timeout 0 is a poll. */
   waitSync(options?: { timeout?: number } | number): boolean {
     const w = this.w;
-    const { timeout } = parseWait(options);
+    const { timeout } = parseWait(options, WAIT_SYNC);
     if (Atomics.load(w.i32, w.base) === 1) return true;
     const deadline = deadlineOf(timeout);
     Atomics.add(w.i32, w.base + 1, 1);
@@ -1045,7 +1059,7 @@ export class Condition extends SyncObject {
     if (lock !== undefined && lock !== null && !(lock instanceof Lock) && !(lock instanceof RLock)) {
       throw invalidType('lock', 'a Lock or an RLock', lock);
     }
-    const named = validateObject(options, 'options').name !== undefined;
+    const named = validateOptions(options, namedOptions('Condition')).name !== undefined;
     if (named && lock) throw invalidType('lock', 'undefined for a named Condition (it has its own RLock)', lock);
     super('Condition', options, () => {});
     if (lock) this.#lock = lock;
@@ -1145,7 +1159,7 @@ export class Condition extends SyncObject {
   /** Releases the lock, waits for a notify (or timeout), reacquires; false on timeout. */
   waitSync(options?: { timeout?: number } | number): boolean {
     const w = this.#checkOwned('waitSync');
-    const { timeout } = parseWait(options);
+    const { timeout } = parseWait(options, WAIT_SYNC);
     const deadline = deadlineOf(timeout);
     let seq = this.#register(w);
     const saved = this.#lock[kSave]();
@@ -1245,7 +1259,7 @@ export class Condition extends SyncObject {
   waitForSync<T>(predicate: () => T, options?: { timeout?: number } | number): T {
     this.#open();
     if (typeof predicate !== 'function') throw invalidType('predicate', 'a function', predicate);
-    const { timeout } = parseWait(options);
+    const { timeout } = parseWait(options, WAIT_SYNC);
     const deadline = deadlineOf(timeout);
     let result = predicate();
     while (!result) {
@@ -1303,6 +1317,8 @@ export interface BarrierOptions extends NamedOptions {
   timeout?: number;
 }
 
+const BARRIER: OptionsSpec = { call: 'new Barrier()', keys: ['name', 'mode', 'action', 'timeout'] };
+
 export class Barrier extends SyncObject {
   #action: (() => unknown) | undefined;
   #actionRef: TargetRef | undefined;
@@ -1310,7 +1326,7 @@ export class Barrier extends SyncObject {
 
   constructor(parties: number, options?: BarrierOptions) {
     const p = validateInteger(parties, 'parties', 1, 0xffff);
-    const o = validateObject(options, 'options') as BarrierOptions;
+    const o = validateOptions(options, BARRIER) as BarrierOptions;
     if (o.action !== undefined && typeof o.action !== 'function') throw invalidType('options.action', 'a function', o.action);
     const timeout = validateTimeout(o.timeout, 'options.timeout');
     super(
@@ -1411,8 +1427,8 @@ export class Barrier extends SyncObject {
     return { seq };
   }
 
-  #timeoutOf(options: unknown): { deadline: number; signal?: AbortSignal } {
-    const { timeout, signal } = parseWait(options);
+  #timeoutOf(options: unknown, spec: OptionsSpec): { deadline: number; signal?: AbortSignal } {
+    const { timeout, signal } = parseWait(options, spec);
     return { deadline: deadlineOf(timeout ?? this.#timeout), signal };
   }
 
@@ -1438,7 +1454,7 @@ export class Barrier extends SyncObject {
   /** Waits for all parties; returns this arrival's index (0..parties-1). */
   waitSync(options?: { timeout?: number } | number): number {
     const w = this.w;
-    const { deadline } = this.#timeoutOf(options);
+    const { deadline } = this.#timeoutOf(options, WAIT_SYNC);
     for (;;) {
       const a = this.#arrive(w);
       if (a.kind === 'busy') {
@@ -1472,7 +1488,7 @@ export class Barrier extends SyncObject {
 
   async wait(options?: WaitOptions | number): Promise<number> {
     const w = this.w;
-    const { deadline, signal } = this.#timeoutOf(options);
+    const { deadline, signal } = this.#timeoutOf(options, WAIT);
     if (signal?.aborted) throw abortError(signal);
     return this._pendingWait((p) => this.#waitAsync(w, deadline, signal, p));
   }

@@ -17,6 +17,13 @@ export function invalidType(name: string, expected: string, value: unknown): Typ
   return e;
 }
 
+/** A value of the right type that cannot be used: `${name} ${requirement}`. */
+export function invalidValue(name: string, requirement: string, value: unknown): TypeError {
+  const e = new TypeError(`${name} ${requirement}; received ${describe(value)}`) as TypeError & { code: string };
+  e.code = 'ERR_INVALID_ARG_VALUE';
+  return e;
+}
+
 export function outOfRange(name: string, expected: string, value: unknown): RangeError {
   const e = new RangeError(`${name} must be ${expected}; received ${describe(value)}`) as RangeError & { code: string };
   e.code = 'ERR_OUT_OF_RANGE';
@@ -97,7 +104,7 @@ export function validateOptions(value: unknown, spec: OptionsSpec, name = 'optio
 }
 
 function unknownOption(name: string, key: string, spec: OptionsSpec): TypeError {
-  const close = spec.keys.find((k) => editDistance(k, key) <= Math.max(1, Math.floor(k.length / 4)));
+  const close = spec.keys.find((k) => editDistance(k, key) <= Math.max(1, Math.floor(k.length / 3)));
   const known = spec.keys.length === 0 ? 'it takes none' : `known: ${spec.keys.join(', ')}`;
   const e = new TypeError(
     `${name}.${key} is not an option of ${spec.call}${close ? ` (did you mean '${close}'?)` : ''}; ${known}`,
@@ -106,17 +113,19 @@ function unknownOption(name: string, key: string, spec: OptionsSpec): TypeError 
   return e;
 }
 
-// Levenshtein distance of two short strings (option names), for the hint.
+// The edit distance of two short strings (option names), counting a swap of
+// two neighbours as one edit (optimal string alignment), for the hint.
 function editDistance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array<number>(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) d[0][j] = j;
   for (let i = 1; i <= a.length; i++) {
-    const row = [i];
     for (let j = 1; j <= b.length; j++) {
-      row[j] = Math.min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
     }
-    prev = row;
   }
-  return prev[b.length];
+  return d[a.length][b.length];
 }
 
 export function validateSignal(value: unknown, name = 'options.signal'): AbortSignal | undefined {

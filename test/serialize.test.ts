@@ -177,7 +177,7 @@ describe('Errors arrive as real Errors (issue #12 item 12)', () => {
       [new URIError('u'), URIError],
       [new CustomError('c', { cause: new TypeError('why') }), Error],
       [new NotFoundError('nf'), RangeError],
-      [new WorkerCrashedError('w', 3, null), Error],
+      [new WorkerCrashedError('w', 3, null), WorkerCrashedError as unknown as ErrorConstructor], // the package's own classes travel as themselves
       [Object.assign(new Error('sys'), { code: 'ENOENT', errno: -2, syscall: 'open' }), Error],
     ];
     for (const [err, Base] of cases) {
