@@ -10,6 +10,7 @@
 // when the fd is writable (and, at process exit, synchronously, so a child that
 // sends and returns does not lose its last message).
 
+import { atExit, ExitPhase } from './at-exit';
 import { binding, type FdWatcher } from './native';
 import { decodeFd, encodeFd, type FdRef } from './fd-share';
 import { type LongTimeout, setLongTimeout } from './long-timeout';
@@ -102,7 +103,8 @@ let exitHookInstalled = false;
 function installExitHook(): void {
   if (exitHookInstalled) return;
   exitHookInstalled = true;
-  process.on('exit', () => {
+  // Before the children are joined: one of them may be waiting for the rest.
+  atExit(ExitPhase.Flush, () => {
     for (const conn of pendingAtExit) conn._flushAtExit();
   });
 }

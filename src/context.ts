@@ -2,6 +2,7 @@
 // package), its name and identity counter, and its living children. It lives on
 // globalThis under a registered symbol so that every copy of the package loaded
 // in one process (CommonJS and ESM entry points, or two installs) agrees on it.
+import { atExit, ExitPhase } from './at-exit';
 
 export interface ProcessInfo {
   name: string;
@@ -107,7 +108,7 @@ export function installExitHook(): void {
   const ctx = context();
   if (ctx.exitHookInstalled) return;
   ctx.exitHookInstalled = true;
-  // Before every other 'exit' hook of the package: those release what the
-  // children may still be using (heap segments, queue rings, connections).
-  process.prependListener('exit', exitChildrenSync);
+  // After outbound data is flushed, before what the children may still be
+  // using is released (heap segments, queue rings): see at-exit.ts.
+  atExit(ExitPhase.Children, exitChildrenSync);
 }

@@ -7,6 +7,7 @@
 import { constants as bufferConstants } from 'node:buffer';
 import { randomBytes } from 'node:crypto';
 
+import { atExit, ExitPhase } from './at-exit';
 import { closedError } from './errors';
 import {
   SEGMENT_HEADER_BYTES,
@@ -230,6 +231,9 @@ class SharedHeap {
   release(hold: Hold): void {
     if (hold.released) return;
     hold.released = true;
+    // After #atExit gave back every hold at once (a close() in a later 'exit'
+    // listener): this one is among them.
+    if (this.#exited) return;
     const seg = hold.seg;
     if (seg.mapping === null) return;
     if (!seg.owned) subtract(seg.i32, W_FOREIGN, 1);
@@ -463,6 +467,7 @@ class SharedHeap {
 
   // A message that carried a reference will never be received.
   #dropMessageRef(ref: BlockRef): void {
+    if (this.#exited) return;
     let seg = this.#segments.get(ref.segment);
     if (!seg) {
       try {
@@ -484,13 +489,17 @@ class SharedHeap {
   // nothing outside it refers to. A segment still referenced (a handle in
   // another process, a message not yet received) keeps its name; the resource
   // tracker unlinks it once the count is 0, or when the program tree ends.
+  // Set by #atExit: every hold has been given back, later releases are no-ops.
+  #exited = false;
+
   #installExitHook(): void {
     if (this.#exitHook) return;
     this.#exitHook = true;
-    process.on('exit', () => this.#atExit());
+    atExit(ExitPhase.Release, () => this.#atExit());
   }
 
   #atExit(): void {
+    this.#exited = true;
     for (const seg of this.#segments.values()) {
       if (seg.owned || !seg.holds || seg.mapping === null) continue;
       for (const [offset, n] of seg.holds) {

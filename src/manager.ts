@@ -10,6 +10,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
+import { atExit, ExitPhase } from './at-exit';
 import { Pipe, type Connection } from './connection';
 import { QueueEmptyError, QueueFullError, TimeoutError, abortError, closedError, stateError } from './errors';
 import { type LongTimeout, setLongTimeout } from './long-timeout';
@@ -633,7 +634,7 @@ function ownDir(dir: string): void {
   track(dir, 'socket-dir', { lifetime: 'process' });
   if (exitHook) return;
   exitHook = true;
-  process.on('exit', () => {
+  atExit(ExitPhase.Release, () => {
     for (const d of ownDirs) removeDir(d);
   });
 }

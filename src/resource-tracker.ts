@@ -23,6 +23,7 @@
 import * as childProcess from 'node:child_process';
 import * as path from 'node:path';
 
+import { atExit, ExitPhase } from './at-exit';
 import { binding, type FdWatcher } from './native';
 import { distDir } from './paths';
 
@@ -177,7 +178,7 @@ function send(op: 'REGISTER' | 'UNREGISTER', name: string, kind: TrackedKind, pi
   const line = encodeLine(pid === undefined ? { op, kind, name } : { op, kind, name, pid });
   if (!s.exitHook) {
     s.exitHook = true;
-    process.on('exit', () => {
+    atExit(ExitPhase.Tracker, () => {
       s.exitDeadline = Date.now() + EXIT_FLUSH_MS;
       flushSync(s);
     });

@@ -42,6 +42,7 @@
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 
+import { atExit, ExitPhase } from './at-exit';
 import { stateError } from './errors';
 import { track, untrack } from './resource-tracker';
 import { createSegment, openSegment, reserveError } from './segment';
@@ -719,7 +720,7 @@ export class Ring {
     Ring.#owned.add(name);
     if (Ring.#hooked) return;
     Ring.#hooked = true;
-    process.on('exit', () => {
+    atExit(ExitPhase.Release, () => {
       for (const name of Ring.#owned) {
         const s = shared.get(name);
         if (!s) continue;

@@ -187,6 +187,16 @@ describe("a process's exit joins its non-daemon children (Python's _exit_functio
     }, 40_000);
   }
 
+  it('process.exit() right after a send() the pipe could not take whole: written out before the reader is joined', async () => {
+    const { stdout } = await run(process.execPath, [program('exit-order.mjs'), 'flush'], { timeout: 30_000 });
+    expect(stdout).toBe(`child got ${4 * 1024 * 1024}\n`);
+  }, 40_000);
+
+  it("a handle a child closes in its own 'exit' listener gives its reference back once, not twice", async () => {
+    const { stdout } = await run(process.execPath, [program('exit-order.mjs'), 'release'], { timeout: 30_000 });
+    expect(stdout).toBe('value 12345\n');
+  }, 40_000);
+
   it('joinSync() right after start() with an argument larger than a pipe holds', () => {
     const p = new Process({ target: targets.sleepFor, args: [0, 'x'.repeat(4 << 20)] });
     p.start();
