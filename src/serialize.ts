@@ -405,8 +405,9 @@ function prepareError(err: Error, ctx: CodecContext, seen: Map<object, unknown>)
 
 // One part of an Error, or DROPPED (noted in `dropped`) when it cannot travel.
 // What the failed attempt registered is undone: entries in `seen` (they may
-// stand for half-built copies), fds listed for the channel, and offers made to
-// the fd sharer, which nobody would ever claim.
+// stand for half-built copies), fds listed for the channel, offers made to
+// the fd sharer, which nobody would ever claim, and references taken for the
+// message (ctx.onAbandon).
 function preparePart(
   source: Record<string, unknown>,
   key: string,
@@ -417,9 +418,15 @@ function preparePart(
   const seenMark = seen.size;
   const fdMark = ctx.fds.length;
   const offerMark = ctx.offers?.length ?? 0;
+  const abandonMark = ctx.onAbandon?.length ?? 0;
   try {
     return prepare(source[key], ctx, seen);
   } catch (reason) {
+    // What transferables inside the part took (a reference to a shared
+    // block, ...) is given back now: the part is never sent.
+    if (ctx.onAbandon && ctx.onAbandon.length > abandonMark) {
+      for (const undo of ctx.onAbandon.splice(abandonMark)) undo();
+    }
     if (seen.size > seenMark) {
       const added: object[] = [];
       let i = 0;

@@ -8,10 +8,12 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { Lock, Pipe, Process, Queue, QueueFullError, RawArray, SharedArray, Value } from 'posix-multiprocessing';
+import serializeModule from '../dist/cjs/serialize.js';
 import sharedctypes from '../dist/cjs/sharedctypes.js';
 import * as fx from './fixtures/heap-refs.mjs';
 
 const { blockOf } = sharedctypes as unknown as { blockOf: (o: object) => { segment: string; offset: number; size: number } };
+const { decode, encode } = serializeModule as { decode: (b: Uint8Array) => unknown; encode: (v: unknown) => Uint8Array };
 const programs = path.join(__dirname, 'fixtures', 'programs');
 const exists = (segment: string) => fs.existsSync(`/dev/shm/${segment}`);
 /** The heap segments process `pid` created that still have a name. */
@@ -163,6 +165,17 @@ describe('blocks are given back', () => {
     } finally {
       w.close();
     }
+  });
+
+  it('an Error part dropped as unsendable gives back what the transferables inside it took', () => {
+    const v = new Value('i', 1, { lock: false });
+    const where = blockOf(v);
+    const err = Object.assign(new Error('boom'), { info: { v, f() {} } }); // f makes the part unsendable
+    const back = decode(encode(err)) as Error & { droppedProperties?: Record<string, string> };
+    expect(Object.keys(back.droppedProperties ?? {})).toEqual(['info']);
+    v.close();
+    // Nothing refers to the block any more: the next Value gets it.
+    expect(blockOf(new Value('i', 0, { lock: false }))).toEqual(where);
   });
 
   it('an object still held elsewhere is not reused when this process closes its handle', async () => {
