@@ -282,7 +282,7 @@ export class Process implements ChildRecord {
     } finally {
       binding.closeFd(readEnd);
     }
-    const sender = new PayloadSender(writeEnd, payload, () => (this.#payload = undefined));
+    const sender = new PayloadSender(writeEnd, payload, codec, () => (this.#payload = undefined));
     if (!sender.done) this.#payload = sender;
 
     this.#pid = pid;
@@ -353,9 +353,10 @@ export class Process implements ChildRecord {
     this.#checkJoinable();
     const seconds = validateTimeout(timeout);
     if (this.#exitCode !== null) return this.#exitCode;
+    const deadline = seconds === undefined ? Infinity : performance.now() + seconds * 1000;
     // A child still reading its instructions would wait for us as we wait for it.
-    this.#payload?.flushSync();
-    return this.#watcher!.waitSync(seconds === undefined ? -1 : seconds * 1000);
+    if (this.#payload && !this.#payload.flushSync(deadline)) return null;
+    return this.#watcher!.waitSync(deadline === Infinity ? -1 : Math.max(0, deadline - performance.now()));
   }
 
   isAlive(): boolean {
@@ -435,14 +436,16 @@ export class Process implements ChildRecord {
 class PayloadSender {
   #fd: number;
   #payload: Buffer;
+  #codec: CodecContext;
   #offset = 0;
   #watcher: FdWatcher | undefined;
   #onDone: () => void;
   done = false;
 
-  constructor(fd: number, payload: Buffer, onDone: () => void) {
+  constructor(fd: number, payload: Buffer, codec: CodecContext, onDone: () => void) {
     this.#fd = fd;
     this.#payload = payload;
+    this.#codec = codec;
     this.#onDone = onDone;
     try {
       binding.setNonblocking(fd);
@@ -456,13 +459,15 @@ class PayloadSender {
   }
 
   // Writes what the pipe takes; true once all is written or the child is gone
-  // (EPIPE: it died before reading, and its exit is reported as usual).
+  // (EPIPE: it died before reading, and its exit is reported as usual; what
+  // its arguments took, references to shared blocks, is given back).
   #writeSome(): boolean {
     while (this.#offset < this.#payload.length) {
       let n: number;
       try {
         n = binding.write(this.#fd, this.#payload, this.#offset, this.#payload.length - this.#offset);
       } catch {
+        abandon(this.#codec);
         break;
       }
       if (n < 0) return false;
@@ -475,8 +480,18 @@ class PayloadSender {
     return true;
   }
 
-  flushSync(): void {
-    while (!this.done && !this.#writeSome()) binding.poll(this.#fd, 2, -1);
+  /** Writes the rest, blocking until the deadline (a performance.now() time); false when it passed first. */
+  flushSync(deadline: number): boolean {
+    while (!this.done && !this.#writeSome()) {
+      if (deadline === Infinity) {
+        binding.poll(this.#fd, 2, -1);
+        continue;
+      }
+      const left = Math.ceil(deadline - performance.now());
+      if (left <= 0) return false;
+      binding.poll(this.#fd, 2, left);
+    }
+    return true;
   }
 }
 

@@ -204,6 +204,15 @@ describe("a process's exit joins its non-daemon children (Python's _exit_functio
     // must then write while it blocks.
     expect(p.joinSync(20)).toBe(0);
   }, 40_000);
+
+  it('joinSync(timeout) keeps its timeout while a child does not read its arguments', async () => {
+    // In a program of its own: a join that ignored its timeout would block this test's thread.
+    const { stdout } = await run(process.execPath, [program('join-timeout.mjs')], { timeout: 30_000 });
+    const [first, second] = stdout.trim().split('\n').map((l) => JSON.parse(l));
+    expect(first.result).toBe(null);
+    expect(first.ms).toBeLessThan(3000);
+    expect(second.exit).toBe(0);
+  }, 40_000);
 });
 
 describe('children of worker threads', () => {
