@@ -5,10 +5,13 @@
 #include <napi.h>
 #include <sys/types.h>
 
+#include <string>
+
 namespace pmp {
 
 class AsyncWaits;
 struct SemState;
+struct OwnedSegments;
 
 // Per-environment state: one per Node environment (main thread or worker).
 // Napi::Env::SetInstanceData deletes it when the environment is torn down.
@@ -17,6 +20,7 @@ struct AddonData {
   AsyncWaits* futex = nullptr;  // futex.cc; never freed: waiter threads may outlive the environment
   Napi::FunctionReference sem_wait_handle_ctor;
   SemState* sem = nullptr;  // semaphore.cc; never freed, as futex
+  OwnedSegments* segments = nullptr;  // shm.cc; freed by its cleanup hook
 };
 
 // reaper.cc: takes over a child of this process that nobody will reap any
@@ -24,6 +28,11 @@ struct AddonData {
 // exits. watch_fd (its pidfd, or the watcher's kqueue, or -1) is the reaper's
 // to use or close. Callable from any thread, cleanup hooks included.
 void ReapLater(pid_t pid, int watch_fd);
+
+// tracker.cc: writes one line to the resource tracker's pipe, whole or not at
+// all: 0, or an errno (EBADF: no tracker; EAGAIN: the pipe is full; EPIPE:
+// the tracker is gone). Callable from any thread.
+int TrackerWriteLine(const std::string& line);
 
 void InitProcess(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitPipe(Napi::Env env, Napi::Object exports, AddonData* data);

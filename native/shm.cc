@@ -19,6 +19,11 @@
 //                          N-API aborts the process on a longer external buffer)
 //                          .unmap(): detaches .buffer (every view over it becomes
 //                          length 0) and munmaps. Idempotent; also done by GC.
+//   ownSegment(name, foreignWord, doneWord)   a heap segment of this
+//                          environment (src/heap.ts): given up when the
+//                          environment ends, see OwnedSegments below
+//   disownSegment(name)    no longer this environment's to give up
+//   releaseOwnedSegments() gives them all up now (the heap's exit hook)
 //                          .populate(offset, length) -> true when the pages of
 //                          that range now exist (MADV_POPULATE_WRITE, Linux
 //                          5.14+); false where the kernel cannot do that
@@ -41,6 +46,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "addon.h"
 #include "errors.h"
@@ -407,6 +413,109 @@ void ReadMaxLength(Napi::Env env) {
   if (value.IsNumber() && value.As<Napi::Number>().DoubleValue() > 0) max_length = value.As<Napi::Number>().DoubleValue();
 }
 
+// ---- heap segments an environment owns ----------------------------------------
+//
+// A process gives up the shared-heap segments it created in its 'exit' hook
+// (src/heap.ts): it says in each header that their owner is done, unlinks
+// those nothing else refers to (the header's foreign count is 0), and tells
+// the tracker either way, which unlinks the rest once their count falls to 0.
+// A worker thread's heap lives and ends with the worker, and
+// worker.terminate() runs no 'exit' hook: the environment's cleanup hook,
+// which does run, does the same here, without JS. Each segment's header page
+// is mapped here on its own, so it stays readable whatever JS has let go.
+
+struct OwnedSegment {
+  std::string name;
+  int32_t* header = nullptr;
+  int foreign = 0;  // word indexes in the header (src/heap-layout.ts)
+  int done = 0;
+};
+
+}  // namespace
+
+struct OwnedSegments {
+  std::vector<OwnedSegment> list;
+};
+
+namespace {
+
+constexpr size_t kHeaderMap = 4096;
+
+void GiveUp(const OwnedSegment& s) {
+  __atomic_store_n(&s.header[s.done], 1, __ATOMIC_SEQ_CST);
+  const bool referenced = __atomic_load_n(&s.header[s.foreign], __ATOMIC_SEQ_CST) > 0;
+  munmap(s.header, kHeaderMap);
+  const std::string quoted = "\"kind\":\"heap\",\"name\":\"" + s.name + "\"}\n";
+  // Still referenced: the tracker unlinks it once nothing does. Without a
+  // tracker to tell (none, or it is gone) nobody would: unlinked now.
+  if (referenced) {
+    const int err = TrackerWriteLine("{\"op\":\"OWNER_GONE\"," + quoted);
+    if (err != EBADF && err != EPIPE) return;
+  }
+  shm_unlink(s.name.c_str());
+  TrackerWriteLine("{\"op\":\"UNREGISTER\"," + quoted);
+}
+
+void GiveUpAll(OwnedSegments* owned) {
+  for (const OwnedSegment& s : owned->list) GiveUp(s);
+  owned->list.clear();
+}
+
+void OwnedCleanup(void* arg) {
+  auto* owned = static_cast<OwnedSegments*>(arg);
+  GiveUpAll(owned);
+  delete owned;
+}
+
+int WordArg(const Napi::CallbackInfo& info, size_t i) {
+  if (info.Length() <= i || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), "word index must be a number");
+  const int w = info[i].As<Napi::Number>().Int32Value();
+  if (w < 0 || static_cast<size_t>(w) >= kHeaderMap / 4) throw Napi::RangeError::New(info.Env(), "word index out of range");
+  return w;
+}
+
+Napi::Value OwnSegment(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Name name;
+  NameArg(info, 0, &name);
+  const int foreign = WordArg(info, 1);
+  const int done = WordArg(info, 2);
+  int fd = RetryEintr([&] { return shm_open(name.c_str(), O_RDWR, 0600); });
+  if (fd < 0) ThrowSystemError(env, errno, "shm_open", name.c_str());
+  void* addr = mmap(nullptr, kHeaderMap, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  const int map_errno = errno;
+  close(fd);
+  if (addr == MAP_FAILED) ThrowSystemError(env, map_errno, "mmap", name.c_str());
+  AddonData* data = env.GetInstanceData<AddonData>();
+  if (data->segments == nullptr) {
+    data->segments = new OwnedSegments();
+    napi_add_env_cleanup_hook(env, OwnedCleanup, data->segments);
+  }
+  data->segments->list.push_back(OwnedSegment{name.c_str(), static_cast<int32_t*>(addr), foreign, done});
+  return env.Undefined();
+}
+
+Napi::Value DisownSegment(const Napi::CallbackInfo& info) {
+  Name name;
+  NameArg(info, 0, &name);
+  OwnedSegments* owned = info.Env().GetInstanceData<AddonData>()->segments;
+  if (owned == nullptr) return info.Env().Undefined();
+  for (auto it = owned->list.begin(); it != owned->list.end(); ++it) {
+    if (it->name == name.c_str()) {
+      munmap(it->header, kHeaderMap);
+      owned->list.erase(it);
+      break;
+    }
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value ReleaseOwnedSegments(const Napi::CallbackInfo& info) {
+  OwnedSegments* owned = info.Env().GetInstanceData<AddonData>()->segments;
+  if (owned != nullptr) GiveUpAll(owned);
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void InitShm(Napi::Env env, Napi::Object exports, AddonData* data) {
@@ -423,6 +532,9 @@ void InitShm(Napi::Env env, Napi::Object exports, AddonData* data) {
   exports.Set("mmap", Napi::Function::New<Mmap>(env, "mmap"));
   exports.Set("unmap", Napi::Function::New<Unmap>(env, "unmap"));
   exports.Set("Mapping", Mapping::Define(env));
+  exports.Set("ownSegment", Napi::Function::New<OwnSegment>(env, "ownSegment"));
+  exports.Set("disownSegment", Napi::Function::New<DisownSegment>(env, "disownSegment"));
+  exports.Set("releaseOwnedSegments", Napi::Function::New<ReleaseOwnedSegments>(env, "releaseOwnedSegments"));
 }
 
 }  // namespace pmp

@@ -14,11 +14,17 @@
 //        is an answer, not a stall).
 //   pipeBuf                                       PIPE_BUF: a write of at most
 //        this many bytes goes into a pipe whole, never mixed with another's
+//
+// TrackerWriteLine (addon.h) writes one line from native code, for the work an
+// environment's teardown does without JS (shm.cc's owned segments).
 #include <fcntl.h>
 #include <limits.h>
 #include <napi.h>
 #include <pthread.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <string>
 
 #include "addon.h"
 #include "errors.h"
@@ -77,6 +83,19 @@ Napi::Value TrackerSetPipe(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+int TrackerWriteLine(const std::string& line) {
+  if (line.size() > PIPE_BUF) return E2BIG;
+  pthread_mutex_lock(&mu);
+  const int fd = pipe_fd;
+  pthread_mutex_unlock(&mu);
+  if (fd < 0) return EBADF;
+  // Non-blocking, at most PIPE_BUF: whole or not at all. A full pipe loses the
+  // line; the tracker then finds the name at the end of the tree instead.
+  ssize_t n = RetryEintr([&] { return write(fd, line.data(), line.size()); });
+  if (n == static_cast<ssize_t>(line.size())) return 0;
+  return n < 0 ? errno : EAGAIN;
+}
 
 void InitTracker(Napi::Env env, Napi::Object exports, AddonData* data) {
   exports.Set("trackerPipe", Napi::Function::New<TrackerPipe>(env, "trackerPipe"));

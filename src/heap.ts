@@ -20,7 +20,7 @@ import {
 } from './heap-layout';
 import { binding, type Mapping } from './native';
 import { createSegment } from './segment';
-import { track, trackerFds, untrack } from './resource-tracker';
+import { track, untrack } from './resource-tracker';
 import type { CodecContext } from './serialize';
 import { invalidType, outOfRange } from './validate';
 
@@ -279,6 +279,7 @@ class SharedHeap {
     for (const seg of this.#owned) {
       seg.gone = true;
       seg.given = null;
+      binding.disownSegment(seg.name);
       unlinkQuietly(seg.name);
     }
     this.#owned = [];
@@ -345,6 +346,7 @@ class SharedHeap {
     if (seg.dedicated) {
       seg.gone = true;
       this.#owned = this.#owned.filter((s) => s !== seg);
+      binding.disownSegment(seg.name);
       unlinkQuietly(seg.name);
       this.#unmap(seg);
       return;
@@ -366,6 +368,9 @@ class SharedHeap {
     // it behind: once this process is gone the tracker unlinks it as soon as
     // no other process and no message refers to it (tracker-main.ts).
     track(name, 'heap', { lifetime: 'process' });
+    // Given up when this environment ends, 'exit' hook or not (a terminated
+    // worker thread runs none): native/shm.cc.
+    binding.ownSegment(name, W_FOREIGN, W_DONE);
     const seg: Segment = {
       name,
       mapping,
@@ -508,12 +513,10 @@ class SharedHeap {
       }
       seg.holds.clear();
     }
-    // Without a tracker (it was killed) nobody would unlink them later.
-    const handOver = trackerFds().length > 0;
-    for (const seg of this.#owned) {
-      Atomics.store(seg.i32, W_DONE, 1);
-      if (!handOver || Atomics.load(seg.i32, W_FOREIGN) === 0) unlinkQuietly(seg.name);
-    }
+    // Each segment this heap created: its owner is done; unlinked now if
+    // nothing refers to it, else handed to the tracker (native/shm.cc, which
+    // does the same when a worker thread is torn down without this hook).
+    binding.releaseOwnedSegments();
     this.#owned = [];
   }
 }

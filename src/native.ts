@@ -75,6 +75,12 @@ export interface Binding {
   FdWatcher: new (fd: number, onEvents: (events: number) => void) => FdWatcher;
   shmOpen(name: string, create: boolean, exclusive: boolean, mode: number): number;
   shmUnlink(name: string): void;
+  /** A shared-heap segment of this environment, given up when the environment ends (heap.ts, shm.cc). */
+  ownSegment(name: string, foreignWord: number, doneWord: number): void;
+  /** No longer this environment's to give up (it was unlinked). */
+  disownSegment(name: string): void;
+  /** Gives up every owned segment now: marked done, unlinked if nothing refers to it, else handed to the tracker. */
+  releaseOwnedSegments(): void;
   ftruncate(fd: number, size: number): void;
   /** posix_fallocate: the pages of [offset, offset + length) exist afterwards; false where they cannot be allocated ahead (macOS). */
   fallocate(fd: number, offset: number, length: number): boolean;

@@ -69,6 +69,15 @@ function handle(line: string): void {
   } else if (msg.op === 'UNREGISTER') {
     registered.delete(key);
     dropOrphan(key);
+  } else if (msg.op === 'OWNER_GONE') {
+    // The heap that made this segment ended (its process's or worker
+    // thread's exit, native/shm.cc) while others still refer to it: from now
+    // on it goes as soon as nothing does, as if its owner's pid were gone.
+    const entry = registered.get(key);
+    if (entry?.kind === 'heap' && !orphans.has(key)) {
+      const d = ownerGone(key, entry, entry.pid ?? 0);
+      if (d) warn('a heap segment whose owner ended was unlinked', [d]);
+    }
   }
 }
 

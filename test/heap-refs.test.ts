@@ -167,6 +167,16 @@ describe('blocks are given back', () => {
     }
   });
 
+  it("terminated worker threads' heap segments go at once, or, when something still refers to them, as soon as nothing does", async () => {
+    const { stdout, code } = await runProgram('worker-heap.mjs');
+    expect(code).toBe(0);
+    const r = JSON.parse(stdout);
+    expect(r.after).toBe(r.before); // 20 terminated workers, none left behind
+    expect(r.whileHeld).toBe(r.before + 1); // the segment of a Value the main thread holds stays...
+    expect(r.value).toBe(7);
+    expect(r.afterClose).toBe(r.before); // ...until the main thread closes it
+  }, 60_000);
+
   it('an Error part dropped as unsendable gives back what the transferables inside it took', () => {
     const v = new Value('i', 1, { lock: false });
     const where = blockOf(v);
