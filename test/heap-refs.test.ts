@@ -2,7 +2,6 @@
 // process or any message in flight holds a handle, and are given back when
 // the last one goes: reuse, segments that outlive their creator, abandoned
 // messages, the tracker's part when the creator is gone.
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -11,6 +10,7 @@ import { Lock, Pipe, Process, Queue, QueueFullError, RawArray, SharedArray, Valu
 import serializeModule from '../dist/cjs/serialize.js';
 import sharedctypes from '../dist/cjs/sharedctypes.js';
 import * as fx from './fixtures/heap-refs.mjs';
+import { runNode } from './support/run-node';
 
 const { blockOf } = sharedctypes as unknown as { blockOf: (o: object) => { segment: string; offset: number; size: number } };
 const { decode, encode } = serializeModule as { decode: (b: Uint8Array) => unknown; encode: (v: unknown) => Uint8Array };
@@ -20,17 +20,7 @@ const exists = (segment: string) => fs.existsSync(`/dev/shm/${segment}`);
 const heapSegmentsOf = (pid: number) => fs.readdirSync('/dev/shm').filter((e) => e.startsWith(`pmp-${pid}-`));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function runProgram(script: string, args: string[] = []): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--expose-gc', path.join(programs, script), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const runProgram = (script: string, args: string[] = []) => runNode(path.join(programs, script), args, ['--expose-gc']);
 
 async function waitFor(check: () => boolean, ms: number): Promise<boolean> {
   const deadline = Date.now() + ms;

@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { Process, SharedMemory } from 'posix-multiprocessing';
 import { binding } from '../dist/cjs/native.js';
 import * as shmTargets from './fixtures/shm.mjs';
+import { runNode } from './support/run-node';
 
 const peerScript = path.join(__dirname, 'fixtures', 'programs', 'shm-peer.mjs');
 const gcScript = path.join(__dirname, 'fixtures', 'programs', 'shm-gc.cjs');
@@ -13,22 +14,6 @@ const reuseScript = path.join(__dirname, 'fixtures', 'programs', 'shm-reuse.cjs'
 const exists = (name: string) => fs.existsSync(`/dev/shm/${name}`);
 // Names carry our pid, as the package's random names do, so the leak check can attribute them.
 const uniqueName = (tag: string) => `pmp_${process.pid}_${tag}_${Math.random().toString(16).slice(2, 8)}`;
-
-function runNode(
-  script: string,
-  args: string[],
-  nodeFlags: string[] = [],
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...nodeFlags, script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 describe('SharedMemory: create, attach, close, unlink', () => {
   it('creates a segment with a random name, mode 0600, and attaches to it by name', () => {

@@ -2,26 +2,16 @@
 // process leave the heap a bounded number of segments (the note "one million
 // dropped Locks leave 977 /dev/shm segments"); a chain of relays across
 // processes that each exit after passing the objects on loses nothing.
-import { spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { Lock, Process, Queue, SharedArray, Value } from 'posix-multiprocessing';
 import * as fx from '../fixtures/heap-refs.mjs';
+import { runNode } from '../support/run-node';
 
 const programs = path.join(__dirname, '..', 'fixtures', 'programs');
 
-function runProgram(script: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--expose-gc', path.join(programs, script), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const runProgram = (script: string, args: string[]) => runNode(path.join(programs, script), args, ['--expose-gc']);
 
 describe('shared heap under churn', () => {
   it('200,000 rounds (a million objects) closed or dropped, 20,000 handed over twice: at most 4 segments at once', async () => {
