@@ -10,7 +10,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { promisify } from 'node:util';
+import { promisify, types } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import {
@@ -65,6 +65,15 @@ describe('proxies', () => {
     expect(await d.get('date')).toEqual(when);
     expect(await d.get(7)).toEqual(nested);
     expect(await d.get(5n)).toBe('bigint key');
+    // Structured clone keeps an array's extra properties, and Errors stay Errors (issue #12 item 12).
+    const other = await m.dict<string, unknown>();
+    await other.set('extra', Object.assign([1, 2], { extra: 'x' }));
+    expect(await other.get('extra')).toEqual(Object.assign([1, 2], { extra: 'x' }));
+    await other.set('err', Object.assign(new TypeError('bad'), { code: 'E_BAD' }));
+    const err = (await other.get('err')) as TypeError & { code: string };
+    expect(types.isNativeError(err)).toBe(true);
+    expect(err).toBeInstanceOf(TypeError);
+    expect(err.code).toBe('E_BAD');
     expect(await d.get('missing')).toBeUndefined();
     expect(await d.has('date')).toBe(true);
     expect(await d.has('missing')).toBe(false);
