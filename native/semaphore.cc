@@ -376,8 +376,8 @@ struct SemJob : AsyncJob {
 };
 
 // The pending waits on one open semaphore, in FIFO order: a unit taken goes
-// to the first of them.
-struct SemQueue {
+// to the first of them. Scheduled (PollNode) while the poller owns it.
+struct SemQueue : PollNode {
   Sem* sem = nullptr;  // a reference of its own
   SemJob* head = nullptr;
   SemJob* tail = nullptr;
@@ -396,16 +396,19 @@ struct SemServer {
 // meanwhile is posted back). sem_timedwait cannot be interrupted without a
 // signal; deadlines are the poller's (it can be), so they are exact.
 constexpr int64_t kSemSliceMs = 50;
-// How often the poller tries the semaphores that got no server.
-constexpr int64_t kSemPollNs = 2'000'000;
+// How many semaphores one tick of the poller may try (waiter_pool.h): a
+// sem_trywait is an atomic in user space, ~0.1 us on a cold line.
+constexpr size_t kSemPollBudget = 256;
 constexpr int64_t kSemAwake = INT64_MIN;
 
 // Every async semaphore wait of the process on a bounded number of threads:
 // one server per semaphore with pending waits, while the budget lasts
 // (waiter_pool.h, shared with the futex service); the rest, and every
 // deadline, are served by one poller thread that tries those semaphores
-// (sem_trywait) every kSemPollNs and ends each timed wait at its deadline
-// (with one last sem_trywait, so a unit posted right then is not missed).
+// (sem_trywait) as its schedule says (waiter_pool.h: less often the longer
+// one has given nothing, and a bounded number per tick) and ends each timed
+// wait at its deadline (with one last sem_trywait, so a unit posted right
+// then is not missed).
 class SemService {
  public:
   static SemService& Get() {
@@ -454,8 +457,10 @@ class SemService {
   // True if the wait was still queued (it has left now, without a unit).
   bool Remove(SemJob* j) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (j->queue == nullptr) return false;
-    Unlink(j);  // an emptied queue is let go by its owner
+    SemQueue* q = j->queue;
+    if (q == nullptr) return false;
+    Unlink(j);  // a server lets go of its emptied queue itself
+    DropIfPolledAndEmpty(q);
     return true;
   }
 
@@ -484,8 +489,8 @@ class SemService {
       ThreadBudget::Give();
     }
     if (!EnsurePoller(err)) return false;
-    polled_.push_back(q);
-    if (Earlier(NowNs() + kSemPollNs)) *interrupt = &poller_ctrl_;
+    polled_.Add(q, NowNs());
+    if (Earlier(q->poll_due)) *interrupt = &poller_ctrl_;
     return true;
   }
 
@@ -529,6 +534,14 @@ class SemService {
     queues_.erase(q->sem);
     q->sem->Unref();
     delete q;
+  }
+
+  // Under mu_: a queue of the poller's (which uses it only under the lock) is
+  // let go as soon as its last wait leaves, not at its next look.
+  void DropIfPolledAndEmpty(SemQueue* q) {
+    if (q->count != 0 || q->poll_list < 0) return;
+    polled_.Remove(q);
+    Drop(q);
   }
 
   // Under mu_: a unit was taken for q: its first wait gets it, or, if none is
@@ -609,49 +622,57 @@ class SemService {
   }
 
   // The poller: ends timed waits at their deadline and tries the semaphores
-  // of the queues it owns every kSemPollNs; exits after kIdleNs with neither.
+  // of the queues it owns as its schedule says; exits after kIdleNs with neither.
   void Poll() {
     std::vector<SemJob*> done;
     std::unique_lock<std::mutex> lock(mu_);
     int64_t idle_since = NowNs();
+    int64_t last_round = INT64_MIN / 2;
     for (;;) {
       const int64_t now = NowNs();
       while (!timed_.empty() && timed_.begin()->first <= now) {
         SemJob* j = timed_.begin()->second;
-        sem_t* sem = j->queue->sem->sem;
+        SemQueue* q = j->queue;
         Unlink(j);
-        if (RetryEintr([&] { return sem_trywait(sem); }) == 0) {
+        if (RetryEintr([&] { return sem_trywait(q->sem->sem); }) == 0) {
           j->phase.store(kTaken);
           j->result = WaitResult::kOk;
         } else {
           j->result = WaitResult::kTimedOut;
         }
         done.push_back(j);
+        DropIfPolledAndEmpty(q);
       }
-      for (size_t i = polled_.size(); i-- > 0;) {
-        SemQueue* q = polled_[i];
+      size_t tried = 0;
+      for (PollNode* n; tried < kSemPollBudget && (n = polled_.TakeDue(now)) != nullptr; tried++) {
+        SemQueue* q = static_cast<SemQueue*>(n);
+        bool got = false;
         while (q->count > 0) {
           if (RetryEintr([&] { return sem_trywait(q->sem->sem); }) == 0) {
             GiveUnit(q, &done);
+            got = true;
           } else {
             if (errno != EAGAIN) FailQueue(q, errno, &done);
             break;
           }
         }
         if (q->count == 0) {
-          polled_[i] = polled_.back();
-          polled_.pop_back();
+          polled_.Remove(q);
           Drop(q);
+        } else {
+          polled_.Back(q, now, !got);
         }
       }
-      int64_t until;
-      if (timed_.empty() && polled_.empty()) {
-        if (now - idle_since >= kIdleNs) break;
-        until = idle_since + kIdleNs;
-      } else {
+      if (tried > 0) last_round = now;
+      int64_t until = polled_.NextDue();
+      if (until >= 0 && until < last_round + kPollNs) until = last_round + kPollNs;
+      if (!timed_.empty() && (until < 0 || timed_.begin()->first < until)) until = timed_.begin()->first;
+      if (until >= 0) {
         idle_since = now;
-        until = polled_.empty() ? -1 : now + kSemPollNs;
-        if (!timed_.empty() && (until < 0 || timed_.begin()->first < until)) until = timed_.begin()->first;
+      } else if (now - idle_since >= kIdleNs) {
+        break;
+      } else {
+        until = idle_since + kIdleNs;
       }
       const uint32_t seen = poller_ctrl_.Load();
       poller_sleep_until_ = until;
@@ -670,7 +691,7 @@ class SemService {
   std::unordered_map<Sem*, SemQueue*> queues_;
   std::set<std::pair<int64_t, SemJob*>> timed_;  // queued waits with a deadline
   SemServer servers_[kServerThreads];
-  std::vector<SemQueue*> polled_;  // queues without a server
+  PollSchedule polled_;  // queues without a server
   ControlWord poller_ctrl_;
   int64_t poller_sleep_until_ = kSemAwake;
   bool poller_running_ = false;
