@@ -17,6 +17,7 @@
 #include <dlfcn.h>
 #include <napi.h>
 
+#include <atomic>
 #include <cerrno>
 #include <climits>
 #include <cstdint>
@@ -109,6 +110,10 @@ struct FutexJob : FutexWaiter {
   // (unless close() unmaps it: the kernel then answers EFAULT, 'fault').
   Napi::Reference<Napi::ArrayBuffer> buffer;
 
+  // Set by whichever comes first of the delivery, a cancel after the wait
+  // ended, and the end of the environment (FutexServiceLetGo, once).
+  std::atomic<bool> let_go{false};
+
   void Begin() override { FutexServiceAdd(this); }
   void Cancel() override {
     // The service interrupts its own thread if it must: nothing else waiting
@@ -116,9 +121,18 @@ struct FutexJob : FutexWaiter {
     if (FutexServiceRemove(this)) {
       result = WaitResult::kCancelled;
       waits->Report(this);
+      return;
     }
+    // It has ended, and its result, on its way, will not be looked at.
+    LetGo(false, true);
+  }
+  // Reported while the environment goes away, maybe under the AsyncWaits lock.
+  void Abandon() override { LetGo(false, false); }
+  void LetGo(bool received, bool may_lock) {
+    if (!let_go.exchange(true)) FutexServiceLetGo(this, received, may_lock);
   }
   std::vector<napi_value> Settle(Napi::Env env) override {
+    LetGo(true, true);
     buffer.Reset();
     if (result == WaitResult::kError) {
       return {Napi::String::New(env, ResultName(result)), SystemError(env, err, "pthread_create").Value()};

@@ -8,31 +8,45 @@
 // (ENOSYS, or a seccomp filter) and macOS (__ulock_wait watches one address):
 // one entry per server, which sleeps in slices of kSingleSliceNs. At most
 // kServerThreads servers (waiter_pool.h, shared with the semaphores); entries
-// beyond their capacity go to the poller, which asks the kernel about each of
-// them every kPollNs and also ends every timed wait at its deadline. A wait
-// that can get no thread (thread creation failed) ends with kError, alone.
+// beyond their capacity go to the poller, which asks the kernel about them as
+// its schedule says (waiter_pool.h: less often the longer a word stays
+// unchanged, and a bounded amount per tick) and also ends every timed wait at
+// its deadline. A wait that can get no thread (thread creation failed) ends
+// with kError, alone.
 //
 // Wakes. A wake from this process (futexWake) ends this process's own async
 // waits on the word first, oldest first, up to its count, exactly as it would
 // have woken as many threads; only the rest of the count goes to the kernel.
-// A kernel wake of an entry, which can only come from another process, ends
-// every JS wait on it with 'ok': the server is one kernel waiter standing for
-// all of them, and cannot tell a wake of one from a wake of all. So the waits
-// of one process on one word are a herd for another process's wakes: they all
-// look again, and all but the ones that can go on wait again. A server that
-// wakes submits all its words again, and the waits of any word that changed
-// meanwhile end too ('not-equal'), as the kernel would refuse a new sleep on
-// it; the servers are kept apart (an idle one is preferred for a new entry)
-// and do not wake for deadlines, so that this is rare.
+// A kernel wake of an entry ends every JS wait on it with 'ok': the server is
+// one kernel waiter standing for all of them, and cannot tell a wake of one
+// from a wake of all. So the waits of one process on one word are a herd for
+// another process's wakes: they all look again, and all but the ones that can
+// go on wait again. A server that wakes submits all its words again, and the
+// waits of any word that changed meanwhile end too ('not-equal'), as the
+// kernel would refuse a new sleep on it; the servers are kept apart (an idle
+// one is preferred for a new entry) and do not wake for deadlines, so that
+// this is rare.
+//
+// A wake is never thrown away. When an entry's waits end otherwise (abort,
+// timeout, close(), a wake from this process) its server is not interrupted,
+// so it may still be asleep on the word and take the next kernel wake, which
+// goes to the first waiter queued (another process's Sync acquire would then
+// sleep on with a unit at hand). A server or probe that takes a wake for a
+// word with no entry any more passes it on (FUTEX_WAKE of 1); it converges,
+// as the thread no longer sleeps on that word. Likewise a wake that ended
+// waits none of which reached its callback (FutexServiceLetGo).
 //
 // The shared words are never read from user space here: a handle's close() may
 // unmap them at any moment. Only the kernel looks at them, which answers EFAULT
-// for a word that is gone ('fault'), never a crash.
+// for a word that is gone ('fault'), never a crash. An unmap waits for the
+// service threads to leave the kernel calls on words inside it
+// (FutexServiceForget), so that a wake they took can still be passed on.
 #include "futex_service.h"
 
 #include <atomic>
 #include <cerrno>
 #include <climits>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
@@ -47,10 +61,6 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
-#elif defined(__APPLE__)
-#define PMP_UL_COMPARE_AND_WAIT_SHARED 3
-#define PMP_ULF_WAKE_ALL 0x00000100
-#define PMP_ULF_NO_ERRNO 0x01000000
 #endif
 
 #include "waiter_pool.h"
@@ -125,22 +135,16 @@ enum class Seen { kEqual, kWoken, kDiffers, kFault };
 
 Seen Probe(uintptr_t addr, int32_t expected, int* err) {
 #if defined(__linux__)
-  // FUTEX_WAIT with a zero timeout: EAGAIN if the word differs, ETIMEDOUT if
-  // it is equal, EFAULT if it is gone. A wake that lands in the instant the
-  // probe is queued is taken by it (r == 0): it counts as a wake.
-  struct timespec zero = {0, 0};
-  long r = syscall(SYS_futex, reinterpret_cast<int32_t*>(addr), FUTEX_WAIT, expected, &zero, nullptr, 0);
-  if (r == 0) return Seen::kWoken;
-  switch (errno) {
-    case ETIMEDOUT:
-    case EINTR:
-      return Seen::kEqual;
-    case EAGAIN:
-      return Seen::kDiffers;
-    default:
-      *err = errno;
-      return Seen::kFault;
-  }
+  // FUTEX_CMP_REQUEUE of nobody from the word to itself: EAGAIN if the word
+  // differs from expected, EFAULT if it is gone; otherwise it wakes and moves
+  // no one. Unlike a FUTEX_WAIT with a zero timeout it never queues the
+  // thread (so it never takes a wake), nor sleeps until its timer fires.
+  int32_t* word = reinterpret_cast<int32_t*>(addr);
+  long r = syscall(SYS_futex, word, FUTEX_CMP_REQUEUE, 0, reinterpret_cast<void*>(0), word, expected);
+  if (r >= 0) return Seen::kEqual;
+  if (errno == EAGAIN) return Seen::kDiffers;
+  *err = errno;
+  return Seen::kFault;
 #elif defined(__APPLE__)
   // Returns at once, >= 0, when the value differs; -ETIMEDOUT after 1 us when equal.
   int r = __ulock_wait(PMP_UL_COMPARE_AND_WAIT_SHARED | PMP_ULF_NO_ERRNO, reinterpret_cast<void*>(addr),
@@ -197,7 +201,9 @@ constexpr uint32_t kWaitvPrivate = 128;  // FUTEX_PRIVATE_FLAG
 constexpr int kWaitvMax = 128;           // FUTEX_WAITV_MAX
 
 // futex_waitv until deadline_ns (CLOCK_MONOTONIC, as NowNs; negative: none;
-// 0: do not sleep). The index of the word woken, or -1 with *err.
+// 0: do not sleep). The index of the word woken, or -1 with *err. When several
+// words are woken before the thread runs, the kernel reports the last of them
+// in the array and says nothing of the others.
 int Waitv(WaitvItem* items, int n, int64_t deadline_ns, int* err) {
   struct timespec ts;
   struct timespec* tsp = nullptr;
@@ -221,21 +227,29 @@ bool HaveWaitv() {
   if (v != nullptr && v[0] == '0' && v[1] == '\0') return false;
   return syscall(SYS_futex_waitv, nullptr, 0, 0, nullptr, 0) < 0 && errno == EINVAL;
 }
+constexpr size_t kBatch = kWaitvMax;
+#else
+constexpr size_t kBatch = 1;
 #endif
 
 // A one-word server cannot be interrupted while it sleeps on its word: it
 // looks at its set again after this long (a new word for it waits that long).
 constexpr int64_t kSingleSliceNs = 10'000'000;
-// How often the poller asks the kernel about the words it holds.
-constexpr int64_t kPollNs = 2'000'000;
+// What one tick of the poller may ask the kernel (waiter_pool.h): a few % of
+// a core either way, at ~0.3 us a word in futex_waitv (measured with 40,000
+// words) and ~1 us a FUTEX_WAIT probe.
+constexpr size_t kPollWaitvWords = 128;
+constexpr size_t kPollProbes = 32;
 // sleep_until of a thread that is running (it looks at its set before it sleeps).
 constexpr int64_t kAwake = INT64_MIN;
 
-}  // namespace
-
-struct FutexEntry;
-
-namespace {
+// What a thread took from its entries before letting go of the lock; results
+// are applied by key and serial, so an entry that ended meanwhile is skipped.
+struct Snap {
+  uintptr_t addr;
+  int32_t expected;
+  uint64_t serial;
+};
 
 // A server thread, or the poller, and the entries it owns.
 struct Owner {
@@ -243,12 +257,19 @@ struct Owner {
   std::vector<FutexEntry*> entries;
   int64_t sleep_until = kAwake;  // the time its thread sleeps until; -1: no limit
   bool running = false;
+  // The words it has handed to the kernel (a server's sleep, the poller's
+  // probes), while in_kernel: a kernel call on them may take a wake, and an
+  // unmap of them waits until it is back (Forget). `trips` counts the returns.
+  std::vector<Snap> snap;
+  bool in_kernel = false;
+  uint64_t trips = 0;
+  size_t dropped = 0;  // entries of snap dropped while in the kernel
 };
 
 }  // namespace
 
 // All waits on one word with one expected value.
-struct FutexEntry {
+struct FutexEntry : PollNode {
   uintptr_t addr = 0;
   int32_t expected = 0;
   uint64_t serial = 0;          // tells a new entry for the same key from an old one
@@ -257,6 +278,12 @@ struct FutexEntry {
   size_t count = 0;
   Owner* owner = nullptr;
   size_t slot = 0;  // index in owner->entries
+};
+
+// One kernel wake that ended all the waits of an entry (FutexServiceLetGo).
+struct SharedWake {
+  std::atomic<size_t> left;  // waits not yet let go
+  std::atomic<bool> received{false};
 };
 
 namespace {
@@ -272,19 +299,20 @@ struct KeyHash {
   }
 };
 
-// What a thread took from its entries before letting go of the lock; results
-// are applied by key and serial, so an entry that ended meanwhile is skipped.
-struct Snap {
-  uintptr_t addr;
-  int32_t expected;
-  uint64_t serial;
-};
-
 // How a server's sleep ended.
 struct Outcome {
-  enum Kind { kNothing, kWoken, kDiffers, kFault, kProbe } kind = kNothing;
-  int index = 0;
+  enum Kind { kNothing, kInterrupted, kWoken, kDiffers, kFault, kProbe } kind = kNothing;
+  size_t index = 0;
   int err = 0;
+};
+
+// What the kernel said of snap[index]. maybe_taken: the word may have taken a
+// wake that was not reported (futex_waitv reports one woken word of several).
+struct Found {
+  size_t index;
+  Seen seen;
+  int err;
+  bool maybe_taken;
 };
 
 // Whether a thread sleeping until sleep_until must be woken for time t.
@@ -304,6 +332,17 @@ void SetThreadTimerSlack() {
   // every deadline; these threads sleep little and must wake on time.
   prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
 #endif
+}
+
+// Without the lock: asks the kernel about each word of snap[from, to) but skip.
+void ProbeRange(const std::vector<Snap>& snap, size_t from, size_t to, size_t skip, bool maybe_taken,
+                std::vector<Found>* found) {
+  for (size_t i = from; i < to; i++) {
+    if (i == skip) continue;
+    int err = 0;
+    Seen s = Probe(snap[i].addr, snap[i].expected, &err);
+    if (s != Seen::kEqual) found->push_back({i, s, err, maybe_taken});
+  }
 }
 
 class FutexService {
@@ -330,7 +369,6 @@ class FutexService {
       } else {
         Owner* o = Place(&err);
         if (o == nullptr) return Fail(w, err);
-        bool was_empty = o->entries.empty();
         e = new FutexEntry();
         e->addr = key.addr;
         e->expected = key.expected;
@@ -340,9 +378,13 @@ class FutexService {
         o->entries.push_back(e);
         entries_.emplace(key, e);
         by_addr_[key.addr].push_back(e);
-        // A server must add the word to its sleep; the poller only needs to
-        // hear of its first entry (it looks at all of them every kPollNs).
-        if (o->sleep_until != kAwake && (o != &poller_ || was_empty)) interrupt[0] = o;
+        if (o == &poller_) {
+          // The poller sleeps until its next look is due: wake it if that is later.
+          schedule_.Add(e, NowNs());
+          if (Before(e->poll_due, o->sleep_until)) interrupt[0] = o;
+        } else if (o->sleep_until != kAwake) {
+          interrupt[0] = o;  // a server must add the word to its sleep
+        }
       }
       // At the tail: an entry's waits end in the order they began.
       w->seq = next_seq_++;
@@ -393,6 +435,9 @@ class FutexService {
         FutexWaiter* w = oldest->head;
         Unlink(oldest, w);
         w->result = WaitResult::kOk;
+        // Each wait ended here stands for one of the count; a wake of all
+        // reaches everyone anyway.
+        w->took_wake = count != INT_MAX;
         done.push_back(w);
         if (oldest->count == 0) {
           Drop(oldest);
@@ -403,6 +448,62 @@ class FutexService {
     const int woken = static_cast<int>(done.size());
     Deliver(&done);
     return woken;
+  }
+
+  // A wait that ended with a wake is let go: received by its callback, or
+  // never to be looked at. A wake that none of the waits it ended received
+  // goes on to another waiter, or a process sleeping on the word would sleep
+  // on with what it waits for at hand.
+  void LetGo(FutexWaiter* w, bool received, bool may_lock) {
+    if (!w->took_wake) return;
+    w->took_wake = false;
+    bool pass = !received;
+    if (SharedWake* t = w->shared) {
+      w->shared = nullptr;
+      if (received) t->received.store(true, std::memory_order_relaxed);
+      if (t->left.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+      pass = !t->received.load(std::memory_order_relaxed);
+      delete t;
+    }
+    if (!pass) return;
+    const uintptr_t addr = reinterpret_cast<uintptr_t>(w->addr);
+    if (may_lock && WakeLocal(addr, 1) == 1) return;
+    // EFAULT (the word's memory is gone) leaves nobody to wake through it.
+    FutexWakeWord(w->addr, 1);
+  }
+
+  // Waits until every thread that is in a kernel call on a word in
+  // [from, to) has returned from it. A server in futex_waitv returns at once
+  // (interrupted), a one-word server at the end of its slice, the poller when
+  // its round of probes is done. One that then sleeps on such a word again
+  // still has a wait on it, which the unmap ends ('fault').
+  void Forget(uintptr_t from, uintptr_t to) {
+    std::unique_lock<std::mutex> lock(mu_);
+    Owner* owners[kServerThreads + 1];
+    uint64_t trips[kServerThreads + 1];
+    int n = 0;
+    auto look = [&](Owner* o) {
+      if (!o->in_kernel) return;
+      for (const Snap& s : o->snap) {
+        if (s.addr >= from && s.addr < to) {
+          owners[n] = o;
+          trips[n++] = o->trips;
+          o->ctrl.Interrupt();
+          return;
+        }
+      }
+    };
+    for (Owner& s : servers_) look(&s);
+    look(&poller_);
+    if (n == 0) return;
+    forgetting_++;
+    left_kernel_.wait(lock, [&] {
+      for (int i = 0; i < n; i++) {
+        if (owners[i]->trips == trips[i]) return false;
+      }
+      return true;
+    });
+    forgetting_--;
   }
 
  private:
@@ -472,16 +573,18 @@ class FutexService {
 
   // Under mu_: forgets an entry with no waits left. Its server is not
   // interrupted, unless that was its last entry (it may then start counting
-  // its idle time): the word stays in its sleep until it next wakes, which is
-  // harmless (a wake of it finds no entry), whereas every wake-up of a server
-  // submits all its words again, and a word that changed meanwhile ends all
-  // the waits of its entry.
+  // its idle time): every wake-up of a server submits all its words again,
+  // and a word that changed meanwhile ends all the waits of its entry. So the
+  // word stays in the server's sleep until it next wakes, where it may take a
+  // wake meant for another waiter; the server passes that on (Serve).
   void Drop(FutexEntry* e) {
     Owner* o = e->owner;
     FutexEntry* last = o->entries.back();
     o->entries[e->slot] = last;
     last->slot = e->slot;
     o->entries.pop_back();
+    if (o == &poller_) schedule_.Remove(e);
+    if (o->in_kernel) o->dropped++;
     if (o->entries.empty() && o != &poller_ && o->sleep_until != kAwake) o->ctrl.Interrupt();
     entries_.erase(Key{e->addr, e->expected});
     auto it = by_addr_.find(e->addr);
@@ -497,22 +600,58 @@ class FutexService {
     delete e;
   }
 
-  // Under mu_: ends every wait on the entry, and the entry.
-  void Complete(FutexEntry* e, WaitResult r, int err, std::vector<FutexWaiter*>* done) {
+  // Under mu_: ends every wait on the entry, and the entry. took_wake: a
+  // kernel wake ended them (one for all: see FutexServiceLetGo).
+  void Complete(FutexEntry* e, WaitResult r, int err, bool took_wake, std::vector<FutexWaiter*>* done) {
+    SharedWake* shared = nullptr;
+    if (took_wake && e->count > 1) {
+      shared = new SharedWake();
+      shared->left.store(e->count, std::memory_order_relaxed);
+    }
     while (e->head != nullptr) {
       FutexWaiter* w = e->head;
       Unlink(e, w);
       w->result = r;
       w->err = err;
+      w->took_wake = took_wake;
+      w->shared = shared;
       done->push_back(w);
     }
     Drop(e);
   }
 
-  // Under mu_: applies what the kernel said of a word, if its entry is still there.
-  void CompleteIfSame(const Snap& s, WaitResult r, int err, std::vector<FutexWaiter*>* done) {
+  // Under mu_: the entry a snapshot was taken of, if it is still there.
+  FutexEntry* Find(const Snap& s) {
     auto it = entries_.find(Key{s.addr, s.expected});
-    if (it != entries_.end() && it->second->serial == s.serial) Complete(it->second, r, err, done);
+    return it != entries_.end() && it->second->serial == s.serial ? it->second : nullptr;
+  }
+
+  // Under mu_: applies what the kernel said of the words of snap. A wake taken
+  // on a word whose entry has gone (its waits ended meanwhile: aborted, timed
+  // out, cancelled, or ended by a wake from this process) was meant for
+  // another waiter: it goes into *pass, to be passed on.
+  void Apply(const std::vector<Snap>& snap, const std::vector<Found>& found, std::vector<uintptr_t>* pass,
+             std::vector<FutexWaiter*>* done) {
+    for (const Found& f : found) {
+      FutexEntry* e = Find(snap[f.index]);
+      if (e != nullptr) {
+        if (f.seen == Seen::kWoken) Complete(e, WaitResult::kOk, 0, true, done);
+        else if (f.seen == Seen::kDiffers) Complete(e, WaitResult::kNotEqual, 0, false, done);
+        else Complete(e, WaitResult::kFault, f.err, false, done);
+      } else if (f.seen == Seen::kWoken || (f.seen == Seen::kDiffers && f.maybe_taken)) {
+        pass->push_back(snap[f.index].addr);
+      }
+    }
+  }
+
+  // Under mu_ (given back meanwhile): wakes one waiter of each word in *pass.
+  // The thread is still in_kernel, so the words are still mapped.
+  static void PassOn(std::vector<uintptr_t>* pass, std::unique_lock<std::mutex>* lock) {
+    if (pass->empty()) return;
+    lock->unlock();
+    for (uintptr_t addr : *pass) FutexWakeWord(reinterpret_cast<int32_t*>(addr), 1);
+    pass->clear();
+    lock->lock();
   }
 
   // Under mu_: ends the waits whose deadline has passed, whoever owns them.
@@ -527,34 +666,17 @@ class FutexService {
     }
   }
 
-  static void TakeSnapshot(const Owner* o, std::vector<Snap>* snap) {
-    snap->clear();
-    for (const FutexEntry* e : o->entries) snap->push_back({e->addr, e->expected, e->serial});
-  }
+  static Snap SnapOf(const FutexEntry* e) { return {e->addr, e->expected, e->serial}; }
 
-  // Under mu_ (given back meanwhile): asks the kernel about each word of
-  // snap[from, to) and ends the entries whose word differs, was woken, or is gone.
-  void ProbeEach(const std::vector<Snap>& snap, size_t from, size_t to, std::unique_lock<std::mutex>* lock,
-                 std::vector<FutexWaiter*>* done) {
-    struct Found {
-      size_t index;
-      Seen seen;
-      int err;
-    };
-    std::vector<Found> found;
-    lock->unlock();
-    for (size_t i = from; i < to; i++) {
-      int err = 0;
-      Seen s = Probe(snap[i].addr, snap[i].expected, &err);
-      if (s != Seen::kEqual) found.push_back({i, s, err});
-    }
-    lock->lock();
-    for (const Found& f : found) {
-      WaitResult r = f.seen == Seen::kWoken    ? WaitResult::kOk
-                     : f.seen == Seen::kDiffers ? WaitResult::kNotEqual
-                                                : WaitResult::kFault;
-      CompleteIfSame(snap[f.index], r, f.err, done);
-    }
+  // Under mu_: the thread is about to hand o->snap to the kernel, or is back.
+  void EnterKernel(Owner* o) {
+    o->in_kernel = true;
+    o->dropped = 0;
+  }
+  void LeaveKernel(Owner* o) {
+    o->in_kernel = false;
+    o->trips++;
+    if (forgetting_ > 0) left_kernel_.notify_all();
   }
 
   static void* ServerMain(void* arg) {
@@ -575,7 +697,8 @@ class FutexService {
   // wake-up submits all its words again, and ends the waits of any that changed.
   void Serve(Owner* s) {
     std::vector<FutexWaiter*> done;
-    std::vector<Snap> snap;
+    std::vector<Found> found;
+    std::vector<uintptr_t> pass;
     std::unique_lock<std::mutex> lock(mu_);
     int64_t idle_since = NowNs();
     for (;;) {
@@ -588,36 +711,52 @@ class FutexService {
       } else {
         idle_since = -1;
       }
-      TakeSnapshot(s, &snap);
+      s->snap.clear();
+      for (const FutexEntry* e : s->entries) s->snap.push_back(SnapOf(e));
       const uint32_t seen = s->ctrl.Load();
       s->sleep_until = until;
+      EnterKernel(s);
       lock.unlock();
       Deliver(&done);
-      Outcome out = Sleep(s, snap, seen, until);
+      Outcome out = Sleep(s, seen, until);
+      found.clear();
+      if (out.kind == Outcome::kProbe) ProbeRange(s->snap, 0, s->snap.size(), SIZE_MAX, false, &found);
       lock.lock();
       s->sleep_until = kAwake;
-      switch (out.kind) {
-        case Outcome::kWoken:
-          CompleteIfSame(snap[out.index], WaitResult::kOk, 0, &done);
-          break;
-        case Outcome::kDiffers:
-          CompleteIfSame(snap[out.index], WaitResult::kNotEqual, 0, &done);
-          break;
-        case Outcome::kFault:
-          CompleteIfSame(snap[out.index], WaitResult::kFault, out.err, &done);
-          break;
-        case Outcome::kProbe:
-          ProbeEach(snap, 0, snap.size(), &lock, &done);
-          if (out.err != EAGAIN && out.err != EFAULT) {
-            // Not an answer about the words (ENOMEM...): do not spin on it.
-            lock.unlock();
-            Deliver(&done);
-            s->ctrl.Sleep(s->ctrl.Load(), NowNs() + kPollNs);
-            lock.lock();
-          }
-          break;
-        case Outcome::kNothing:
-          break;
+      const bool dropped_asleep = s->dropped > 0;
+      if (out.kind == Outcome::kWoken || out.kind == Outcome::kDiffers || out.kind == Outcome::kFault) {
+        found.push_back({out.index, out.kind == Outcome::kWoken    ? Seen::kWoken
+                                    : out.kind == Outcome::kDiffers ? Seen::kDiffers
+                                                                    : Seen::kFault,
+                         out.err, false});
+      }
+      Apply(s->snap, found, &pass, &done);
+      if ((out.kind == Outcome::kWoken || out.kind == Outcome::kInterrupted) && capacity_ > 1 && dropped_asleep) {
+        // futex_waitv told of one woken word (or the control word); a word
+        // without waits any more may have taken a wake too, unreported. Ask
+        // about those: one that took a wake now or has changed passes one on
+        // (at worst a spurious wake-up, once per such word, which every
+        // waiter re-checks).
+        std::vector<size_t> gone;
+        for (size_t i = 0; i < s->snap.size(); i++) {
+          if ((out.kind != Outcome::kWoken || i != out.index) && Find(s->snap[i]) == nullptr) gone.push_back(i);
+        }
+        if (!gone.empty()) {
+          found.clear();
+          lock.unlock();
+          for (size_t i : gone) ProbeRange(s->snap, i, i + 1, SIZE_MAX, true, &found);
+          lock.lock();
+          Apply(s->snap, found, &pass, &done);
+        }
+      }
+      PassOn(&pass, &lock);
+      LeaveKernel(s);
+      if (out.kind == Outcome::kProbe && out.err != EAGAIN && out.err != EFAULT) {
+        // Not an answer about the words (ENOMEM...): do not spin on it.
+        lock.unlock();
+        Deliver(&done);
+        s->ctrl.Sleep(s->ctrl.Load(), NowNs() + kPollNs);
+        lock.lock();
       }
     }
     s->running = false;
@@ -626,8 +765,9 @@ class FutexService {
     Deliver(&done);
   }
 
-  // One sleep of a server, without the lock.
-  Outcome Sleep(Owner* s, const std::vector<Snap>& snap, uint32_t seen, int64_t until) {
+  // One sleep of a server on s->snap, without the lock.
+  Outcome Sleep(Owner* s, uint32_t seen, int64_t until) {
+    const std::vector<Snap>& snap = s->snap;
     Outcome out;
     if (snap.empty()) {
       s->ctrl.Sleep(seen, until);
@@ -635,18 +775,22 @@ class FutexService {
     }
 #if defined(__linux__)
     if (capacity_ > 1) {
+      // The control word first: of several words woken at once the kernel
+      // reports the last, so an interrupt never hides a word's wake.
       WaitvItem items[kWaitvMax];
       const int n = static_cast<int>(snap.size());
+      items[0] = {seen, reinterpret_cast<uintptr_t>(s->ctrl.Addr()), kWaitv32 | kWaitvPrivate, 0};
       for (int i = 0; i < n; i++) {
-        items[i] = {static_cast<uint32_t>(snap[i].expected), snap[i].addr, kWaitv32, 0};
+        items[i + 1] = {static_cast<uint32_t>(snap[i].expected), snap[i].addr, kWaitv32, 0};
       }
-      items[n] = {seen, reinterpret_cast<uintptr_t>(s->ctrl.Addr()), kWaitv32 | kWaitvPrivate, 0};
       int err = 0;
       int r = Waitv(items, n + 1, until, &err);
-      if (r >= 0 && r < n) {
+      if (r == 0) {
+        out.kind = Outcome::kInterrupted;
+      } else if (r > 0) {
         out.kind = Outcome::kWoken;
-        out.index = r;
-      } else if (r < 0 && err != ETIMEDOUT && err != EINTR) {
+        out.index = static_cast<size_t>(r - 1);
+      } else if (err != ETIMEDOUT && err != EINTR) {
         // EAGAIN: a word differs, or the control word moved before we slept
         // (then a word that differs shows again on the next sleep, and is
         // probed then). EFAULT: a word is gone. Either way, ask word by word.
@@ -677,28 +821,51 @@ class FutexService {
     return out;
   }
 
-  // The poller ends every timed wait at its deadline, and every kPollNs asks
-  // the kernel about every word it holds (128 at a time with futex_waitv,
-  // which says without sleeping whether any of them differs or is gone);
-  // exits after kIdleNs with neither.
+  // The poller ends every timed wait at its deadline and asks the kernel about
+  // the words it holds as its schedule says (waiter_pool.h): 128 at a time with
+  // futex_waitv, which says without sleeping whether any of them differs or is
+  // gone. It exits after kIdleNs with neither words nor deadlines.
   void Poll(Owner* p) {
     std::vector<FutexWaiter*> done;
-    std::vector<Snap> snap;
+    std::vector<Found> found;
+    std::vector<uintptr_t> pass;
+    const size_t budget = capacity_ > 1 ? kPollWaitvWords : kPollProbes;
     std::unique_lock<std::mutex> lock(mu_);
     int64_t idle_since = NowNs();
+    int64_t last_round = INT64_MIN / 2;
     for (;;) {
       int64_t now = NowNs();
       Expire(now, &done);
-      if (!p->entries.empty()) {
-        TakeSnapshot(p, &snap);
-        for (size_t from = 0; from < snap.size(); from += kBatch) {
-          size_t to = from + kBatch < snap.size() ? from + kBatch : snap.size();
-          if (!AllEqual(snap, from, to, &lock, &done)) ProbeEach(snap, from, to, &lock, &done);
+      p->snap.clear();
+      for (PollNode* n; p->snap.size() < budget && (n = schedule_.TakeDue(now)) != nullptr;) {
+        p->snap.push_back(SnapOf(static_cast<FutexEntry*>(n)));
+      }
+      if (!p->snap.empty()) {
+        EnterKernel(p);
+        lock.unlock();
+        found.clear();
+        for (size_t from = 0; from < p->snap.size(); from += kBatch) {
+          const size_t to = from + kBatch < p->snap.size() ? from + kBatch : p->snap.size();
+          const int r = AllEqual(p->snap, from, to);
+          if (r == kAllEqual) continue;
+          size_t woken = SIZE_MAX;
+          if (r >= 0) {
+            woken = from + static_cast<size_t>(r);
+            found.push_back({woken, Seen::kWoken, 0, false});
+          }
+          ProbeRange(p->snap, from, to, woken, r >= 0, &found);
         }
+        lock.lock();
+        Apply(p->snap, found, &pass, &done);
+        PassOn(&pass, &lock);
+        LeaveKernel(p);
         now = NowNs();
+        schedule_.PutBackTaken(now);  // what is left of them was found unchanged
+        last_round = now;
         Expire(now, &done);
       }
-      int64_t until = p->entries.empty() ? -1 : now + kPollNs;
+      int64_t until = schedule_.NextDue();
+      if (until >= 0 && until < last_round + kPollNs) until = last_round + kPollNs;
       if (!timed_.empty() && (until < 0 || timed_.begin()->first < until)) until = timed_.begin()->first;
       if (until >= 0) {
         idle_since = now;
@@ -720,33 +887,30 @@ class FutexService {
     Deliver(&done);
   }
 
-#if defined(__linux__)
-  static constexpr size_t kBatch = kWaitvMax;
-#else
-  static constexpr size_t kBatch = 1;
-#endif
+  static constexpr int kAllEqual = -2;
+  static constexpr int kLookAtEach = -1;
 
-  // Under mu_ (given back meanwhile): asks the kernel about snap[from, to) in
-  // one call, which answers without sleeping whether every word still holds
-  // its value. True: all equal. False: look at each; a wake that the call
-  // itself took (it was queued for an instant) has ended its entry already.
-  bool AllEqual(const std::vector<Snap>& snap, size_t from, size_t to, std::unique_lock<std::mutex>* lock,
-                std::vector<FutexWaiter*>* done) {
+  // Without the lock: asks the kernel about snap[from, to) in one call, which
+  // answers without sleeping whether every word still holds its value:
+  // kAllEqual, kLookAtEach, or the index (from `from`) of a word whose wake
+  // the call itself took (it was queued for an instant).
+  int AllEqual(const std::vector<Snap>& snap, size_t from, size_t to) {
 #if defined(__linux__)
-    if (capacity_ == 1) return false;
+    if (capacity_ == 1) return kLookAtEach;
     WaitvItem items[kWaitvMax];
     int n = 0;
     for (size_t i = from; i < to; i++) {
       items[n++] = {static_cast<uint32_t>(snap[i].expected), snap[i].addr, kWaitv32, 0};
     }
-    lock->unlock();
     int err = 0;
     int r = Waitv(items, n, 0, &err);  // a deadline long past: never sleeps
-    lock->lock();
-    if (r >= 0) CompleteIfSame(snap[from + r], WaitResult::kOk, 0, done);
-    return r < 0 && err == ETIMEDOUT;
+    if (r >= 0) return r;
+    return err == ETIMEDOUT ? kAllEqual : kLookAtEach;
 #else
-    return false;
+    (void)snap;
+    (void)from;
+    (void)to;
+    return kLookAtEach;
 #endif
   }
 
@@ -757,7 +921,10 @@ class FutexService {
   std::atomic<size_t> queued_{0};                                    // waits in entries; written under mu_
   Owner servers_[kServerThreads];
   Owner poller_;
-  size_t capacity_ = 1;  // entries per server
+  PollSchedule schedule_;  // the poller's entries
+  std::condition_variable left_kernel_;  // LeaveKernel, for Forget
+  int forgetting_ = 0;                   // Forget calls waiting on it
+  size_t capacity_ = 1;                  // entries per server
   uint64_t next_serial_ = 1;
   uint64_t next_seq_ = 1;
 };
@@ -770,6 +937,15 @@ bool FutexServiceRemove(FutexWaiter* w) { return FutexService::Get().Remove(w); 
 
 int FutexServiceWakeLocal(int32_t* addr, int count) {
   return FutexService::Get().WakeLocal(reinterpret_cast<uintptr_t>(addr), count);
+}
+
+void FutexServiceLetGo(FutexWaiter* w, bool received, bool may_lock) {
+  FutexService::Get().LetGo(w, received, may_lock);
+}
+
+void FutexServiceForget(const void* addr, size_t length) {
+  const uintptr_t from = reinterpret_cast<uintptr_t>(addr);
+  FutexService::Get().Forget(from, from + length);
 }
 
 }  // namespace pmp

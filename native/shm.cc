@@ -50,6 +50,7 @@
 
 #include "addon.h"
 #include "errors.h"
+#include "futex_service.h"
 
 // Linux 5.14; headers from before it lack the name, kernels before it answer EINVAL.
 #if defined(__linux__) && !defined(MADV_POPULATE_WRITE)
@@ -220,7 +221,11 @@ thread_local std::unordered_map<void*, Record*> live;
 // process.getBuiltinModule is missing, 2^32 - 1 is below every major's limit.
 thread_local double max_length = 4294967295.0;
 
+// Every munmap first waits for the futex service's threads to leave kernel
+// calls on words inside the range: a wake they take there is passed on
+// through the word's address (futex_service.cc).
 void Release(void* addr, size_t length, int fd) {
+  FutexServiceForget(addr, length);
   munmap(addr, length);
   // Not retried on EINTR: on Linux the fd is gone even then.
   if (fd >= 0) close(fd);
@@ -296,6 +301,7 @@ struct Region {
 
   void Unmap() {
     if (mapped) {
+      FutexServiceForget(addr, length);
       munmap(addr, length);
       mapped = false;
     }
