@@ -8,10 +8,11 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 const program = path.resolve('test/fixtures/programs/many-waits.mjs');
+const programs = path.resolve('test/fixtures/programs');
 
-function run(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | string; stdout: string; stderr: string }> {
+function run(args: string[], env: NodeJS.ProcessEnv, script = program): Promise<{ code: number | string; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [program, ...args], { env, timeout: 500_000, killSignal: 'SIGKILL', maxBuffer: 1 << 24 }, (err, stdout, stderr) =>
+    execFile(process.execPath, [script, ...args], { env, timeout: 500_000, killSignal: 'SIGKILL', maxBuffer: 1 << 24 }, (err, stdout, stderr) =>
       resolve({ code: err ? ((err as any).code ?? (err as any).signal ?? -1) : 0, stdout, stderr }),
     );
   });
@@ -47,4 +48,25 @@ describe('pending async waits at scale', () => {
     expect(r.code, r.stderr).toBe(0);
     check(r.stdout, 1);
   }, 520_000);
+
+  it('one word per server: a wake taken for an ended wait still reaches the Sync waiter in another process', async () => {
+    const variants = ['abort', 'timeout', 'close', 'local'];
+    const env = { ...process.env, PMP_FUTEX_WAITV: '0' };
+    const runs = await Promise.all(variants.map((v) => run([v], env, path.join(programs, 'stale-wake.mjs'))));
+    runs.forEach((r, i) => {
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout.trim().split('\n').pop()!)).toEqual({ variant: variants[i], code: 0, value: 0 });
+    });
+  }, 60_000);
+
+  it('100,000 pending waits on distinct words: bounded idle CPU, a late change still seen', async () => {
+    const r = await run(['100000'], process.env, path.join(programs, 'idle-waits.mjs'));
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    expect(out.endedWhileIdle).toBe(0);
+    expect(out.cpuPercent).toBeLessThan(10);
+    expect(out.lateResult).toBe('not-equal');
+    // 100,000 words at 128 per 2 ms tick: a round takes ~1.6 s.
+    expect(out.lateMs).toBeLessThan(5000);
+  }, 60_000);
 });
