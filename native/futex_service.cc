@@ -69,50 +69,85 @@ namespace pmp {
 
 // ---- the kernel's word primitives -------------------------------------------
 
-WaitResult FutexWaitOnce(int32_t* addr, int32_t expected, int64_t timeout_ms) {
+namespace {
+
+// How one sleep on a word ended.
+enum class Slept { kWoken, kDiffers, kTimedOut, kInterrupted, kFault };
+
+// One FUTEX_WAIT (macOS: __ulock_wait) while the word holds expected, for up
+// to timeout_ns (negative: no limit). kInterrupted: a signal came, or (macOS)
+// a limit clamped to what the call takes ran out; the caller looks again. On
+// kFault, *err is the error. macOS answers alike when woken and when the word
+// differs: kWoken.
+Slept SleepOnWord(int32_t* addr, int32_t expected, int64_t timeout_ns, int* err) {
 #if defined(__linux__)
   struct timespec ts;
   struct timespec* tsp = nullptr;
-  if (timeout_ms >= 0) {
-    ts.tv_sec = static_cast<time_t>(timeout_ms / 1000);
-    ts.tv_nsec = static_cast<long>((timeout_ms % 1000) * 1000000);
+  if (timeout_ns >= 0) {
+    ts.tv_sec = static_cast<time_t>(timeout_ns / 1000000000);
+    ts.tv_nsec = static_cast<long>(timeout_ns % 1000000000);
     tsp = &ts;
   }
   long r = syscall(SYS_futex, addr, FUTEX_WAIT, expected, tsp, nullptr, 0);
-  if (r == 0) return WaitResult::kOk;
+  if (r == 0) return Slept::kWoken;
   switch (errno) {
     case EAGAIN:
-      return WaitResult::kNotEqual;
+      return Slept::kDiffers;
     case ETIMEDOUT:
-      return WaitResult::kTimedOut;
+      return Slept::kTimedOut;
     case EINTR:
-      return WaitResult::kOk;
+      return Slept::kInterrupted;
     default:
-      return WaitResult::kFault;
+      *err = errno;
+      return Slept::kFault;
   }
 #elif defined(__APPLE__)
-  if (__atomic_load_n(addr, __ATOMIC_SEQ_CST) != expected) return WaitResult::kNotEqual;
   // __ulock_wait takes microseconds in 32 bits and 0 means "no limit": clamp, so
   // a finite timeout never becomes an infinite wait.
   uint32_t us = 0;
   bool clamped = false;
-  if (timeout_ms >= 0) {
-    int64_t v = timeout_ms * 1000;
+  if (timeout_ns >= 0) {
+    int64_t v = timeout_ns / 1000;
     clamped = v > static_cast<int64_t>(UINT32_MAX);
     us = v <= 0 ? 1 : (clamped ? UINT32_MAX : static_cast<uint32_t>(v));
   }
   int r = __ulock_wait(PMP_UL_COMPARE_AND_WAIT_SHARED | PMP_ULF_NO_ERRNO, addr, static_cast<uint32_t>(expected), us);
-  if (r >= 0) return WaitResult::kOk;
-  // A clamped slice ran out, not the caller's timeout: the caller's loop goes on.
-  if (r == -ETIMEDOUT) return clamped ? WaitResult::kOk : WaitResult::kTimedOut;
-  if (r == -EINTR) return WaitResult::kOk;
-  // EFAULT, EINVAL, ENOMEM...: report, do not spin. ULF_NO_ERRNO left errno
-  // untouched, and the caller reports errno: set it.
-  errno = -r;
-  return WaitResult::kFault;
+  if (r >= 0) return Slept::kWoken;
+  if (r == -ETIMEDOUT) return clamped ? Slept::kInterrupted : Slept::kTimedOut;
+  if (r == -EINTR) return Slept::kInterrupted;
+  // EFAULT, EINVAL, ENOMEM...: report, do not spin (ULF_NO_ERRNO: errno is untouched).
+  *err = -r;
+  return Slept::kFault;
 #else
 #error "futex_service.cc: no wait-on-address primitive for this platform"
 #endif
+}
+
+}  // namespace
+
+WaitResult FutexWaitOnce(int32_t* addr, int32_t expected, int64_t timeout_ms) {
+#if defined(__APPLE__)
+  // __ulock_wait does not say whether the word differed: look first (the
+  // caller's mapping is alive while it waits).
+  if (__atomic_load_n(addr, __ATOMIC_SEQ_CST) != expected) return WaitResult::kNotEqual;
+#endif
+  // Beyond kNoDeadlineMs (decades) a limit is as good as none, and nanoseconds
+  // would overflow.
+  const int64_t timeout_ns = timeout_ms < 0 || timeout_ms > kNoDeadlineMs ? -1 : timeout_ms * 1000000;
+  int err = 0;
+  switch (SleepOnWord(addr, expected, timeout_ns, &err)) {
+    case Slept::kWoken:
+    case Slept::kInterrupted:
+      return WaitResult::kOk;
+    case Slept::kDiffers:
+      return WaitResult::kNotEqual;
+    case Slept::kTimedOut:
+      return WaitResult::kTimedOut;
+    case Slept::kFault:
+      break;
+  }
+  errno = err;  // the caller reports errno
+  return WaitResult::kFault;
 }
 
 int FutexWakeWord(int32_t* addr, int count) {
@@ -145,43 +180,17 @@ Seen Probe(uintptr_t addr, int32_t expected, int* err) {
   if (errno == EAGAIN) return Seen::kDiffers;
   *err = errno;
   return Seen::kFault;
-#elif defined(__APPLE__)
-  // Returns at once, >= 0, when the value differs; -ETIMEDOUT after 1 us when equal.
-  int r = __ulock_wait(PMP_UL_COMPARE_AND_WAIT_SHARED | PMP_ULF_NO_ERRNO, reinterpret_cast<void*>(addr),
-                       static_cast<uint32_t>(expected), 1);
-  if (r >= 0) return Seen::kWoken;
-  if (r == -ETIMEDOUT || r == -EINTR) return Seen::kEqual;
-  *err = -r;
-  return Seen::kFault;
-#endif
-}
-
-// A one-word server's sleep: up to timeout_ns while the word holds expected.
-// kEqual when the time ran out (or a signal came).
-Seen SleepOnWord(uintptr_t addr, int32_t expected, int64_t timeout_ns, int* err) {
-  if (timeout_ns < 1000) timeout_ns = 1000;
-#if defined(__linux__)
-  struct timespec ts = {static_cast<time_t>(timeout_ns / 1000000000), static_cast<long>(timeout_ns % 1000000000)};
-  long r = syscall(SYS_futex, reinterpret_cast<int32_t*>(addr), FUTEX_WAIT, expected, &ts, nullptr, 0);
-  if (r == 0) return Seen::kWoken;
-  switch (errno) {
-    case ETIMEDOUT:
-    case EINTR:
-      return Seen::kEqual;
-    case EAGAIN:
-      return Seen::kDiffers;
-    default:
-      *err = errno;
+#else
+  // No compare without a wait on macOS: a wait of 1 us, which returns at once
+  // when the word differs.
+  switch (SleepOnWord(reinterpret_cast<int32_t*>(addr), expected, 1000, err)) {
+    case Slept::kWoken:
+      return Seen::kWoken;
+    case Slept::kFault:
       return Seen::kFault;
+    default:
+      return Seen::kEqual;
   }
-#elif defined(__APPLE__)
-  int64_t us = timeout_ns / 1000;
-  int r = __ulock_wait(PMP_UL_COMPARE_AND_WAIT_SHARED | PMP_ULF_NO_ERRNO, reinterpret_cast<void*>(addr),
-                       static_cast<uint32_t>(expected), us > static_cast<int64_t>(UINT32_MAX) ? UINT32_MAX : static_cast<uint32_t>(us));
-  if (r >= 0) return Seen::kWoken;  // woken, or the value differs: either way the waits end
-  if (r == -ETIMEDOUT || r == -EINTR) return Seen::kEqual;
-  *err = -r;
-  return Seen::kFault;
 #endif
 }
 
@@ -804,18 +813,19 @@ class FutexService {
 #endif
     // One word, no control word: a slice at a time.
     int err = 0;
-    switch (SleepOnWord(snap[0].addr, snap[0].expected, kSingleSliceNs, &err)) {
-      case Seen::kWoken:
+    switch (SleepOnWord(reinterpret_cast<int32_t*>(snap[0].addr), snap[0].expected, kSingleSliceNs, &err)) {
+      case Slept::kWoken:
         out.kind = Outcome::kWoken;
         break;
-      case Seen::kDiffers:
+      case Slept::kDiffers:
         out.kind = Outcome::kDiffers;
         break;
-      case Seen::kFault:
+      case Slept::kFault:
         out.kind = Outcome::kFault;
         out.err = err;
         break;
-      case Seen::kEqual:
+      case Slept::kTimedOut:
+      case Slept::kInterrupted:
         break;
     }
     return out;
