@@ -35,7 +35,8 @@
         "native/semaphore.cc",
         "native/fdshare.cc",
         "native/reaper.cc",
-        "native/tracker.cc"
+        "native/tracker.cc",
+        "native/forkserver.cc"
       ],
       "conditions": [
         ["OS=='linux'", { "libraries": ["-lrt", "-lpthread"] }]

@@ -16,6 +16,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitSemaphore(env, exports, data);
   InitFdShare(env, exports, data);
   InitTracker(env, exports, data);
+  InitForkserver(env, exports, data);
   return exports;
 }
 

@@ -41,5 +41,6 @@ void InitFutex(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitSemaphore(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitFdShare(Napi::Env env, Napi::Object exports, AddonData* data);
 void InitTracker(Napi::Env env, Napi::Object exports, AddonData* data);
+void InitForkserver(Napi::Env env, Napi::Object exports, AddonData* data);
 
 }  // namespace pmp

@@ -3,7 +3,7 @@
 // a child only when it is asked for.
 //
 //   pipe() -> [readFd, writeFd]
-//   socketpair() -> [fd, fd]            AF_UNIX, SOCK_STREAM
+//   socketpair(seqpacket = false) -> [fd, fd]   AF_UNIX, SOCK_STREAM (or SOCK_SEQPACKET)
 //
 // And the I/O a Connection needs, syscall-shaped (framing is TypeScript's).
 // Connection I/O never blocks unless asked to: "would block" is a value (-1),
@@ -73,12 +73,14 @@ Napi::Value Pipe(const Napi::CallbackInfo& info) {
 
 Napi::Value SocketPair(const Napi::CallbackInfo& info) {
   int fds[2];
+  // seqpacket: message boundaries kept (the forkserver's control socket).
+  const int type = info.Length() > 0 && info[0].ToBoolean() ? SOCK_SEQPACKET : SOCK_STREAM;
 #if defined(__linux__)
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
+  if (socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, fds) != 0) {
     ThrowSystemError(info.Env(), errno, "socketpair");
   }
 #else
-  if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) ThrowSystemError(info.Env(), errno, "socketpair");
+  if (socketpair(AF_UNIX, type, 0, fds) != 0) ThrowSystemError(info.Env(), errno, "socketpair");
   SetCloexec(fds[0]);
   SetCloexec(fds[1]);
 #endif

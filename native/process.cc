@@ -3,10 +3,15 @@
 // waitpid(-1) (which would steal child_process's children).
 //
 //   spawn(file, argv, envp, keepFds, deathSignal) -> pid
-//   new ExitWatcher(pid, onExit, deathSignal = 0)
+//   new ExitWatcher(pid, onExit, deathSignal = 0, statusFd = -1, pidfd = -1)
 //                                  onExit(exitCode) once; exitCode is -signo
 //                                  for a signal death, as in CPython
-//   watcher.ref() / unref() / waitSync(timeoutMs)
+//                                  statusFd: status mode, for a forkserver's
+//                                  child (forkserver.cc), which its server
+//                                  reaps: the code is read from that pipe, and
+//                                  signals go through pidfd
+//   watcher.ref() / unref() / waitSync(timeoutMs) / signal(signo)
+//   watcher.adopt(fd)              fd is closed once the child has ended
 //   watchParent(ppid, signal)      macOS only: the parent-death signal Linux
 //                                  gives us through PR_SET_PDEATHSIG
 //
@@ -41,6 +46,9 @@
 #include <sys/prctl.h>
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
 #endif
 #ifndef SYS_close_range
 #define SYS_close_range 436
@@ -258,7 +266,9 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
     return DefineClass(env, "ExitWatcher",
                        {InstanceMethod<&ExitWatcher::RefLoop>("ref"),
                         InstanceMethod<&ExitWatcher::UnrefLoop>("unref"),
-                        InstanceMethod<&ExitWatcher::WaitSync>("waitSync")});
+                        InstanceMethod<&ExitWatcher::WaitSync>("waitSync"),
+                        InstanceMethod<&ExitWatcher::Signal>("signal"),
+                        InstanceMethod<&ExitWatcher::Adopt>("adopt")});
   }
 
   explicit ExitWatcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ExitWatcher>(info) {
@@ -270,6 +280,13 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
     if (pid_ <= 0) throw Napi::RangeError::New(env, "pid must be a positive integer");
     if (info.Length() > 2 && info[2].IsNumber()) death_signal_ = info[2].As<Napi::Number>().Int32Value();
     if (death_signal_ < 0 || death_signal_ >= NSIG) throw Napi::RangeError::New(env, "deathSignal out of range");
+    if (info.Length() > 4 && info[3].IsNumber() && info[3].As<Napi::Number>().Int32Value() >= 0) {
+      // Ours from here on, whatever happens next.
+      status_mode_ = true;
+      fd_ = info[3].As<Napi::Number>().Int32Value();
+      if (info[4].IsNumber()) pidfd_ = info[4].As<Napi::Number>().Int32Value();
+      fcntl(fd_, F_SETFL, fcntl(fd_, F_GETFL) | O_NONBLOCK);
+    }
     callback_ = Napi::Persistent(info[1].As<Napi::Function>());
     if (napi_get_uv_event_loop(env, &loop_) != napi_ok) throw Napi::Error::New(env, "no event loop");
     Start(env);
@@ -284,6 +301,10 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
 
  private:
   void Start(Napi::Env env) {
+    if (status_mode_) {
+      Watch(fd_);
+      return;
+    }
 #if defined(__linux__)
     fd_ = static_cast<int>(syscall(SYS_pidfd_open, pid_, 0));
     if (fd_ < 0 && errno != ENOSYS && errno != EINVAL && errno != EPERM) {
@@ -303,16 +324,57 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
     }
 #endif
     if (fd_ >= 0) {
-      poll_ = new uv_poll_t;
-      uv_poll_init(loop_, poll_, fd_);
-      poll_->data = this;
-      uv_poll_start(poll_, UV_READABLE, OnReadable);
+      Watch(fd_);
     } else {
       timer_ = new uv_timer_t;
       uv_timer_init(loop_, timer_);
       timer_->data = this;
       uv_timer_start(timer_, OnTimer, 0, 20);
     }
+  }
+
+  // Watches fd on the event loop (ref'd or not as the watcher was).
+  void Watch(int fd) {
+    const bool unref = poll_ != nullptr && !uv_has_ref(reinterpret_cast<uv_handle_t*>(poll_));
+    if (poll_ != nullptr) {
+      uv_poll_stop(poll_);
+      poll_->data = nullptr;
+      uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+    }
+    poll_ = new uv_poll_t;
+    uv_poll_init(loop_, poll_, fd);
+    poll_->data = this;
+    uv_poll_start(poll_, UV_READABLE, OnReadable);
+    if (unref) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+  }
+
+  // Status mode: true once the exit code is known (in *code). The server
+  // writes it and closes the pipe; EOF without a code means the server died
+  // first. Its death sent the child its parent-death signal: the child is
+  // then watched through its pidfd, and reported as killed by that signal.
+  bool ReadStatus(int* code) {
+    if (server_lost_) {
+      struct pollfd p = {pidfd_, POLLIN, 0};
+      if (pidfd_ >= 0 && poll(&p, 1, 0) == 0) return false;
+      *code = -(death_signal_ > 0 ? death_signal_ : SIGKILL);
+      return true;
+    }
+    int32_t value;
+    ssize_t n = RetryEintr([&] { return read(fd_, &value, sizeof(value)); });
+    if (n == static_cast<ssize_t>(sizeof(value))) {
+      *code = value;
+      return true;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
+    server_lost_ = true;
+    if (pidfd_ >= 0) {
+      close(fd_);
+      fd_ = pidfd_;
+      pidfd_ = -1;
+      Watch(fd_);
+      pidfd_ = fd_;  // both name the pidfd now; StopHandles closes it once
+    }
+    return ReadStatus(code);
   }
 
   static void OnReadable(uv_poll_t* handle, int status, int events) {
@@ -328,12 +390,18 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
   // Called from the event loop: reap if the child has exited, then report.
   void TryReap() {
     if (done_) return;
-    int status = 0;
-    pid_t r = RetryEintr([&] { return waitpid(pid_, &status, WNOHANG); });
-    if (r == 0) return;  // spurious wake-up: still running
+    int code;
+    if (status_mode_) {
+      if (!ReadStatus(&code)) return;
+    } else {
+      int status = 0;
+      pid_t r = RetryEintr([&] { return waitpid(pid_, &status, WNOHANG); });
+      if (r == 0) return;  // spurious wake-up: still running
+      code = r == pid_ ? ExitCodeFromStatus(status) : LostChildCode();
+    }
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
-    Finish(r == pid_ ? ExitCodeFromStatus(status) : LostChildCode());
+    Finish(code);
     // Called from the loop, with no JS frame below to throw into: an
     // exception from the callback is reported as uncaught (as in pipe.cc's
     // FdWatcher); a call refused because the environment is going away (a
@@ -354,11 +422,33 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
     done_ = true;
     exit_code_ = exit_code;
     StopHandles();
+    CloseAdopted();
     if (hook_added_) {
       napi_remove_env_cleanup_hook(Env(), CleanupHook, this);
       hook_added_ = false;
     }
     Unref();  // JS may now collect the wrapper
+  }
+
+  void CloseAdopted() {
+    for (int fd : adopted_) close(fd);
+    adopted_.clear();
+  }
+
+  // adopt(fd): fd lives as long as the child, closed when it has ended or
+  // this environment goes (the forkserver's control socket: a worker thread
+  // terminated mid-flight must not leave it open).
+  Napi::Value Adopt(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "adopt(fd)");
+    int fd = info[0].As<Napi::Number>().Int32Value();
+    if (fd < 0) throw Napi::RangeError::New(env, "fd must be >= 0");
+    if (done_) {
+      close(fd);
+    } else {
+      adopted_.push_back(fd);
+    }
+    return env.Undefined();
   }
 
   void StopHandles() {
@@ -378,7 +468,12 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
     }
     if (fd_ >= 0) {
       close(fd_);
+      if (pidfd_ == fd_) pidfd_ = -1;
       fd_ = -1;
+    }
+    if (pidfd_ >= 0) {
+      close(pidfd_);
+      pidfd_ = -1;
     }
   }
 
@@ -393,6 +488,14 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
     // for the life of the process.
     auto* self = static_cast<ExitWatcher*>(arg);
     self->hook_added_ = false;
+    self->CloseAdopted();
+    if (self->status_mode_) {
+      // The forkserver reaps this child; it only needs the signal.
+      if (!self->done_ && self->death_signal_ > 0) self->SendSignal(self->death_signal_);
+      self->done_ = true;
+      self->StopHandles();
+      return;
+    }
     const int fd = self->fd_;
     self->fd_ = -1;  // the reaper's now
     self->StopHandles();
@@ -403,6 +506,31 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
     } else if (fd >= 0) {
       close(fd);
     }
+  }
+
+  // 0, or an errno. A child we reap is ours until reaped, so kill(pid) cannot
+  // reach another process; a forkserver's child is reaped by the server, at
+  // any moment, so it is signalled through its pidfd.
+  int SendSignal(int signo) {
+#if defined(__linux__)
+    if (status_mode_) {
+      if (pidfd_ < 0) return ESRCH;
+      return syscall(SYS_pidfd_send_signal, pidfd_, signo, nullptr, 0) == 0 ? 0 : errno;
+    }
+#endif
+    return kill(pid_, signo) == 0 ? 0 : errno;
+  }
+
+  // signal(signo): ESRCH (the child has ended) is not an error.
+  Napi::Value Signal(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "signal(signo)");
+    int signo = info[0].As<Napi::Number>().Int32Value();
+    if (signo < 0 || signo >= NSIG) throw Napi::RangeError::New(env, "signo out of range");
+    if (done_) return env.Undefined();
+    int err = SendSignal(signo);
+    if (err != 0 && err != ESRCH) ThrowSystemError(env, err, status_mode_ ? "pidfd_send_signal" : "kill");
+    return env.Undefined();
   }
 
   uv_handle_t* Handle() {
@@ -433,9 +561,17 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
     const StopProbe probe(env);
     int status = 0;
     for (;;) {
-      pid_t r = RetryEintr([&] { return waitpid(pid_, &status, WNOHANG); });
-      if (r == pid_ || r < 0) {
-        Finish(r == pid_ ? ExitCodeFromStatus(status) : LostChildCode());
+      int code;
+      bool ended;
+      if (status_mode_) {
+        ended = ReadStatus(&code);
+      } else {
+        pid_t r = RetryEintr([&] { return waitpid(pid_, &status, WNOHANG); });
+        ended = r == pid_ || r < 0;
+        code = r == pid_ ? ExitCodeFromStatus(status) : LostChildCode();
+      }
+      if (ended) {
+        Finish(code);
         callback_.Call({Napi::Number::New(env, exit_code_)});
         return Napi::Number::New(env, exit_code_);
       }
@@ -463,6 +599,10 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
   pid_t pid_ = 0;
   int death_signal_ = 0;
   int fd_ = -1;
+  int pidfd_ = -1;            // status mode: the child's pidfd
+  bool status_mode_ = false;  // a forkserver's child: see ReadStatus
+  bool server_lost_ = false;
+  std::vector<int> adopted_;  // see Adopt
   uv_loop_t* loop_ = nullptr;
   uv_poll_t* poll_ = nullptr;
   uv_timer_t* timer_ = nullptr;

@@ -3,6 +3,7 @@
 // globalThis under a registered symbol so that every copy of the package loaded
 // in one process (CommonJS and ESM entry points, or two installs) agrees on it.
 import { atExit, ExitPhase } from './at-exit';
+import type { ForkserverHandle } from './forkserver';
 
 export interface ProcessInfo {
   name: string;
@@ -28,7 +29,12 @@ export interface Context {
   current: ProcessInfo;
   parent: { pid: number; name: string } | null;
   children: Set<ChildRecord>;
-  startMethod: 'spawn' | null;
+  /** Set by setStartMethod(); null: the platform's default. */
+  startMethod: 'forkserver' | 'spawn' | null;
+  /** This thread's forkserver, while it runs (forkserver.ts). */
+  forkserver: ForkserverHandle | null;
+  /** Modules the next forkserver imports before it serves (setForkserverPreload). */
+  forkserverPreload: string[];
   /** True in a child while it imports its target's module (Python's bootstrapping phase). */
   bootstrapping: boolean;
   exitHookInstalled: boolean;
@@ -45,6 +51,8 @@ function create(): Context {
     parent: null,
     children: new Set(),
     startMethod: null,
+    forkserver: null,
+    forkserverPreload: [],
     bootstrapping: false,
     exitHookInstalled: false,
   };

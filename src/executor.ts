@@ -3,6 +3,7 @@
 // replaced, instead of breaking the whole executor as CPython's does.
 import { stateError } from './errors';
 import { Pool } from './pool';
+import type { StartMethod } from './process';
 import { invalidType, type OptionsSpec, validateBoolean, validateInteger, validateOptions } from './validate';
 
 export interface ExecutorOptions {
@@ -10,11 +11,12 @@ export interface ExecutorOptions {
   maxTasksPerChild?: number;
   initializer?: (...args: any[]) => unknown;
   initargs?: unknown[];
+  startMethod?: StartMethod;
 }
 
 const EXECUTOR: OptionsSpec = {
   call: 'new ProcessPoolExecutor()',
-  keys: ['maxWorkers', 'maxTasksPerChild', 'initializer', 'initargs'],
+  keys: ['maxWorkers', 'maxTasksPerChild', 'initializer', 'initargs', 'startMethod'],
   number: 'maxWorkers',
 };
 // Python's shutdown(wait=True, *, cancel_futures=False): shutdown(false) is the wait flag.
@@ -33,6 +35,7 @@ export class ProcessPoolExecutor {
       maxTasksPerChild: opts.maxTasksPerChild,
       initializer: opts.initializer,
       initargs: opts.initargs,
+      startMethod: opts.startMethod,
     });
   }
 

@@ -9,7 +9,11 @@ export {
   isMainProcess,
   setStartMethod,
   getStartMethod,
+  getAllStartMethods,
+  setForkserverPreload,
 } from './process';
+export { getContext } from './get-context';
+export type { MultiprocessingContext } from './get-context';
 export type { ProcessOptions, ModuleTarget, StartMethod } from './process';
 export { Pool, AsyncResult } from './pool';
 export type { PoolOptions, TaskOptions, ApplyAsyncOptions, ChunkOptions } from './pool';

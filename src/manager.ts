@@ -30,7 +30,7 @@ import {
 } from './manager-protocol';
 import { serveTcp, type ManagerCore } from './manager-server';
 import { distDir } from './paths';
-import { Process } from './process';
+import { Process, type StartMethod, startMethodOf } from './process';
 import { track, untrack } from './resource-tracker';
 import type { QueueWaitOptions } from './queues';
 import { abandon, decode, encode, registerTransferable, type CodecContext } from './serialize';
@@ -518,6 +518,7 @@ export class ValueProxy<T extends number | bigint = number> extends BaseProxy {
 }
 
 // As the local Queue's and Lock's: unknown keys and positional calls refused.
+const MANAGER_START: OptionsSpec = { call: 'Manager.start()', keys: ['startMethod'] };
 const QUEUE_WAIT: OptionsSpec = { call: 'the queue proxy call', keys: ['block', 'timeout', 'signal'], number: 'timeout', boolean: 'block' };
 const LOCK_ACQUIRE: OptionsSpec = { call: 'lock.acquire()', keys: ['blocking', 'timeout', 'signal'], number: 'timeout', boolean: 'blocking' };
 
@@ -710,7 +711,9 @@ export class Manager {
   }
 
   /** Starts a manager server process (Python's SyncManager().start()). */
-  static async start(): Promise<Manager> {
+  static async start(options?: { startMethod?: StartMethod }): Promise<Manager> {
+    const opts = validateOptions(options, MANAGER_START) as { startMethod?: StartMethod };
+    const startMethod = startMethodOf(opts.startMethod, 'options.startMethod');
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), `pmp-mgr-${process.pid}-`));
     fs.chmodSync(dir, 0o700);
     ownDir(dir);
@@ -724,6 +727,7 @@ export class Manager {
         // A daemon: it never keeps the owner alive and dies with it (SIGKILL
         // from the kernel when the owner dies, however it dies).
         daemon: true,
+        startMethod,
       });
       proc.name = proc.name.replace(/^Process/, 'SyncManager');
       proc.start();

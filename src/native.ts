@@ -10,6 +10,19 @@ export interface ExitWatcher {
   unref(): void;
   /** Block up to timeoutMs (negative: no limit); the exit code, or null on timeout. */
   waitSync(timeoutMs: number): number | null;
+  /** Sends signo to the child (through its pidfd for a forkserver's child); nothing once it has ended. */
+  signal(signo: number): void;
+  /** fd is the watcher's: closed once the child has ended (or this environment goes). */
+  adopt(fd: number): void;
+}
+
+/** What forkserverServe() returns in a forked child. */
+export interface ForkedRequest {
+  pid: number;
+  /** The pipe the child's instructions come on. */
+  instructions: number;
+  /** The fds that travel with its arguments, in order. */
+  fds: number[];
 }
 
 export interface Mapping {
@@ -55,9 +68,17 @@ export interface Binding {
   /** close(2) of an fd the addon handed out (no fs bookkeeping, so no warning in workers). */
   closeFd(fd: number): void;
   /** deathSignal: sent to the child if this environment goes away first (a worker thread ending); it is then reaped by the process-wide reaper. */
-  ExitWatcher: new (pid: number, onExit: (exitCode: number) => void, deathSignal?: number) => ExitWatcher;
+  /** statusFd, pidfd: a forkserver's child, whose code the server writes on statusFd (both fds become the watcher's). */
+  ExitWatcher: new (pid: number, onExit: (exitCode: number) => void, deathSignal?: number, statusFd?: number, pidfd?: number) => ExitWatcher;
+  /** Linux with pidfds: a forkserver can run here. */
+  forkserverSupported(): boolean;
+  /** The server's loop (forkserver.cc): null when the caller hung up; in a forked child, what it was asked to be. */
+  forkserverServe(ctrlFd: number): ForkedRequest | null;
+  /** _exit(code): the only safe way out of a forked Node. */
+  forkserverExit(code: number): never;
   pipe(): [number, number];
-  socketpair(): [number, number];
+  /** seqpacket: SOCK_SEQPACKET (message boundaries kept) instead of SOCK_STREAM. */
+  socketpair(seqpacket?: boolean): [number, number];
   setNonblocking(fd: number, on?: boolean): void;
   /** A close-on-exec duplicate of fd. */
   dup(fd: number): number;

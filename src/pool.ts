@@ -18,7 +18,7 @@ import { type LongTimeout, setLongTimeout } from './long-timeout';
 import { binding } from './native';
 import { Channel, InheritedFd } from './pool-channel';
 import type { FromWorker, FunctionRef, ToWorker, WorkerInit } from './pool-worker';
-import { Process, cpuCount } from './process';
+import { Process, type StartMethod, cpuCount, startMethodOf } from './process';
 import { invalidType, type OptionsSpec, validateInteger, validateOptions, validateSignal, validateTimeout } from './validate';
 import { distDir } from './paths';
 
@@ -112,7 +112,7 @@ export interface PoolOptions {
   initializer?: Fn;
   initargs?: unknown[];
   maxTasksPerChild?: number;
-  startMethod?: 'spawn';
+  startMethod?: StartMethod;
 }
 
 export interface TaskOptions {
@@ -222,6 +222,7 @@ export class AsyncResult<R> {
 
 export class Pool {
   readonly #size: number;
+  readonly #startMethod: StartMethod | undefined;
   readonly #init: WorkerInit;
   readonly #workers = new Set<Worker>();
   readonly #queue = new JobQueue();
@@ -247,9 +248,7 @@ export class Pool {
     }
     const maxTasks = opts.maxTasksPerChild ?? 0;
     if (opts.maxTasksPerChild !== undefined) validateInteger(maxTasks, 'options.maxTasksPerChild', 1);
-    if (opts.startMethod !== undefined && opts.startMethod !== 'spawn') {
-      throw invalidType('options.startMethod', "'spawn'", opts.startMethod);
-    }
+    this.#startMethod = startMethodOf(opts.startMethod, 'options.startMethod');
     this.#size = size;
     this.#init = {
       initializer: opts.initializer ? locate(opts.initializer, 'initializer') : null,
@@ -277,6 +276,7 @@ export class Pool {
         target: { module: WORKER_MODULE, export: 'workerMain' },
         args: [new InheritedFd(childEnd), this.#init],
         daemon: true,
+        startMethod: this.#startMethod,
       });
       proc.name = proc.name.replace(/^Process/, 'SpawnPoolWorker');
       proc.start();

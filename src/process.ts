@@ -1,7 +1,9 @@
-// Process: a child that is a fresh Node (fork + exec done natively), running a
-// target found by reference, reaped the moment it exits. The parent's side of
-// the protocol: the child reads one message on fd 3 (see child/bootstrap.ts),
-// then runs; everything else (exit watching, parent-death signals) is the OS's.
+// Process: a child running a target found by reference, reaped the moment it
+// exits: a fresh Node (spawn: fork + exec done natively), or a fork of this
+// thread's forkserver (forkserver.ts). The parent's side of the protocol: the
+// child reads one message from a pipe (see child/bootstrap.ts), then runs;
+// everything else (exit watching, parent-death signals) is the OS's.
+import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
@@ -11,6 +13,8 @@ import { locate, resolveModuleTarget, type TargetRef } from './locate';
 import { type LongTimeout, setLongTimeout } from './long-timeout';
 import { binding, type ExitWatcher, type FdWatcher } from './native';
 import { shareWithChild } from './resource-tracker';
+import type { CallerState } from './child/forked';
+import { forkChild, forkserverSupported, forkUnavailableReason } from './forkserver';
 import { abandon, type CodecContext, encode } from './serialize';
 import {
   invalidType,
@@ -25,7 +29,7 @@ import {
 } from './validate';
 import { distDir } from './paths';
 
-export type StartMethod = 'spawn';
+export type StartMethod = 'forkserver' | 'spawn';
 
 export interface ModuleTarget {
   module: string | URL;
@@ -55,6 +59,8 @@ export interface ChildHeader {
   fds: number;
   /** A function target, or the exported Process subclass whose run() to call. */
   target: (TargetRef & { kind: 'function' | 'class' }) | null;
+  /** A forked child: the caller's state at start() (a spawned one gets it from exec). */
+  fork?: CallerState;
 }
 
 const kRevive = Symbol.for('posix-multiprocessing.revive');
@@ -82,6 +88,15 @@ function childExecArgv(): string[] {
   return out;
 }
 
+function environmentObject(env: Record<string, string> | undefined): Record<string, string> {
+  if (env) return { ...env };
+  const out: Record<string, string> = {};
+  for (const [key, value] of Object.entries(process.env)) {
+    if (value !== undefined) out[key] = value;
+  }
+  return out;
+}
+
 function environment(env: Record<string, string> | undefined): string[] {
   const source = env ?? process.env;
   const out: string[] = [];
@@ -91,9 +106,19 @@ function environment(env: Record<string, string> | undefined): string[] {
   return out;
 }
 
-function startMethodOf(value: unknown, argName: string): StartMethod {
-  if (value === undefined) return context().startMethod ?? 'spawn';
-  if (typeof value !== 'string') throw invalidType(argName, "'spawn'", value);
+/** The platform's default: 'forkserver' where it can run (Linux), else 'spawn'. */
+export function defaultStartMethod(): StartMethod {
+  return forkserverSupported() ? 'forkserver' : 'spawn';
+}
+
+export function getAllStartMethods(): StartMethod[] {
+  return forkserverSupported() ? ['forkserver', 'spawn'] : ['spawn'];
+}
+
+/** Validates a start method; undefined stays undefined (the context's method, at start()). */
+export function startMethodOf(value: unknown, argName: string): StartMethod | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string') throw invalidType(argName, "'forkserver' or 'spawn'", value);
   if (value === 'spawn') return value;
   if (value === 'fork') {
     throw stateError(
@@ -103,9 +128,13 @@ function startMethodOf(value: unknown, argName: string): StartMethod {
     );
   }
   if (value === 'forkserver') {
-    throw stateError("start method 'forkserver' is not available yet; use 'spawn'", 'ERR_MP_UNSUPPORTED');
+    if (forkserverSupported()) return value;
+    throw stateError(
+      `start method 'forkserver' is not available on ${process.platform === 'linux' ? 'this kernel (it needs Linux 5.3 or later: pidfds)' : process.platform}; use 'spawn'`,
+      'ERR_MP_UNSUPPORTED',
+    );
   }
-  throw outOfRange(argName, "'spawn'", value);
+  throw outOfRange(argName, "'forkserver' or 'spawn'", value);
 }
 
 const PROCESS: OptionsSpec = { call: 'new Process()', keys: ['target', 'args', 'name', 'daemon', 'startMethod', 'env'] };
@@ -129,6 +158,8 @@ export class Process implements ChildRecord {
   #identity: number[];
   #daemon: boolean;
   #env: Record<string, string> | undefined;
+  #startMethod: StartMethod | undefined;
+  #signalled = false; // this object sent the child a signal (no death line then)
   #state: 'initial' | 'started' | 'closed' = 'initial';
   #self = false; // this object is the current process (inside the child)
   #pid: number | undefined;
@@ -166,7 +197,7 @@ export class Process implements ChildRecord {
     if (!Array.isArray(args)) throw invalidType('options.args', 'an array', args);
     if (name !== undefined) validateString(name, 'options.name');
     if (daemon !== undefined) validateBoolean(daemon, 'options.daemon');
-    startMethodOf(startMethod, 'options.startMethod');
+    this.#startMethod = startMethodOf(startMethod, 'options.startMethod');
     if (env !== undefined) validateEnv(env);
     this.#target = target;
     this.#args = [...args];
@@ -247,6 +278,11 @@ export class Process implements ChildRecord {
       fds: 0,
       target: this.#resolveTarget(),
     };
+    const execArgv = childExecArgv();
+    const method = this.#startMethod ?? ctx.startMethod ?? defaultStartMethod();
+    // Under module customization hooks a child cannot be forked: it is spawned.
+    const forked = method === 'forkserver' && forkUnavailableReason(execArgv) === null;
+    if (forked) header.fork = { env: environmentObject(this.#env), cwd: process.cwd(), execArgv };
     const fds: number[] = [];
     // No `props: undefined` key: plain JSON takes the codec's fast path, and the
     // child then skips loading the serializer and the package index.
@@ -267,20 +303,30 @@ export class Process implements ChildRecord {
       abandon(codec);
       throw err;
     }
-    const argv = [process.execPath, ...childExecArgv(), bootstrapPath];
     let pid: number;
+    let status: [number, number] | undefined;
+    let pidfd = -1;
     try {
-      // The child joins this program tree's resource tracker (its pipe fd is appended to keepFds).
-      const keepFds = [readEnd, ...fds];
-      const envp = environment(this.#env);
-      shareWithChild(keepFds, envp);
-      pid = binding.spawn(process.execPath, argv, envp, keepFds, header.deathSignal);
+      if (forked) {
+        // The server writes the child's exit code on the status pipe.
+        status = binding.pipe();
+        ({ pid, pidfd } = forkChild(execArgv, header.deathSignal, [readEnd, status[1], 1, 2, ...fds]));
+      } else {
+        // The child joins this program tree's resource tracker (its pipe fd is appended to keepFds).
+        const keepFds = [readEnd, ...fds];
+        const envp = environment(this.#env);
+        shareWithChild(keepFds, envp);
+        const argv = [process.execPath, ...execArgv, bootstrapPath];
+        pid = binding.spawn(process.execPath, argv, envp, keepFds, header.deathSignal);
+      }
     } catch (err) {
       binding.closeFd(writeEnd);
+      if (status) binding.closeFd(status[0]);
       abandon(codec); // the arguments will never be received
       throw err;
     } finally {
       binding.closeFd(readEnd);
+      if (status) binding.closeFd(status[1]);
     }
     const sender = new PayloadSender(writeEnd, payload, codec, () => (this.#payload = undefined));
     if (!sender.done) this.#payload = sender;
@@ -290,7 +336,10 @@ export class Process implements ChildRecord {
     this.#sentinel = new Promise((resolve) => (this.#resolveSentinel = resolve));
     ctx.children.add(this);
     installExitHook();
-    this.#watcher = new binding.ExitWatcher(pid, (code) => this.#onExit(code), header.deathSignal);
+    const onExit = (code: number) => this.#onExit(code);
+    this.#watcher = status
+      ? new binding.ExitWatcher(pid, onExit, header.deathSignal, status[0], pidfd)
+      : new binding.ExitWatcher(pid, onExit, header.deathSignal);
     // A daemon never keeps the parent alive; a non-daemon child does, like
     // Python joining non-daemon children at exit.
     if (this.#daemon) this.#watcher.unref();
@@ -309,6 +358,16 @@ export class Process implements ChildRecord {
 
   #onExit(code: number): void {
     this.#exitCode = code;
+    if (code < 0 && !this.#signalled) {
+      // Only the parent sees a death by signal (a crash, the OOM killer, a
+      // kill from outside): it says which child died.
+      const name = Object.entries(os.constants.signals).find(([, n]) => n === -code)?.[0] ?? `signal ${-code}`;
+      try {
+        fs.writeSync(2, `Process ${this.#name} (pid ${this.#pid}) was killed by ${name}\n`);
+      } catch {
+        // no stderr
+      }
+    }
     context().children.delete(this);
     this.#resolveSentinel?.(code);
   }
@@ -381,14 +440,11 @@ export class Process implements ChildRecord {
     this.#checkClosed();
     if (this.#self) throw stateError('cannot signal the current process through its Process object', 'ERR_MP_NOT_CHILD');
     if (this.#state !== 'started') throw stateError('process not started', 'ERR_MP_NOT_STARTED');
-    // Until we reap it, the pid is ours (alive or a zombie), so it cannot
-    // have been reused by an unrelated process.
     if (this.#exitCode !== null) return;
-    try {
-      process.kill(this.#pid!, signal);
-    } catch (err) {
-      if ((err as { code?: string }).code !== 'ESRCH') throw err;
-    }
+    this.#signalled = true;
+    // The watcher signals a child we reap by pid (ours until reaped) and a
+    // forkserver's child by pidfd: neither can reach a process that reused the pid.
+    this.#watcher!.signal(os.constants.signals[signal]);
   }
 
   /** Releases the handles; throws while the child still runs. */
@@ -412,9 +468,10 @@ export class Process implements ChildRecord {
   }
 
   terminateForExit(): void {
-    if (this.#state === 'started' && this.#exitCode === null && this.#pid !== undefined) {
+    if (this.#state === 'started' && this.#exitCode === null && this.#watcher) {
+      this.#signalled = true;
       try {
-        process.kill(this.#pid, 'SIGTERM');
+        this.#watcher.signal(SIGTERM);
       } catch {
         // already gone
       }
@@ -522,11 +579,23 @@ export function isMainProcess(): boolean {
 export function setStartMethod(method: StartMethod, options?: { force?: boolean }): void {
   const o = validateOptions(options, { call: 'setStartMethod()', keys: ['force'], boolean: 'force' });
   if (o.force !== undefined) validateBoolean(o.force, 'options.force');
-  context().startMethod = startMethodOf(method, 'method');
+  if (method === undefined) throw invalidType('method', "'forkserver' or 'spawn'", method);
+  context().startMethod = startMethodOf(method, 'method')!;
 }
 
 export function getStartMethod(): StartMethod {
-  return context().startMethod ?? 'spawn';
+  return context().startMethod ?? defaultStartMethod();
+}
+
+/**
+ * Modules (specifiers or paths) the forkserver imports once before it serves,
+ * so that its children start with them loaded (Python's set_forkserver_preload).
+ * Takes effect when the server next starts: call it before the first start().
+ */
+export function setForkserverPreload(modules: string[]): void {
+  if (!Array.isArray(modules)) throw invalidType('modules', 'an array of strings', modules);
+  modules.forEach((m, i) => validateString(m, `modules[${i}]`));
+  context().forkserverPreload = [...modules];
 }
 
 /** Builds the Process object that stands for the running child (bootstrap only). */

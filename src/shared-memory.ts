@@ -5,6 +5,7 @@
 import { constants as bufferConstants } from 'node:buffer';
 import { randomBytes } from 'node:crypto';
 
+import { afterFork } from './after-fork';
 import { closedError, stateError } from './errors';
 import { binding } from './native';
 import { track, trackFamily, untrack } from './resource-tracker';
@@ -63,6 +64,8 @@ export function checkMappable(size: number, what: string): void {
 // shm_open it names.
 let pool = Buffer.alloc(0);
 let poolAt = 0;
+// A forked child draws its own.
+afterFork(() => (poolAt = pool.length));
 
 function randomHex(): string {
   if (poolAt + 6 > pool.length) {

@@ -12,6 +12,7 @@ import {
   cpuCount,
   currentProcess,
   getStartMethod,
+  getAllStartMethods,
   isMainProcess,
   parentProcess,
   setStartMethod,
@@ -69,9 +70,13 @@ describe('Process basics', () => {
     const n = cpuCount();
     expect(Number.isInteger(n)).toBe(true);
     expect(n).toBeGreaterThanOrEqual(1);
-    expect(getStartMethod()).toBe('spawn');
+    const platformDefault = process.platform === 'linux' ? 'forkserver' : 'spawn';
+    expect(getStartMethod()).toBe(platformDefault);
+    expect(getAllStartMethods()).toEqual(process.platform === 'linux' ? ['forkserver', 'spawn'] : ['spawn']);
     setStartMethod('spawn');
     expect(getStartMethod()).toBe('spawn');
+    setStartMethod(platformDefault);
+    expect(getStartMethod()).toBe(platformDefault);
   });
 
   it('isMainProcess() is false in a child, and the child has no children of its own', async () => {
@@ -402,15 +407,20 @@ describe('bad input', () => {
     }).toThrow(typeError(/name/));
   });
 
-  it("the 'fork' and 'forkserver' start methods throw a clear error", () => {
+  it("the 'fork' start method throws a clear error; 'forkserver' is refused only where it cannot run", () => {
     expect(() => new Process({ startMethod: 'fork' as any })).toThrow(
       expect.objectContaining({ code: 'ERR_MP_UNSUPPORTED', message: expect.stringMatching(/fork.*spawn/s) }),
     );
-    expect(() => new Process({ startMethod: 'forkserver' as any })).toThrow(
-      expect.objectContaining({ code: 'ERR_MP_UNSUPPORTED', message: expect.stringMatching(/forkserver.*spawn/) }),
-    );
+    if (process.platform === 'linux') {
+      expect(() => new Process({ startMethod: 'forkserver' })).not.toThrow();
+    } else {
+      expect(() => new Process({ startMethod: 'forkserver' })).toThrow(
+        expect.objectContaining({ code: 'ERR_MP_UNSUPPORTED', message: expect.stringMatching(/forkserver.*spawn/) }),
+      );
+    }
+    const before = getStartMethod();
     expect(() => setStartMethod('fork' as any)).toThrow(expect.objectContaining({ code: 'ERR_MP_UNSUPPORTED' }));
-    expect(getStartMethod()).toBe('spawn');
+    expect(getStartMethod()).toBe(before);
   });
 
   it('negative, NaN or non-number timeouts are rejected', async () => {

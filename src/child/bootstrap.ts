@@ -1,5 +1,7 @@
-// The entry point of every child: `node [parent's execArgv] bootstrap.js`.
-// It reads its instructions from fd 3 (a pipe the parent filled and closed),
+// How every child starts: as `node [parent's execArgv] bootstrap.js` (spawn),
+// or forked from a forkserver (forkserver-main.ts, which calls runChild after
+// forked.ts has made the copy a process of its own). It reads its
+// instructions from a pipe the parent filled and closed (fd 3 under spawn),
 // becomes "Process-N" for the package, imports its target by reference, runs
 // it, and exits as soon as the target settles (Python's rule: open handles do
 // not keep a child alive), once its daemon children are terminated and the
@@ -14,13 +16,14 @@ import { context, exitChildren, type ProcessInfo } from '../context';
 import { importTarget } from '../import-target';
 import { binding } from '../native';
 import { Process, reviveCurrent, type ChildHeader } from '../process';
+import { adoptCaller, reportDeath } from './forked';
 import { decode, isPlainJson } from '../serialize';
 
 let header: ChildHeader | undefined;
 
-function readInstructions(): { header: ChildHeader; body: Buffer } {
-  const payload = fs.readFileSync(3);
-  fs.closeSync(3);
+function readInstructions(fd: number): { header: ChildHeader; body: Buffer } {
+  const payload = fs.readFileSync(fd);
+  fs.closeSync(fd);
   if (payload.length < 4) {
     // The parent died (or exited) before it could send anything.
     process.exit(1);
@@ -30,9 +33,10 @@ function readInstructions(): { header: ChildHeader; body: Buffer } {
   return { header: head, body: payload.subarray(4 + headLength) };
 }
 
-async function main(): Promise<void> {
-  const instructions = readInstructions();
+async function main(instructionsFd: number, argFds: number[] | undefined): Promise<void> {
+  const instructions = readInstructions(instructionsFd);
   header = instructions.header;
+  if (header.fork) adoptCaller(header.fork, header.parentPid);
   const ctx = context();
   ctx.isMain = false;
   ctx.identity = header.identity;
@@ -46,7 +50,7 @@ async function main(): Promise<void> {
   ctx.bootstrapping = true;
   const exported = target ? await importTarget(target, `process ${header.name}`) : undefined;
   ctx.bootstrapping = false;
-  const fds = Array.from({ length: header.fds }, (_, i) => 4 + i);
+  const fds = argFds ?? Array.from({ length: header.fds }, (_, i) => 4 + i);
   // Arguments that are plain JSON need no codec registrations; anything else may
   // hold transferables, whose classes register themselves when the package
   // index loads. Loading it only then keeps the common child's startup short.
@@ -82,26 +86,32 @@ async function finish(code: number): Promise<void> {
   }
 }
 
-// 'beforeExit' comes only when the event loop empties, never for
-// process.exit(); an exit code set by process.exit(n) or by an uncaught
-// exception is left alone.
-process.on('beforeExit', () => (emptied = true));
-process.on('exit', () => {
-  if (settled || !emptied || process.exitCode !== undefined) return;
-  process.exitCode = 13;
-  const name = header?.name ?? '?';
-  fs.writeSync(
-    2,
-    `Process ${name} (pid ${process.pid}): the target's promise never settled: the event loop ` +
-      'emptied with nothing left to settle it; exit code 13, as for an unsettled top-level await\n',
+/** Runs the child whose instructions are on instructionsFd (argFds: where its arguments' fds are, if not at 4, 5, ...). */
+export function runChild(instructionsFd: number, argFds?: number[]): void {
+  // 'beforeExit' comes only when the event loop empties, never for
+  // process.exit(); an exit code set by process.exit(n) or by an uncaught
+  // exception is left alone.
+  process.on('beforeExit', () => (emptied = true));
+  process.on('exit', () => {
+    if (settled || !emptied || process.exitCode !== undefined) return;
+    process.exitCode = 13;
+    const name = header?.name ?? '?';
+    fs.writeSync(
+      2,
+      `Process ${name} (pid ${process.pid}): the target's promise never settled: the event loop ` +
+        'emptied with nothing left to settle it; exit code 13, as for an unsettled top-level await\n',
+    );
+  });
+  reportDeath(() => header?.name);
+  main(instructionsFd, argFds).then(
+    () => finish(0),
+    (err) => {
+      // Python's traceback heading, and a line naming the pid that died.
+      const name = header?.name ?? '?';
+      process.stderr.write(`Process ${name}:\n${inspect(err)}\nProcess ${name} (pid ${process.pid}) exited with code 1\n`);
+      return finish(1);
+    },
   );
-});
+}
 
-main().then(
-  () => finish(0),
-  (err) => {
-    const name = header?.name ?? `pid ${process.pid}`;
-    process.stderr.write(`Process ${name}:\n${inspect(err)}\n`);
-    return finish(1);
-  },
-);
+if (require.main === module) runChild(3);

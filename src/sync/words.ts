@@ -5,6 +5,7 @@
 import * as fs from 'node:fs';
 import { threadId } from 'node:worker_threads';
 
+import { afterFork } from '../after-fork';
 import { stateError } from '../errors';
 import { heap, type BlockRef, type Hold } from '../heap';
 import { binding } from '../native';
@@ -419,7 +420,10 @@ export function wake(w: Words, word: number, count: number): void {
 
 // ---- who holds a lock ----------------------------------------------------------
 
-export const PID = process.pid;
+// A binding of its own, not process.pid, so the hot paths read a constant;
+// re-set in a child forked from a forkserver.
+export let PID = process.pid;
+afterFork(() => (PID = process.pid));
 /** This thread, as a nonzero word (worker_threads numbers the main thread 0). */
 export const TID = threadId + 1;
 
