@@ -36,8 +36,10 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "addon.h"
@@ -45,6 +47,14 @@
 #include "util.h"
 
 #if defined(__linux__)
+// The platform's worker threads (ParkWorkers); see the version check in
+// Supported(). node_version.h defines the runtime's NAPI_VERSION, which must
+// not replace the one this addon is built for.
+#pragma push_macro("NAPI_VERSION")
+#undef NAPI_VERSION
+#include <node.h>
+#undef NAPI_VERSION
+#pragma pop_macro("NAPI_VERSION")
 #include <sys/prctl.h>
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -86,6 +96,60 @@ void AllowHeapInChildren() {
     }
   }
   fclose(f);
+}
+
+// V8 posts work to the platform's worker threads even under --single-threaded
+// (a full GC posts a job from ClearNonLiveReferences). A forked child has no
+// such threads, but it has a copy of their task queue, whose condition
+// variable still counts the server's idle workers as waiters: signalling it
+// can then block for ever (glibc waits for those waiters to leave their
+// group). Measured: a GC-heavy forked child hung in pthread_cond_signal. So
+// before it serves, the server gives every worker a task that blocks on a
+// pipe: with all of them busy, the condition variable has no waiters, and a
+// child's posts only queue work that its main thread does itself (V8 joins
+// its jobs) or that never runs. The workers stay parked for the server's life.
+class ParkTask : public v8::Task {
+ public:
+  ParkTask(int fd, std::atomic<int>* parked) : fd_(fd), parked_(parked) {}
+  void Run() override {
+    parked_->fetch_add(1);
+    char byte;
+    while (read(fd_, &byte, 1) < 0 && errno == EINTR) {
+    }
+  }
+
+ private:
+  int fd_;
+  std::atomic<int>* parked_;
+};
+
+int park_pipe[2] = {-1, -1};
+
+// True once every worker is parked (the server is idle: they take the tasks at
+// once). Node counts its delayed-task scheduler thread among its "worker
+// threads", and that thread runs no tasks: all but one parked, and no more
+// coming, is all of them.
+bool ParkWorkers() {
+  static std::atomic<int> parked{0};
+  v8::Isolate* isolate = v8::Isolate::GetCurrent();
+  node::Environment* node_env = node::GetCurrentEnvironment(isolate->GetCurrentContext());
+  node::MultiIsolatePlatform* platform = node_env != nullptr ? node::GetMultiIsolatePlatform(node_env) : nullptr;
+  if (platform == nullptr || pipe2(park_pipe, O_CLOEXEC) != 0) return false;
+  const int workers = platform->NumberOfWorkerThreads();
+  for (int i = 0; i < workers; i++) platform->CallOnWorkerThread(std::make_unique<ParkTask>(park_pipe[0], &parked));
+  const int64_t start = NowMs();
+  while (parked.load() < workers && NowMs() - start < 5000) {
+    if (parked.load() == workers - 1 && NowMs() - start >= 200) break;
+    usleep(1000);
+  }
+  return parked.load() >= workers - 1 && workers > 0;
+}
+
+// Lets the parked workers go, so that the server itself can exit (Node's exit
+// joins them).
+void UnparkWorkers() {
+  if (park_pipe[1] >= 0) close(park_pipe[1]);
+  park_pipe[1] = -1;
 }
 
 struct ServedChild {
@@ -172,6 +236,8 @@ void BecomeChild(uv_loop_t* loop, const sigset_t& old_mask, int ctrl, const Requ
     if (getppid() != server) raise(req.death_signal);  // the server died before prctl
   }
   close(ctrl);
+  close(park_pipe[0]);
+  close(park_pipe[1]);
   for (const ServedChild& c : served) {
     close(c.pidfd);
     close(c.status_fd);
@@ -196,6 +262,12 @@ Napi::Value Serve(const Napi::CallbackInfo& info) {
   uv_loop_t* loop = nullptr;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok) throw Napi::Error::New(env, "no event loop");
   AllowHeapInChildren();
+  if (!ParkWorkers()) {
+    UnparkWorkers();
+    Napi::Error e = Napi::Error::New(env, "the forkserver could not park V8's worker threads; children would hang");
+    e.Set("code", Napi::String::New(env, "ERR_MP_FORKSERVER"));
+    throw e;
+  }
   const pid_t server = getpid();
   std::vector<ServedChild> served;
   std::vector<struct pollfd> fds;
@@ -206,7 +278,9 @@ Napi::Value Serve(const Napi::CallbackInfo& info) {
     fds.push_back({ctrl, POLLIN, 0});
     for (const ServedChild& c : served) fds.push_back({c.pidfd, POLLIN, 0});
     if (RetryEintr([&] { return poll(fds.data(), fds.size(), -1); }) < 0) {
-      ThrowSystemError(env, errno, "poll");
+      const int err = errno;
+      UnparkWorkers();
+      ThrowSystemError(env, err, "poll");
     }
     // Children that ended: reap, report, forget.
     for (size_t i = fds.size() - 1; i >= 1; i--) {
@@ -273,10 +347,18 @@ Napi::Value Serve(const Napi::CallbackInfo& info) {
     close(c.status_fd);
     close(c.pidfd);
   }
+  UnparkWorkers();
   return env.Null();
 }
 
+// Also false unless the addon was built for this very Node: ParkWorkers calls
+// into V8's platform interface, which is not ABI-stable across versions.
 Napi::Value Supported(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object versions = env.Global().Get("process").As<Napi::Object>().Get("versions").As<Napi::Object>();
+  if (versions.Get("modules").ToString().Utf8Value() != std::to_string(NODE_MODULE_VERSION)) {
+    return Napi::Boolean::New(env, false);
+  }
   int fd = PidfdOpen(getpid());
   if (fd < 0) return Napi::Boolean::New(info.Env(), false);
   close(fd);

@@ -66,6 +66,16 @@ namespace pmp {
 
 namespace {
 
+// Whether orphaned descendants are reparented to this process.
+bool AdoptsOrphans() {
+  if (getpid() == 1) return true;
+#if defined(__linux__)
+  int subreaper = 0;
+  if (prctl(PR_GET_CHILD_SUBREAPER, &subreaper) == 0 && subreaper != 0) return true;
+#endif
+  return false;
+}
+
 int ExitCodeFromStatus(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return -WTERMSIG(status);
@@ -356,6 +366,15 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
     if (server_lost_) {
       struct pollfd p = {pidfd_, POLLIN, 0};
       if (pidfd_ >= 0 && poll(&p, 1, 0) == 0) return false;
+      // An orphan goes to the nearest subreaper, or init: when that is this
+      // process (a container's entrypoint), the child is ours now, and only
+      // we can reap it; its pid cannot be reused before we do. (Anywhere
+      // else the pid may already name another child of ours: not tried.)
+      int status = 0;
+      if (AdoptsOrphans() && RetryEintr([&] { return waitpid(pid_, &status, WNOHANG); }) == pid_) {
+        *code = ExitCodeFromStatus(status);
+        return true;
+      }
       *code = -(death_signal_ > 0 ? death_signal_ : SIGKILL);
       return true;
     }

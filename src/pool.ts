@@ -278,7 +278,8 @@ export class Pool {
         daemon: true,
         startMethod: this.#startMethod,
       });
-      proc.name = proc.name.replace(/^Process/, 'SpawnPoolWorker');
+      // Python's names: ForkServerPoolWorker-N, SpawnPoolWorker-N.
+      proc.name = proc.name.replace(/^Process/, proc.startMethod === 'forkserver' ? 'ForkServerPoolWorker' : 'SpawnPoolWorker');
       proc.start();
     } catch (err) {
       binding.closeFd(parentEnd);

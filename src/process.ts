@@ -61,6 +61,8 @@ export interface ChildHeader {
   target: (TargetRef & { kind: 'function' | 'class' }) | null;
   /** A forked child: the caller's state at start() (a spawned one gets it from exec). */
   fork?: CallerState;
+  /** The caller's setStartMethod() choice, which its children keep (as Python's do). */
+  startMethod?: StartMethod;
 }
 
 const kRevive = Symbol.for('posix-multiprocessing.revive');
@@ -159,6 +161,7 @@ export class Process implements ChildRecord {
   #daemon: boolean;
   #env: Record<string, string> | undefined;
   #startMethod: StartMethod | undefined;
+  #usedMethod: StartMethod | undefined; // set by start()
   #signalled = false; // this object sent the child a signal (no death line then)
   #state: 'initial' | 'started' | 'closed' = 'initial';
   #self = false; // this object is the current process (inside the child)
@@ -242,6 +245,20 @@ export class Process implements ChildRecord {
     return this.#exitCode;
   }
 
+  /**
+   * How this process is (or will be) started: its startMethod option, else
+   * the context's. Under module customization hooks (--import, --loader) a
+   * forkserver cannot serve, and 'spawn' is used (docs/start-methods.md).
+   */
+  get startMethod(): StartMethod {
+    return this.#usedMethod ?? this.#methodFor(childExecArgv());
+  }
+
+  #methodFor(execArgv: string[]): StartMethod {
+    const method = this.#startMethod ?? context().startMethod ?? defaultStartMethod();
+    return method === 'forkserver' && forkUnavailableReason(execArgv) === null ? 'forkserver' : 'spawn';
+  }
+
   get sentinel(): Promise<number> {
     this.#checkClosed();
     if (!this.#sentinel) throw stateError('process not started', 'ERR_MP_NOT_STARTED');
@@ -279,10 +296,10 @@ export class Process implements ChildRecord {
       target: this.#resolveTarget(),
     };
     const execArgv = childExecArgv();
-    const method = this.#startMethod ?? ctx.startMethod ?? defaultStartMethod();
-    // Under module customization hooks a child cannot be forked: it is spawned.
-    const forked = method === 'forkserver' && forkUnavailableReason(execArgv) === null;
+    const forked = this.#methodFor(execArgv) === 'forkserver';
+    this.#usedMethod = forked ? 'forkserver' : 'spawn';
     if (forked) header.fork = { env: environmentObject(this.#env), cwd: process.cwd(), execArgv };
+    if (ctx.startMethod) header.startMethod = ctx.startMethod;
     const fds: number[] = [];
     // No `props: undefined` key: plain JSON takes the codec's fast path, and the
     // child then skips loading the serializer and the package index.

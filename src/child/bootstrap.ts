@@ -41,6 +41,7 @@ async function main(instructionsFd: number, argFds: number[] | undefined): Promi
   ctx.isMain = false;
   ctx.identity = header.identity;
   ctx.parent = { pid: header.parentPid, name: header.parentName };
+  if (header.startMethod) ctx.startMethod = header.startMethod;
   // Modules that read process.argv at top level see what they see in the parent.
   if (Array.isArray(header.argv)) process.argv = [process.argv[0], ...header.argv.slice(1)];
   ctx.current = { name: header.name, pid: process.pid, daemon: header.daemon };

@@ -57,16 +57,13 @@ export function becomeForked(pid: number): void {
   const emit = process.emit;
   process.emit = function emitThenLeave(this: NodeJS.Process, event: string | symbol, ...args: unknown[]): boolean {
     if (event !== 'exit') return (emit as Function).call(this, event, ...args);
-    let code: number;
     try {
       (emit as Function).call(this, event, ...args);
-      code = typeof process.exitCode === 'number' ? process.exitCode : Number(args[0] ?? 0);
     } catch (err) {
-      // Node reports a throw from an 'exit' listener as fatal: exit code 7.
+      // The listeners after it do not run, as in Node; the exit goes on.
       fs.writeSync(2, `${inspect(err)}\n`);
-      code = 7;
     }
-    binding.forkserverExit(code);
+    binding.forkserverExit(typeof process.exitCode === 'number' ? process.exitCode : Number(args[0] ?? 0));
   } as typeof process.emit;
 }
 

@@ -12,6 +12,7 @@ import { pathToFileURL } from 'node:url';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 
+import { context } from '../context';
 import { binding } from '../native';
 import { distDir } from '../paths';
 
@@ -84,8 +85,15 @@ async function warm(): Promise<void> {
 async function boot(): Promise<void> {
   const config = receive();
   if (config === null) process.exit(0); // the caller is gone already
+  // The server is no program's main process: a preload that starts
+  // processes at top level (the program's own main module, unguarded) fails
+  // as it would in a child, instead of booting servers without end.
+  const ctx = context();
+  ctx.isMain = false;
+  ctx.bootstrapping = true;
   await warm();
   for (const spec of config.preload) await importModule(resolvePreload(spec));
+  ctx.bootstrapping = false;
   // A small heap makes each fork cheaper, and children start with none of
   // the garbage of the boot.
   v8.setFlagsFromString('--expose-gc');
