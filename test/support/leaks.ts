@@ -80,6 +80,21 @@ function trackerFds(): Set<string> {
   // too (src/fd-share.ts); the duplicates it holds are not listed, so they count.
   const sharer = (globalThis as Record<symbol, { ownFds(): number[] } | undefined>)[Symbol.for('posix-multiprocessing.fd-sharer')];
   for (const fd of sharer?.ownFds() ?? []) fds.add(String(fd));
+  // This thread's forkserver serves for the life of the process (or thread):
+  // its control socket, and the pidfd that watches the server.
+  const server = (globalThis as Record<symbol, { forkserver?: { ctrl: number; pid: number } | null } | undefined>)[
+    Symbol.for('posix-multiprocessing.context')
+  ]?.forkserver;
+  if (server) {
+    if (server.ctrl >= 0) fds.add(String(server.ctrl));
+    for (const fd of fs.readdirSync('/proc/self/fd')) {
+      try {
+        if (new RegExp(`^Pid:\\s+${server.pid}$`, 'm').test(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))) fds.add(fd);
+      } catch {
+        // closed meanwhile
+      }
+    }
+  }
   return fds;
 }
 
