@@ -12,6 +12,7 @@
 //        in a child: its pid, the fd to read its instructions from, and the
 //        fds that travel with its arguments
 //   forkserverExit(code)               _exit() for a forked child (see below)
+//   forkedGuardLoop(onEmpty)           a forked child's loop never runs dry (see below)
 //
 // Wire (a SOCK_SEQPACKET socketpair, one message each way per start):
 //   request: int32 deathSignal; SCM_RIGHTS [instructions, status, stdout,
@@ -377,6 +378,74 @@ Napi::Value Supported(const Napi::CallbackInfo& info) { return Napi::Boolean::Ne
 
 #endif
 
+// A forked child must never let its event loop run dry: Node then drains the
+// platform's worker tasks (NodePlatform::DrainTasks), waiting for tasks that
+// only the server's threads could finish (the parked ones, and any V8 posted
+// since) — for ever. So the child keeps the loop alive with a timer of its
+// own and watches, before each poll, for the moment nothing else is left; it
+// then lets one more turn pass (close callbacks run at its end), and, if the
+// loop is still empty, calls onEmpty(false) for 'beforeExit' and, unless its
+// listeners gave the loop more to do, onEmpty(true) for the exit: what Node does.
+struct LoopGuard {
+  uv_timer_t keeper;
+  uv_prepare_t prepare;
+  uv_idle_t spin;  // active while an empty loop is being confirmed: poll does not block
+  napi_env env;
+  Napi::FunctionReference on_empty;
+  bool confirming = false;
+};
+
+bool OnlyKeeperLeft(uv_loop_t* loop) { return loop->active_handles <= 1 && loop->active_reqs.count == 0; }
+
+void OnPrepare(uv_prepare_t* handle) {
+  auto* guard = static_cast<LoopGuard*>(handle->data);
+  uv_loop_t* loop = handle->loop;
+  if (!OnlyKeeperLeft(loop)) {
+    if (guard->confirming) uv_idle_stop(&guard->spin);
+    guard->confirming = false;
+    return;
+  }
+  if (!guard->confirming) {
+    guard->confirming = true;
+    uv_idle_start(&guard->spin, [](uv_idle_t*) {});
+    uv_unref(reinterpret_cast<uv_handle_t*>(&guard->spin));
+    return;
+  }
+  uv_idle_stop(&guard->spin);
+  guard->confirming = false;
+  Napi::Env env(guard->env);
+  Napi::HandleScope scope(env);
+  try {
+    // onEmpty(false): 'beforeExit'. MakeCallback runs the microtasks and
+    // nextTicks its listeners queue before it returns; if they gave the loop
+    // nothing to do, onEmpty(true): the exit.
+    guard->on_empty.MakeCallback(env.Global(), {Napi::Boolean::New(env, false)});
+    if (OnlyKeeperLeft(loop)) guard->on_empty.MakeCallback(env.Global(), {Napi::Boolean::New(env, true)});
+  } catch (const Napi::Error& e) {
+    if (!e.IsEmpty()) napi_fatal_exception(guard->env, e.Value());
+  }
+}
+
+Napi::Value GuardLoop(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsFunction()) throw Napi::TypeError::New(env, "forkedGuardLoop(onEmpty)");
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) throw Napi::Error::New(env, "no event loop");
+  // Lives as long as the process, which leaves by _exit().
+  auto* guard = new LoopGuard();
+  guard->env = env;
+  guard->on_empty = Napi::Persistent(info[0].As<Napi::Function>());
+  uv_timer_init(loop, &guard->keeper);
+  uv_timer_start(&guard->keeper, [](uv_timer_t*) {}, UINT32_MAX, UINT32_MAX);
+  uv_prepare_init(loop, &guard->prepare);
+  guard->prepare.data = guard;
+  uv_prepare_start(&guard->prepare, OnPrepare);
+  uv_unref(reinterpret_cast<uv_handle_t*>(&guard->prepare));
+  uv_idle_init(loop, &guard->spin);
+  uv_unref(reinterpret_cast<uv_handle_t*>(&guard->spin));
+  return env.Undefined();
+}
+
 // A forked Node child cannot leave through Node's own exit: it joins V8's
 // platform threads, which the fork did not copy, and crashes or hangs. Its
 // 'exit' event has run (see child/forked.ts); nothing is buffered in C stdio.
@@ -391,6 +460,7 @@ void InitForkserver(Napi::Env env, Napi::Object exports, AddonData* data) {
   exports.Set("forkserverSupported", Napi::Function::New<Supported>(env, "forkserverSupported"));
   exports.Set("forkserverServe", Napi::Function::New<Serve>(env, "forkserverServe"));
   exports.Set("forkserverExit", Napi::Function::New<Exit>(env, "forkserverExit"));
+  exports.Set("forkedGuardLoop", Napi::Function::New<GuardLoop>(env, "forkedGuardLoop"));
 }
 
 }  // namespace pmp

@@ -76,6 +76,8 @@ export interface Binding {
   forkserverServe(ctrlFd: number): ForkedRequest | null;
   /** _exit(code): the only safe way out of a forked Node. */
   forkserverExit(code: number): never;
+  /** Keeps a forked child's event loop from running dry; onEmpty() runs when nothing but the guard is left. */
+  forkedGuardLoop(onEmpty: (exit: boolean) => void): void;
   pipe(): [number, number];
   /** seqpacket: SOCK_SEQPACKET (message boundaries kept) instead of SOCK_STREAM. */
   socketpair(seqpacket?: boolean): [number, number];

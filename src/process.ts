@@ -256,7 +256,11 @@ export class Process implements ChildRecord {
 
   #methodFor(execArgv: string[]): StartMethod {
     const method = this.#startMethod ?? context().startMethod ?? defaultStartMethod();
-    return method === 'forkserver' && forkUnavailableReason(execArgv) === null ? 'forkserver' : 'spawn';
+    if (method !== 'forkserver' || forkUnavailableReason(execArgv) !== null) return 'spawn';
+    // Node reads NODE_OPTIONS as it boots: options that differ from this
+    // process's (and its server's) need a Node of their own.
+    if (this.#env && this.#env.NODE_OPTIONS !== process.env.NODE_OPTIONS) return 'spawn';
+    return 'forkserver';
   }
 
   get sentinel(): Promise<number> {

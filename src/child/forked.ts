@@ -54,6 +54,15 @@ export function becomeForked(pid: number): void {
   Object.defineProperty(performance, 'now', { value: () => now() - nowAtFork, writable: true, configurable: true });
   Object.defineProperty(performance, 'timeOrigin', { value: timeOrigin, enumerable: true, configurable: true });
 
+  // Node's own end of the loop would wait for the platform's worker tasks,
+  // which no thread here runs: the guard ends it the way Node would.
+  binding.forkedGuardLoop((exit) => {
+    // process.exit() with no code leaves process.exitCode as the program left
+    // it, as Node's own end of the loop does.
+    if (exit) process.exit();
+    else process.emit('beforeExit', typeof process.exitCode === 'number' ? process.exitCode : 0);
+  });
+
   const emit = process.emit;
   process.emit = function emitThenLeave(this: NodeJS.Process, event: string | symbol, ...args: unknown[]): boolean {
     if (event !== 'exit') return (emit as Function).call(this, event, ...args);
