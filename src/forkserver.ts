@@ -20,6 +20,7 @@ import { MultiprocessingError } from './errors';
 import { binding, type ExitWatcher } from './native';
 import { distDir } from './paths';
 import { shareWithChild } from './resource-tracker';
+import { trace, tracing } from './trace';
 
 export const forkserverMainPath = path.join(distDir, 'child', 'forkserver-main.js');
 
@@ -94,7 +95,14 @@ function boot(execArgv: string[]): ForkserverHandle {
   const handle: ForkserverHandle = {
     pid,
     ctrl: mine,
-    watcher: new binding.ExitWatcher(pid, () => forget(handle), os.constants.signals.SIGKILL),
+    watcher: new binding.ExitWatcher(
+      pid,
+      (code) => {
+        if (tracing()) trace('forkserver (pid %d) exited with code %d', pid, code);
+        forget(handle);
+      },
+      os.constants.signals.SIGKILL,
+    ),
   };
   // Never keeps the caller alive, and is not one of its children to join.
   handle.watcher.unref();
@@ -105,7 +113,10 @@ function boot(execArgv: string[]): ForkserverHandle {
   let n: number | null = null;
   if (send(mine, config, [])) n = receive(mine, buf, []);
   const answer = n === null ? null : (JSON.parse(buf.toString('utf8', 0, n)) as { ok: boolean; error?: Record<string, unknown> });
-  if (answer?.ok) return handle;
+  if (answer?.ok) {
+    if (tracing()) trace('forkserver (pid %d) serving, preloads %j', pid, ctx.forkserverPreload);
+    return handle;
+  }
   forget(handle);
   if (answer?.error) {
     // A preload that failed: its own error, as the caller would have seen it.

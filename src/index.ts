@@ -13,6 +13,7 @@ export {
   setForkserverPreload,
 } from './process';
 export { getContext } from './get-context';
+export { logToStderr } from './trace';
 export type { MultiprocessingContext } from './get-context';
 export type { ProcessOptions, ModuleTarget, StartMethod } from './process';
 export { Pool, AsyncResult } from './pool';

@@ -21,6 +21,7 @@ import type { FromWorker, FunctionRef, ToWorker, WorkerInit } from './pool-worke
 import { Process, type StartMethod, cpuCount, startMethodOf } from './process';
 import { invalidType, type OptionsSpec, validateInteger, validateOptions, validateSignal, validateTimeout } from './validate';
 import { distDir } from './paths';
+import { trace, tracing } from './trace';
 
 type Fn = (...args: any[]) => unknown;
 
@@ -368,6 +369,7 @@ export class Pool {
       this.#queue.unshift(unstarted);
     }
     if (this.#state !== 'terminated' && !this.#broken && (this.#state === 'running' || this.#queue.length > 0)) {
+      if (tracing()) trace('pool: replacing worker %s (pid %d, exit code %d)', worker.process.name, pid, worker.exitCode);
       this.#spawn();
     }
     this.#dispatch();

@@ -28,6 +28,7 @@ import {
   validateTimeout,
 } from './validate';
 import { distDir } from './paths';
+import { trace, tracing } from './trace';
 
 export type StartMethod = 'forkserver' | 'spawn';
 
@@ -361,6 +362,7 @@ export class Process implements ChildRecord {
     this.#watcher = status
       ? new binding.ExitWatcher(pid, onExit, header.deathSignal, status[0], pidfd)
       : new binding.ExitWatcher(pid, onExit, header.deathSignal);
+    if (tracing()) trace('started %s (pid %d, %s%s)', this.#name, pid, this.#usedMethod, this.#daemon ? ', daemon' : '');
     // A daemon never keeps the parent alive; a non-daemon child does, like
     // Python joining non-daemon children at exit.
     if (this.#daemon) this.#watcher.unref();
@@ -379,6 +381,7 @@ export class Process implements ChildRecord {
 
   #onExit(code: number): void {
     this.#exitCode = code;
+    if (tracing()) trace('%s (pid %d) exited with code %d', this.#name, this.#pid, code);
     if (code < 0 && !this.#signalled) {
       // Only the parent sees a death by signal (a crash, the OOM killer, a
       // kill from outside): it says which child died.
