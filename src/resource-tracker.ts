@@ -20,7 +20,6 @@
 // The write end is process-wide (native/tracker.cc): the main thread and every
 // worker thread of a process share one tracker and one fd, which no thread's
 // teardown closes.
-import * as childProcess from 'node:child_process';
 import * as path from 'node:path';
 
 import { atExit, ExitPhase } from './at-exit';
@@ -122,6 +121,9 @@ export function ensureRunning(): number {
     const env = { ...process.env };
     delete env.NODE_OPTIONS; // the tracker is our own plain JS: no loaders needed
     delete env[TRACKER_ENV];
+    // Loaded here, not at the top: only the process that starts the tracker
+    // needs it, and every child would pay ~10 ms to load it.
+    const childProcess = require('node:child_process') as typeof import('node:child_process');
     const child = childProcess.spawn(process.execPath, [trackerMainPath], {
       stdio: ['ignore', 'ignore', 'inherit', readEnd],
       detached: true,

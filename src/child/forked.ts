@@ -17,7 +17,6 @@
 // Not repaired, so documented (docs/start-methods.md): crypto.randomUUID()
 // and randomInt() draw from a cache Node fills on first use; the server never
 // uses them, but a preload that does shares its cache with every child.
-import { randomFillSync } from 'node:crypto';
 import * as fs from 'node:fs';
 import { inspect } from 'node:util';
 
@@ -128,6 +127,8 @@ export function reportDeath(name: () => string | undefined): void {
 // seeded from the OS. Fast enough to stand in for V8's xorshift128+.
 function osSeededRandom(): () => number {
   const s = new Uint32Array(4);
+  // (Loaded here: a spawned child, which loads this file too, never needs it.)
+  const { randomFillSync } = require('node:crypto') as typeof import('node:crypto');
   do randomFillSync(s);
   while ((s[0] | s[1] | s[2] | s[3]) === 0);
   let a = s[0], b = s[1], c = s[2], d = s[3];
