@@ -1,9 +1,10 @@
 // Runs around every test file: after the file, this process must have no zombie
-// children, no fds beyond those it had before, and /dev/shm no new entries.
+// children (nor may its forkserver), no fds beyond those it had before, and
+// /dev/shm no new entries.
 import * as fs from 'node:fs';
 import { afterAll, beforeAll, expect } from 'vitest';
 
-import { childPids, fdTable, shmEntries, zombieChildren } from './proc';
+import { childPids, fdTable, forkservers, pidfdTarget, shmEntries, zombieChildren } from './proc';
 
 let fdsBefore: Map<string, string>;
 let shmBefore: Set<string>;
@@ -57,8 +58,10 @@ async function settle(check: () => boolean, ms: number): Promise<void> {
 
 afterAll(async () => {
   // Children killed at the end of a test are reaped on the next loop turns.
-  await settle(() => zombieChildren().length === 0, 3000);
-  expect(zombieChildren(), 'zombie children left behind').toEqual([]);
+  // A forkserver reaps the children it forked: none may stay a zombie there either.
+  const zombies = () => [...zombieChildren(), ...forkservers().flatMap((server) => zombieChildren(server))];
+  await settle(() => zombies().length === 0, 3000);
+  expect(zombies(), 'zombie children left behind').toEqual([]);
 
   sampleTree();
   clearInterval(sampler);
@@ -73,13 +76,24 @@ afterAll(async () => {
 // The resource tracker's pipe stays open for the life of the process (its EOF
 // is what tells the tracker the program ended); its fd is published on
 // globalThis by src/resource-tracker.ts.
-function trackerFds(): Set<string> {
+function lifelongFds(): Set<string> {
   const state = (globalThis as Record<symbol, { fd?: number } | undefined>)[Symbol.for('posix-multiprocessing.resource-tracker')];
   const fds = new Set(state && typeof state.fd === 'number' && state.fd >= 0 ? [String(state.fd)] : []);
   // The fd sharer's listening socket and wake pipe live as long as the process
   // too (src/fd-share.ts); the duplicates it holds are not listed, so they count.
   const sharer = (globalThis as Record<symbol, { ownFds(): number[] } | undefined>)[Symbol.for('posix-multiprocessing.fd-sharer')];
   for (const fd of sharer?.ownFds() ?? []) fds.add(String(fd));
+  // This thread's forkserver lives until the process ends (src/forkserver.ts):
+  // the caller's end of its control socket, and the pidfd watching it.
+  const server = (globalThis as Record<symbol, { forkserver?: { pid: number; ctrl: number } | null } | undefined>)[
+    Symbol.for('posix-multiprocessing.context')
+  ]?.forkserver;
+  if (server && server.ctrl >= 0) {
+    fds.add(String(server.ctrl));
+    for (const [fd, target] of fdTable()) {
+      if (target === 'anon_inode:[pidfd]' && pidfdTarget(fd) === server.pid) fds.add(fd);
+    }
+  }
   return fds;
 }
 
@@ -89,9 +103,9 @@ function trackerFds(): Set<string> {
 function leakedFds(): string[] {
   const now = fdTable();
   const out: string[] = [];
-  const tracker = trackerFds();
+  const lifelong = lifelongFds();
   for (const [fd, target] of now) {
-    if (fdsBefore.get(fd) === target || tracker.has(fd)) continue;
+    if (fdsBefore.get(fd) === target || lifelong.has(fd)) continue;
     if (/^(pipe:|socket:|anon_inode:\[?pidfd|\/dev\/shm\/|anon_inode:\[eventfd\])/.test(target)) out.push(`${fd} -> ${target}`);
   }
   return out;
