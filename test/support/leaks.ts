@@ -13,7 +13,10 @@ let shmBefore: Set<string>;
 // running beside this one. Our names carry the creating pid (pmp-<pid>-...,
 // pmp-q-<pid>-..., SharedMemory's pmp_<pid>_...), so an entry counts against
 // this file when that pid is this process or one it started; the tree is
-// sampled while the file runs. Names without a pid are always counted. This
+// sampled while the file runs. A test names its own objects with its pid
+// anywhere in the name (t-<pid>-lock, pmp-example-<pid>): any number there
+// between separators counts. Names without a pid are always counted, except
+// CPython's (sem.mp-..., psm_...: benchmarks run it beside the tests). This
 // process's own heap segments (pmp-<pid>-...) live as long as it does and are
 // unlinked at its exit (test/resource-tracker.test.ts checks that), so they
 // are not a leak.
@@ -42,8 +45,9 @@ sampler.unref();
 
 function isOurs(entry: string): boolean {
   if (entry.startsWith(`pmp-${process.pid}-`)) return false;
-  const m = /(?:^|[.\-_])pmp[-_](?:[a-z]+-)*(\d+)[-_]/.exec(entry);
-  return m === null || ourPids.has(Number(m[1]));
+  const numbers = entry.match(/(?<=^|[.\-_])\d+(?=$|[.\-_])/g);
+  if (numbers) return numbers.some((n) => ourPids.has(Number(n)));
+  return !/^(sem\.mp-|psm_)/.test(entry);
 }
 
 beforeAll(() => {

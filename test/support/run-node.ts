@@ -1,6 +1,17 @@
 // Runs a Node program to its end and collects what it printed: the tests that
 // check a whole program's behaviour (exit codes, output, what it leaves behind).
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
+
+// A program still running when its test file ends (a test that timed out on
+// it, say) would outlive the run: the file's process kills what is left as it exits.
+const running = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+function track(child: ChildProcess): void {
+  running.add(child);
+  child.on('exit', () => running.delete(child));
+}
 
 export interface NodeRun {
   code: number | null;
@@ -11,6 +22,7 @@ export interface NodeRun {
 export function runNode(script: string, args: string[] = [], nodeFlags: string[] = []): Promise<NodeRun> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [...nodeFlags, script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    track(child);
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
@@ -34,6 +46,7 @@ export interface LiveNode {
 /** Starts a Node program and lets the test read its JSON lines while it runs (to kill it midway, say). */
 export function startNode(script: string, args: string[] = [], nodeFlags: string[] = []): LiveNode {
   const child = spawn(process.execPath, [...nodeFlags, script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  track(child);
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d) => (stdout += d));
