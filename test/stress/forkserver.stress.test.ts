@@ -91,7 +91,7 @@ describe.skipIf(!hasForkserver)('forkserver stress', () => {
     expect(zombieChildren(server)).toEqual([]);
     expect(zombieChildren()).toEqual([]);
     expect({ caller: fdCount('self', ours), server: fdCount(server) }).toEqual(before);
-  }, 900_000);
+  }, 1_800_000);
 
   it('the server SIGKILLed while children run (20 rounds): they die, and the next start() works', async () => {
     for (let round = 0; round < 20; round++) {
