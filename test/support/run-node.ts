@@ -1,13 +1,17 @@
 // Runs a Node program to its end and collects what it printed: the tests that
 // check a whole program's behaviour (exit codes, output, what it leaves behind).
 import { type ChildProcess, spawn } from 'node:child_process';
+import { afterAll } from 'vitest';
 
 // A program still running when its test file ends (a test that timed out on
-// it, say) would outlive the run: the file's process kills what is left as it exits.
+// it, say) would outlive the run: it is killed once the file's tests are done
+// (vitest may end a worker without its 'exit' event, so not only then).
 const running = new Set<ChildProcess>();
-process.on('exit', () => {
+const killLeftovers = () => {
   for (const child of running) child.kill('SIGKILL');
-});
+};
+afterAll(killLeftovers);
+process.on('exit', killLeftovers);
 function track(child: ChildProcess): void {
   running.add(child);
   child.on('exit', () => running.delete(child));
