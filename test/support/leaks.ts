@@ -1,9 +1,10 @@
 // Runs around every test file: after the file, this process must have no zombie
-// children, no fds beyond those it had before, and /dev/shm no new entries.
+// children (nor may its forkserver), no fds beyond those it had before, and
+// /dev/shm no new entries.
 import * as fs from 'node:fs';
 import { afterAll, beforeAll, expect } from 'vitest';
 
-import { childPids, fdTable, shmEntries, zombieChildren } from './proc';
+import { childPids, fdTable, forkservers, pidfdTarget, shmEntries, zombieChildren } from './proc';
 
 let fdsBefore: Map<string, string>;
 let shmBefore: Set<string>;
@@ -12,7 +13,10 @@ let shmBefore: Set<string>;
 // running beside this one. Our names carry the creating pid (pmp-<pid>-...,
 // pmp-q-<pid>-..., SharedMemory's pmp_<pid>_...), so an entry counts against
 // this file when that pid is this process or one it started; the tree is
-// sampled while the file runs. Names without a pid are always counted. This
+// sampled while the file runs. A test names its own objects with its pid
+// anywhere in the name (t-<pid>-lock, pmp-example-<pid>): any number there
+// between separators counts. Names without a pid are always counted, except
+// CPython's (sem.mp-..., psm_...: benchmarks run it beside the tests). This
 // process's own heap segments (pmp-<pid>-...) live as long as it does and are
 // unlinked at its exit (test/resource-tracker.test.ts checks that), so they
 // are not a leak.
@@ -41,8 +45,9 @@ sampler.unref();
 
 function isOurs(entry: string): boolean {
   if (entry.startsWith(`pmp-${process.pid}-`)) return false;
-  const m = /(?:^|[.\-_])pmp[-_](?:[a-z]+-)*(\d+)[-_]/.exec(entry);
-  return m === null || ourPids.has(Number(m[1]));
+  const numbers = entry.match(/(?<=^|[.\-_])\d+(?=$|[.\-_])/g);
+  if (numbers) return numbers.some((n) => ourPids.has(Number(n)));
+  return !/^(sem\.mp-|psm_)/.test(entry);
 }
 
 beforeAll(() => {
@@ -57,8 +62,10 @@ async function settle(check: () => boolean, ms: number): Promise<void> {
 
 afterAll(async () => {
   // Children killed at the end of a test are reaped on the next loop turns.
-  await settle(() => zombieChildren().length === 0, 3000);
-  expect(zombieChildren(), 'zombie children left behind').toEqual([]);
+  // A forkserver reaps the children it forked: none may stay a zombie there either.
+  const zombies = () => [...zombieChildren(), ...forkservers().flatMap((server) => zombieChildren(server))];
+  await settle(() => zombies().length === 0, 3000);
+  expect(zombies(), 'zombie children left behind').toEqual([]);
 
   sampleTree();
   clearInterval(sampler);
@@ -73,26 +80,22 @@ afterAll(async () => {
 // The resource tracker's pipe stays open for the life of the process (its EOF
 // is what tells the tracker the program ended); its fd is published on
 // globalThis by src/resource-tracker.ts.
-function trackerFds(): Set<string> {
+function lifelongFds(): Set<string> {
   const state = (globalThis as Record<symbol, { fd?: number } | undefined>)[Symbol.for('posix-multiprocessing.resource-tracker')];
   const fds = new Set(state && typeof state.fd === 'number' && state.fd >= 0 ? [String(state.fd)] : []);
   // The fd sharer's listening socket and wake pipe live as long as the process
   // too (src/fd-share.ts); the duplicates it holds are not listed, so they count.
   const sharer = (globalThis as Record<symbol, { ownFds(): number[] } | undefined>)[Symbol.for('posix-multiprocessing.fd-sharer')];
   for (const fd of sharer?.ownFds() ?? []) fds.add(String(fd));
-  // This thread's forkserver serves for the life of the process (or thread):
-  // its control socket, and the pidfd that watches the server.
-  const server = (globalThis as Record<symbol, { forkserver?: { ctrl: number; pid: number } | null } | undefined>)[
+  // This thread's forkserver lives until the process ends (src/forkserver.ts):
+  // the caller's end of its control socket, and the pidfd watching it.
+  const server = (globalThis as Record<symbol, { forkserver?: { pid: number; ctrl: number } | null } | undefined>)[
     Symbol.for('posix-multiprocessing.context')
   ]?.forkserver;
-  if (server) {
-    if (server.ctrl >= 0) fds.add(String(server.ctrl));
-    for (const fd of fs.readdirSync('/proc/self/fd')) {
-      try {
-        if (new RegExp(`^Pid:\\s+${server.pid}$`, 'm').test(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))) fds.add(fd);
-      } catch {
-        // closed meanwhile
-      }
+  if (server && server.ctrl >= 0) {
+    fds.add(String(server.ctrl));
+    for (const [fd, target] of fdTable()) {
+      if (target === 'anon_inode:[pidfd]' && pidfdTarget(fd) === server.pid) fds.add(fd);
     }
   }
   return fds;
@@ -104,9 +107,9 @@ function trackerFds(): Set<string> {
 function leakedFds(): string[] {
   const now = fdTable();
   const out: string[] = [];
-  const tracker = trackerFds();
+  const lifelong = lifelongFds();
   for (const [fd, target] of now) {
-    if (fdsBefore.get(fd) === target || tracker.has(fd)) continue;
+    if (fdsBefore.get(fd) === target || lifelong.has(fd)) continue;
     if (/^(pipe:|socket:|anon_inode:\[?pidfd|\/dev\/shm\/|anon_inode:\[eventfd\])/.test(target)) out.push(`${fd} -> ${target}`);
   }
   return out;
