@@ -7,3 +7,8 @@ export async function appendMany(list, n, ready, go, done) {
   for (let i = 0; i < n; i++) await list.append(i);
   await done.put(1);
 }
+
+/** n appends to a manager list (a round trip each), from the first moment. */
+export async function appendAll(list, n) {
+  for (let i = 0; i < n; i++) await list.append(i);
+}

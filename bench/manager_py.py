@@ -1,9 +1,10 @@
 # Python's side of bench/manager.bench.mjs, with multiprocessing.Manager().
-# Usage: manager_py.py <scenario> <n>; prints one JSON object {"value"}.
+# Usage: manager_py.py <scenario> <n> [context, default fork]; prints one JSON object {"value"}.
 #   start      Manager() start -> first dict answer -> shutdown, ms
 #   dict       one d[k] = v plus one d[k], us per pair
 #   queue      one q.put() plus one q.get() on a manager Queue, us per pair
-#   appends    4 processes x n appends to one manager list, ms
+#   appends    4 processes x n appends to one manager list, from the go, ms
+#   appends-wall  the same from creating the 4 processes to all joined, ms
 import json
 import multiprocessing as mp
 import sys
@@ -20,6 +21,11 @@ def append_many(lst, n, ready, go, done):
     done.put(1)
 
 
+def append_all(lst, n):
+    for i in range(n):
+        lst.append(i)
+
+
 def timed_pairs(step, n):
     end = time.perf_counter() + WARM_S
     while time.perf_counter() < end:
@@ -32,7 +38,7 @@ def timed_pairs(step, n):
 
 def main():
     scenario, n = sys.argv[1], int(sys.argv[2])
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context(sys.argv[3] if len(sys.argv) > 3 else "fork")
     if scenario == "start":
         t0 = time.perf_counter()
         m = ctx.Manager()
@@ -78,6 +84,17 @@ def main():
                 value = (time.perf_counter() - t0) * 1000
                 for p in ps:
                     p.join()
+                if len(lst) != 4 * n:
+                    raise SystemExit(f"list has {len(lst)} items, not {4 * n}")
+            elif scenario == "appends-wall":
+                lst = m.list()
+                t0 = time.perf_counter()
+                ps = [ctx.Process(target=append_all, args=(lst, n)) for _ in range(4)]
+                for p in ps:
+                    p.start()
+                for p in ps:
+                    p.join()
+                value = (time.perf_counter() - t0) * 1000
                 if len(lst) != 4 * n:
                     raise SystemExit(f"list has {len(lst)} items, not {4 * n}")
             else:

@@ -56,3 +56,14 @@ export function pongSync(ping, pongSem, stop) {
     pongSem.release();
   }
 }
+
+/** n increments of a shared Value under its own lock (an RLock, as CPython's
+ *  Value has), cold: what a user's first program does. */
+export function incrementValue(v, n) {
+  const lock = v.getLock();
+  for (let i = 0; i < n; i++) {
+    lock.acquireSync();
+    v.value += 1;
+    lock.release();
+  }
+}

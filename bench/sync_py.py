@@ -59,6 +59,32 @@ def increments(n):
     assert value.value == 2 * n + out[2] + out[3], value.value
     return max(out[0], out[1]) * 1000
 
+def noop():
+    pass
+
+
+def inc_value(value, n):
+    for _ in range(n):
+        with value.get_lock():
+            value.value += 1
+
+
+def increments_wall(n, warm):
+    # As bench/sync.bench.mjs's increments-wall(-cold): the 'fork' context, a
+    # Value with its own lock (an RLock), timed from creating the children to
+    # both joined; warm: after one untimed start, as ours waits for its server.
+    ctx = mp.get_context('fork')
+    if warm:
+        p = ctx.Process(target=noop); p.start(); p.join()
+    value = ctx.Value('i', 0)
+    t0 = time.perf_counter()
+    ps = [ctx.Process(target=inc_value, args=(value, n)) for _ in range(2)]
+    for p in ps: p.start()
+    for p in ps: p.join()
+    ms = (time.perf_counter() - t0) * 1000
+    assert value.value == 2 * n, value.value
+    return ms
+
 def pong(ping, pong_sem, stop):
     while True:
         ping.acquire()
@@ -83,4 +109,5 @@ def handoff(n):
 
 if __name__ == '__main__':
     name, n = sys.argv[1], int(sys.argv[2])
-    print(json.dumps({'value': {'pair': pair, 'try': try_pair, 'sem-pair': sem_pair, 'increments': increments, 'handoff': handoff}[name](n)}))
+    print(json.dumps({'value': {'pair': pair, 'try': try_pair, 'sem-pair': sem_pair, 'increments': increments, 'handoff': handoff,
+        'increments-wall': lambda n: increments_wall(n, True), 'increments-wall-cold': lambda n: increments_wall(n, False)}[name](n)}))
