@@ -117,7 +117,10 @@ function boot(execArgv: string[]): ForkserverHandle {
     if (tracing()) trace('forkserver (pid %d) serving, preloads %j', pid, ctx.forkserverPreload);
     return handle;
   }
+  // A server that failed is gone before start() throws.
   forget(handle);
+  handle.watcher.signal(os.constants.signals.SIGKILL);
+  handle.watcher.waitSync(5000);
   if (answer?.error) {
     // A preload that failed: its own error, as the caller would have seen it.
     const e = answer.error;
@@ -127,8 +130,7 @@ function boot(execArgv: string[]): ForkserverHandle {
     if (e.code !== undefined) (err as { code?: unknown }).code = e.code;
     throw forkserverError(`the forkserver could not load its preloads: ${err.message}`, err);
   }
-  const code = handle.watcher.waitSync(1000);
-  throw forkserverError(`the forkserver could not start (${code === null ? 'no answer' : `exit code ${code}`}); see its stderr above`);
+  throw forkserverError('the forkserver could not start; see its stderr above');
 }
 
 function forget(handle: ForkserverHandle): void {

@@ -14,9 +14,10 @@
 //   emptying, an uncaught exception) emits 'exit', so the child leaves right
 //   after the last 'exit' listener, with _exit(), as the study found safe.
 //
-// Not repaired, so documented (docs/start-methods.md): crypto.randomUUID()
-// and randomInt() draw from a cache Node fills on first use; the server never
-// uses them, but a preload that does shares its cache with every child.
+// - crypto.randomUUID() draws from a cache of 128 UUIDs' worth of random
+//   bytes that Node fills on first use: the server never uses it, but a
+//   preload may have, so a child that had preloads uses the copy up first.
+//   (randomInt()'s cache is not repaired: docs/start-methods.md says so.)
 import * as fs from 'node:fs';
 import { inspect } from 'node:util';
 
@@ -33,13 +34,17 @@ export interface CallerState {
 
 let forked = false;
 
-/** Makes this freshly forked copy of the server a process of its own. */
-export function becomeForked(pid: number): void {
+/** Makes this freshly forked copy of the server a process of its own (preloaded: the server ran preloads). */
+export function becomeForked(pid: number, preloaded: boolean): void {
   forked = true;
   // Node's pid may be a native accessor too (see adoptCaller).
   delete (process as { pid?: number }).pid;
   Object.defineProperty(process, 'pid', { value: pid, writable: false, enumerable: true, configurable: true });
   runAfterFork();
+  if (preloaded) {
+    const { randomUUID } = require('node:crypto') as typeof import('node:crypto');
+    for (let i = 0; i < 128; i++) randomUUID();
+  }
   Object.defineProperty(Math, 'random', { value: osSeededRandom(), writable: true, enumerable: false, configurable: true });
 
   const uptime = process.uptime.bind(process);

@@ -81,9 +81,12 @@ async function warm(): Promise<void> {
   require('node:crypto').randomFillSync(new Uint32Array(4));
 }
 
+let preloaded = false;
+
 async function boot(): Promise<void> {
   const config = receive();
   if (config === null) process.exit(0); // the caller is gone already
+  preloaded = config.preload.length > 0;
   // The server is no program's main process: a preload that starts
   // processes at top level (the program's own main module, unguarded) fails
   // as it would in a child, instead of booting servers without end.
@@ -104,7 +107,7 @@ function serve(): void {
   if (request === null) process.exit(0); // the caller hung up
   // From here on this is a child.
   const { becomeForked } = require('./forked') as typeof import('./forked');
-  becomeForked(request.pid);
+  becomeForked(request.pid, preloaded);
   const { runChild } = require('./bootstrap') as typeof import('./bootstrap');
   runChild(request.instructions, request.fds);
 }
