@@ -58,12 +58,16 @@ export function pongSync(ping, pongSem, stop) {
 }
 
 /** n increments of a shared Value under its own lock (an RLock, as CPython's
- *  Value has), cold: what a user's first program does. */
-export function incrementValue(v, n) {
+ *  Value has), cold: what a user's first program does. times[slot] gets the
+ *  monotonic clock at entry (ms), times[2 + slot] the loop's ms. */
+export function incrementValue(v, n, times, slot) {
+  times.array[slot] = Number(process.hrtime.bigint()) / 1e6;
+  const t0 = performance.now();
   const lock = v.getLock();
   for (let i = 0; i < n; i++) {
     lock.acquireSync();
     v.value += 1;
     lock.release();
   }
+  times.array[2 + slot] = performance.now() - t0;
 }

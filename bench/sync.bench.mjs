@@ -73,7 +73,7 @@ async function trial(key, n) {
   const { heap } = await import('../dist/cjs/heap.js');
   const targets = await import('./sync-targets.mjs');
   if (key === 'increments-wall' || key === 'increments-wall-cold') {
-    const { Value } = await import('../dist/esm/index.mjs');
+    const { Value, RawArray } = await import('../dist/esm/index.mjs');
     if (key === 'increments-wall') {
       const { noop } = await import('./targets.mjs');
       const p = new Process({ target: noop });
@@ -81,13 +81,17 @@ async function trial(key, n) {
       if ((await p.join()) !== 0) throw new Error('child failed');
     }
     const v = new Value('i', 0);
+    // Where the time goes: each child's target entry (monotonic ms) and loop time.
+    const times = new RawArray('d', 4);
     const t0 = performance.now();
-    const ps = [0, 1].map(() => new Process({ target: targets.incrementValue, args: [v, n] }));
+    const h0 = Number(process.hrtime.bigint()) / 1e6;
+    const ps = [0, 1].map((slot) => new Process({ target: targets.incrementValue, args: [v, n, times, slot] }));
     ps.forEach((p) => p.start());
     for (const p of ps) if ((await p.join()) !== 0) throw new Error('child failed');
     const ms = performance.now() - t0;
     if (v.value !== 2 * n) throw new Error(`counter ${v.value} != ${2 * n}`);
-    return ms;
+    const a = times.array;
+    return { ms, toTargets: Math.max(a[0], a[1]) - h0, loops: Math.max(a[2], a[3]) };
   }
   if (key === 'increments') {
     const lock = new Lock();
@@ -163,10 +167,13 @@ async function main() {
     const ours = [];
     const py = [];
     const c = [];
+    const details = [];
     const cTrial = s.key === 'increments' ? cReference() : null;
     // Trials alternate between the sides, so a slow spell of the host falls on all alike.
     for (let t = 0; t < (s.trials ?? TRIALS); t++) {
-      ours.push(JSON.parse(execFileSync(process.execPath, [self, '--trial', s.key, String(s.n)], { encoding: 'utf8' })).value);
+      const v = JSON.parse(execFileSync(process.execPath, [self, '--trial', s.key, String(s.n)], { encoding: 'utf8' })).value;
+      ours.push(typeof v === 'number' ? v : v.ms);
+      if (typeof v === 'object') details.push(v);
       py.push(JSON.parse(execFileSync('python3', [path.join(here, 'sync_py.py'), s.pyKey ?? s.key, String(s.py)], { encoding: 'utf8' })).value);
       const cMs = cTrial?.(s.n);
       if (typeof cMs === 'number') c.push(cMs);
@@ -177,6 +184,10 @@ async function main() {
     if (s.target) {
       if (!json) console.log(`${s.scenario}: median of ${ours.length} trials each, a fresh process each`);
       compare({ json, scenario: s.scenario, unit: s.unit, oursLabel: 'ours (forkserver)', ours: o, theirsLabel: "CPython 'fork'", theirs: p, target: s.target });
+      if (details.length > 0 && !json) {
+        const d = (k) => median(details.map((x) => x[k])).toFixed(1);
+        console.log(`  of ours (medians): creating the children -> both targets entered ${d('toTargets')} ms; the slower child's ${s.n} increments ${d('loops')} ms`);
+      }
     } else if (json) {
       console.log(JSON.stringify({ scenario: s.scenario, unit: s.unit, ours: +o.toFixed(3), cpython: +p.toFixed(3), ratio: +ratio.toFixed(3) }));
     } else {
