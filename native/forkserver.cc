@@ -128,8 +128,9 @@ int park_pipe[2] = {-1, -1};
 
 // True once every worker is parked (the server is idle: they take the tasks at
 // once). Node counts its delayed-task scheduler thread among its "worker
-// threads", and that thread runs no tasks: all but one parked, and no more
-// coming, is all of them.
+// threads" (NodePlatform, in every version this addon is built for: see
+// Supported()), and that thread runs no tasks: all but one parked is all of
+// them. (A short grace covers a platform that counts only real workers.)
 bool ParkWorkers() {
   static std::atomic<int> parked{0};
   v8::Isolate* isolate = v8::Isolate::GetCurrent();
@@ -139,9 +140,13 @@ bool ParkWorkers() {
   const int workers = platform->NumberOfWorkerThreads();
   for (int i = 0; i < workers; i++) platform->CallOnWorkerThread(std::make_unique<ParkTask>(park_pipe[0], &parked));
   const int64_t start = NowMs();
+  int64_t all_but_one = -1;
   while (parked.load() < workers && NowMs() - start < 5000) {
-    if (parked.load() == workers - 1 && NowMs() - start >= 200) break;
-    usleep(1000);
+    if (parked.load() == workers - 1) {
+      if (all_but_one < 0) all_but_one = NowMs();
+      if (NowMs() - all_but_one >= 5) break;
+    }
+    usleep(200);
   }
   return parked.load() >= workers - 1 && workers > 0;
 }

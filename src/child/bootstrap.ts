@@ -21,7 +21,8 @@ import { decode, isPlainJson } from '../serialize';
 
 let header: ChildHeader | undefined;
 
-function readInstructions(fd: number): { header: ChildHeader; body: Buffer } {
+/** Reads and closes the instructions pipe (exported for the forkserver's warm-up). */
+export function readInstructions(fd: number): { header: ChildHeader; body: Buffer } {
   const payload = fs.readFileSync(fd);
   fs.closeSync(fd);
   if (payload.length < 4) {

@@ -72,6 +72,18 @@ async function warm(): Promise<void> {
   for (let i = 0; i < 300; i++) {
     for (const sample of samples) decode(encode(sample, { fds: [] }), { fds: [] });
   }
+  // The child's own start path, run once on a sample so that V8 has compiled
+  // it (a child would compile each function again, ~60 of them): reading the
+  // instructions, and finding a target by reference.
+  const { readInstructions } = require('./bootstrap') as typeof import('./bootstrap');
+  const { importTarget } = require('../import-target') as typeof import('../import-target');
+  const [readEnd, writeEnd] = binding.pipe();
+  const head = Buffer.from(JSON.stringify({ name: 'warm-up', target: null }));
+  const sample = Buffer.concat([Buffer.from([head.length, 0, 0, 0]), head, encode({ args: [] }, { fds: [] })]);
+  binding.write(writeEnd, sample, 0, sample.length);
+  binding.closeFd(writeEnd);
+  decode(readInstructions(readEnd).body, { fds: [] });
+  await importTarget({ url: pathToFileURL(path.join(__dirname, 'forked.js')).href, exportName: 'reportDeath' }, 'warm-up');
   // What every child's start touches, so that it finds it loaded: the clocks,
   // the environment, and the OS random source that reseeds Math.random (not
   // randomUUID()/randomInt(), whose caches children must not share).
@@ -100,6 +112,20 @@ async function boot(): Promise<void> {
   // the garbage of the boot.
   v8.setFlagsFromString('--expose-gc');
   (vm.runInNewContext('gc') as () => void)();
+  // Single-threaded, V8 sweeps lazily after a collection: every child would
+  // finish the server's sweep, copying the pages it touches. Walking the heap
+  // (queryObjects, Node >= 20.13) makes V8 finish it here, once.
+  const queryObjects = (v8 as { queryObjects?: (ctor: Function, options: object) => unknown }).queryObjects;
+  if (typeof queryObjects === 'function') {
+    // Without its "experimental" warning: the caller's stderr is not the place.
+    const emitWarning = process.emitWarning;
+    process.emitWarning = () => {};
+    try {
+      queryObjects(class Sweep {}, { format: 'count' });
+    } finally {
+      process.emitWarning = emitWarning;
+    }
+  }
 }
 
 function serve(): void {
