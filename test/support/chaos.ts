@@ -7,6 +7,8 @@ import * as tasks from '../fixtures/pool.mjs';
 // Kills a random worker every `interval` ms while `count` tasks run: every task
 // must settle, with its result or WorkerCrashedError; only the task a worker
 // was running when killed fails, so there are no more failures than kills.
+// Rounds of `count` tasks go on until three kills have landed (a pool of
+// forked workers may finish one round before the first kill).
 export async function chaos(count: number, interval: number): Promise<void> {
   const pool = new Pool({ processes: 2 });
   try {
@@ -21,11 +23,16 @@ export async function chaos(count: number, interval: number): Promise<void> {
         // already gone
       }
     }, interval);
-    const outcomes = await Promise.allSettled(Array.from({ length: count }, (_, i) => pool.apply(tasks.square, [i])));
+    const outcomes: PromiseSettledResult<unknown>[] = [];
+    while (kills < 3) {
+      const round = await Promise.allSettled(Array.from({ length: count }, (_, i) => pool.apply(tasks.square, [i])));
+      outcomes.push(...round);
+    }
     clearInterval(killer);
     let ok = 0;
     let failed = 0;
-    for (const [i, o] of outcomes.entries()) {
+    for (const [k, o] of outcomes.entries()) {
+      const i = k % count;
       if (o.status === 'fulfilled') {
         expect(o.value).toBe(i * i);
         ok++;
