@@ -24,16 +24,7 @@ export interface NodeRun {
 }
 
 export function runNode(script: string, args: string[] = [], nodeFlags: string[] = []): Promise<NodeRun> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...nodeFlags, script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    track(child);
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+  return startNode(script, args, nodeFlags).ended.then(({ code, stdout, stderr }) => ({ code, stdout, stderr }));
 }
 
 export interface LiveNode {
