@@ -466,6 +466,11 @@ void InitForkserver(Napi::Env env, Napi::Object exports, AddonData* data) {
   exports.Set("forkserverServe", Napi::Function::New<Serve>(env, "forkserverServe"));
   exports.Set("forkserverExit", Napi::Function::New<Exit>(env, "forkserverExit"));
   exports.Set("forkedGuardLoop", Napi::Function::New<GuardLoop>(env, "forkedGuardLoop"));
+#if defined(__linux__)
+  exports.Set("builtForModules", Napi::Number::New(env, NODE_MODULE_VERSION));
+#else
+  exports.Set("builtForModules", Napi::Number::New(env, 0));
+#endif
 }
 
 }  // namespace pmp

@@ -44,9 +44,18 @@ export function forkserverSupported(): boolean {
 // children the spawn way (docs/start-methods.md).
 const hookFlag = /^--(import|loader|experimental-loader)(=|$)/;
 
+/** Why this platform cannot run a forkserver (when forkserverSupported() is false). */
+export function unsupportedReason(): string {
+  if (process.platform !== 'linux') return `it runs on Linux only, not on ${process.platform}`;
+  if (!binding.forkserverSupported() && Number(process.versions.modules) !== binding.builtForModules) {
+    return `the addon was built for another Node (ABI ${binding.builtForModules}, this is ${process.versions.modules}): rebuild it`;
+  }
+  return 'it needs Linux 5.3 or later (pidfds)';
+}
+
 /** Why this program's children cannot be forked, or null when they can. */
 export function forkUnavailableReason(execArgv: readonly string[]): string | null {
-  if (!forkserverSupported()) return 'the forkserver start method needs Linux 5.3 or later (pidfds)';
+  if (!forkserverSupported()) return `the forkserver start method is not available: ${unsupportedReason()}`;
   if (execArgv.some((a) => hookFlag.test(a)) || /(^|\s)--(import|loader|experimental-loader)\b/.test(process.env.NODE_OPTIONS ?? '')) {
     return 'the program runs with module customization hooks (--import, --loader), whose thread a forked child would not have';
   }

@@ -70,8 +70,10 @@ export interface Binding {
   /** deathSignal: sent to the child if this environment goes away first (a worker thread ending); it is then reaped by the process-wide reaper. */
   /** statusFd, pidfd: a forkserver's child, whose code the server writes on statusFd (both fds become the watcher's). */
   ExitWatcher: new (pid: number, onExit: (exitCode: number) => void, deathSignal?: number, statusFd?: number, pidfd?: number) => ExitWatcher;
-  /** Linux with pidfds: a forkserver can run here. */
+  /** Linux with pidfds, and the addon built for this Node: a forkserver can run here. */
   forkserverSupported(): boolean;
+  /** The NODE_MODULE_VERSION the addon was built for (0 where there is no forkserver). */
+  readonly builtForModules: number;
   /** The server's loop (forkserver.cc): null when the caller hung up; in a forked child, what it was asked to be. */
   forkserverServe(ctrlFd: number): ForkedRequest | null;
   /** _exit(code): the only safe way out of a forked Node. */

@@ -14,7 +14,7 @@ import { type LongTimeout, setLongTimeout } from './long-timeout';
 import { binding, type ExitWatcher, type FdWatcher } from './native';
 import { shareWithChild } from './resource-tracker';
 import type { CallerState } from './child/forked';
-import { forkChild, forkserverSupported, forkUnavailableReason } from './forkserver';
+import { forkChild, forkserverSupported, forkUnavailableReason, unsupportedReason } from './forkserver';
 import { abandon, type CodecContext, encode } from './serialize';
 import {
   invalidType,
@@ -132,10 +132,7 @@ export function startMethodOf(value: unknown, argName: string): StartMethod | un
   }
   if (value === 'forkserver') {
     if (forkserverSupported()) return value;
-    throw stateError(
-      `start method 'forkserver' is not available on ${process.platform === 'linux' ? 'this kernel (it needs Linux 5.3 or later: pidfds)' : process.platform}; use 'spawn'`,
-      'ERR_MP_UNSUPPORTED',
-    );
+    throw stateError(`start method 'forkserver' is not available: ${unsupportedReason()}; use 'spawn'`, 'ERR_MP_UNSUPPORTED');
   }
   throw outOfRange(argName, "'forkserver' or 'spawn'", value);
 }
