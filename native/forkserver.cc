@@ -223,11 +223,6 @@ void Reply(int ctrl, int32_t pid_or_error, int pidfd) {
   RetryEintr([&] { return sendmsg(ctrl, &msg, MSG_NOSIGNAL); });
 }
 
-int ExitCodeFromStatus(int status) {
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return -WTERMSIG(status);
-  return -1;
-}
 
 // The child's side of fork(), before it returns to JS: its own event loop,
 // its parent-death signal, the caller's stdio, and none of the server's fds.

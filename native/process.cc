@@ -76,11 +76,6 @@ bool AdoptsOrphans() {
   return false;
 }
 
-int ExitCodeFromStatus(int status) {
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return -WTERMSIG(status);
-  return -1;
-}
 
 // ---- spawn -----------------------------------------------------------------
 
@@ -387,11 +382,12 @@ class ExitWatcher : public Napi::ObjectWrap<ExitWatcher> {
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
     server_lost_ = true;
     if (pidfd_ >= 0) {
-      close(fd_);
+      // From now on the pidfd is watched (the pipe at EOF would wake the loop
+      // without end); fd_ and pidfd_ both name it, and StopHandles closes it once.
+      const int pipe_fd = fd_;
       fd_ = pidfd_;
-      pidfd_ = -1;
-      Watch(fd_);
-      pidfd_ = fd_;  // both name the pidfd now; StopHandles closes it once
+      Watch(fd_);  // stops the poll on the pipe before it is closed
+      close(pipe_fd);
     }
     return ReadStatus(code);
   }

@@ -6,6 +6,7 @@
 
 #include <node_api.h>
 #include <poll.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <uv.h>
 
@@ -22,6 +23,14 @@ inline int64_t NowNs() {
 }
 
 inline int64_t NowMs() { return NowNs() / 1000000; }
+
+// A waitpid() status as this package reports it: the exit code, or -signo for
+// a death by signal (CPython's rule).
+inline int ExitCodeFromStatus(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return -WTERMSIG(status);
+  return -1;
+}
 
 // A timeout longer than this (about 30 years) is treated as none: its deadline
 // in NowNs() nanoseconds would overflow.

@@ -7,7 +7,7 @@ import type { TargetRef } from './locate';
 
 // tsc turns import() into require() in CommonJS output; a target may be an ES
 // module, so keep a real dynamic import.
-const importModule = new Function('specifier', 'return import(specifier)') as (s: string) => Promise<any>;
+export const importModule = new Function('specifier', 'return import(specifier)') as (s: string) => Promise<any>;
 
 // Codes that require() reports before it evaluates anything: the module is
 // fine, but only import() can load it (top-level await, or a loader that hooks

@@ -62,12 +62,12 @@ function theServer(): number {
 const expectedExecArgv = process.execArgv.filter((f) => !/^--(inspect|eval|print|test|watch)/.test(f));
 
 describeForkserver('a forked child is indistinguishable from a spawned one', () => {
-  it('it reports what a spawned child reports: argv, execArgv, env, cwd, ppid, parent, stdio', async () => {
+  it('it reports what a spawned child reports: argv, execArgv, env, cwd, ppid, parent, stdio, signal dispositions and mask', async () => {
     process.env.PMP_FS_VAR = 'in-process';
     try {
       const forked = await report('forkserver');
       const spawned = await report('spawn');
-      const same = ['argv', 'execArgv', 'env', 'dropped', 'cwd', 'ppid', 'parent', 'stdin', 'stdout', 'stderr', 'counter'];
+      const same = ['argv', 'execArgv', 'env', 'dropped', 'cwd', 'ppid', 'parent', 'stdin', 'stdout', 'stderr', 'counter', 'signals'];
       const pick = (r: any) => Object.fromEntries(same.map((k) => [k, r[k]]));
       expect(pick(forked)).toEqual(pick(spawned));
       expect(forked.env).toBe('in-process');

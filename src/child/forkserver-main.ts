@@ -13,6 +13,7 @@ import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 
 import { context } from '../context';
+import { importModule, importTarget } from '../import-target';
 import { binding } from '../native';
 import { distDir } from '../paths';
 
@@ -23,9 +24,6 @@ export interface ServerConfig {
   /** Modules to import once, as setForkserverPreload() named them. */
   preload: string[];
 }
-
-// tsc turns import() into require() in CommonJS output; keep a real one.
-const importModule = new Function('specifier', 'return import(specifier)') as (s: string) => Promise<unknown>;
 
 function receive(): ServerConfig | null {
   const buf = Buffer.alloc(1 << 16);
@@ -76,7 +74,6 @@ async function warm(): Promise<void> {
   // it (a child would compile each function again, ~60 of them): reading the
   // instructions, and finding a target by reference.
   const { readInstructions } = require('./bootstrap') as typeof import('./bootstrap');
-  const { importTarget } = require('../import-target') as typeof import('../import-target');
   const [readEnd, writeEnd] = binding.pipe();
   const head = Buffer.from(JSON.stringify({ name: 'warm-up', target: null }));
   const sample = Buffer.concat([Buffer.from([head.length, 0, 0, 0]), head, encode({ args: [] }, { fds: [] })]);
